@@ -1,0 +1,61 @@
+"""The `Algorithm` base class: the contract between a method and the shared trainer.
+
+A method is a subclass registered with `@register_algorithm("Name")` in its own module of this
+package. The trainer only ever calls the methods below; when a new feature needs the trainer to
+reach into algorithms, it gets a new hook here (with a default that does the right thing for
+every existing method) rather than a branch on an algorithm's name.
+"""
+
+import torch
+import torch.nn as nn
+
+from domainbed.optim import get_optimizer
+
+
+class Algorithm(nn.Module):
+    """A domain-generalization method, as DomainBed defines it.
+
+    Args:
+        input_shape: shape of one input, e.g. (3, 224, 224), (2, 28, 28) or (16,).
+        num_classes: number of classes.
+        num_domains: number of training domains; `update` receives one minibatch per domain.
+        hparams: a plain dict of hyperparameters (see `domainbed.hparams_registry`).
+    """
+
+    def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.num_domains = num_domains
+        self.hparams = hparams
+        self.step = 0
+        self.n_steps = None
+
+    def update(self, minibatches) -> dict:
+        """One training step on `minibatches`: a list of (x, y), one pair per training domain,
+        in environment order. Returns a dict of python floats (at least `loss`)."""
+        raise NotImplementedError
+
+    def predict(self, x, env: int | None = None):
+        """Logits for `x`. `env` is the index of a training domain (its position in the list
+        `update` receives) when `x` comes from that domain, None for an unseen domain."""
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.predict(x)
+
+    def on_step_begin(self, step: int, n_steps: int) -> None:
+        """Called by the trainer before every `update`: schedules (RSC's curriculum, warm-ups)
+        read `self.step` and `self.n_steps` instead of counting calls themselves."""
+        self.step = step
+        self.n_steps = n_steps
+
+    def optimizers(self) -> dict:
+        """Every optimizer this method steps with, by name, for checkpoints and resumption.
+        Methods with other optimizer attributes than `self.optimizer` override this."""
+        optimizer = getattr(self, "optimizer", None)
+        return {} if optimizer is None else {"optimizer": optimizer}
+
+    def new_optimizer(self, params) -> torch.optim.Optimizer:
+        """The base optimizer named by the hparams (`optimizer`, `lr`, `weight_decay`)."""
+        return get_optimizer(self.hparams["optimizer"], params, self.hparams["lr"], self.hparams["weight_decay"])

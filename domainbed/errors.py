@@ -1,0 +1,27 @@
+"""The one exception type for bad input.
+
+Anything a user can get wrong (an unknown name, a missing directory, a badly typed hparam)
+raises `UsageError` with a one-line message naming the bad value and the valid ones; the
+command-line entry points print that line and exit with status 2 instead of a traceback.
+"""
+
+
+class UsageError(ValueError):
+    """Bad input from the user: the message is one line, fit to print as it is."""
+
+
+def unknown_choice(what: str, value, valid) -> UsageError:
+    """The standard 'unknown X' error, listing the valid choices."""
+    return UsageError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+class UnknownNameError(UsageError, KeyError):
+    """An unknown registry name: catchable as KeyError (DomainBed's contract) or UsageError."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def unknown_name(what: str, value, valid) -> UnknownNameError:
+    """The 'unknown X' error of a registry look-up."""
+    return UnknownNameError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
