@@ -1,0 +1,150 @@
+"""Datasets stored as one folder per domain and one sub-folder per class (DomainBed's layout)."""
+
+import os
+from pathlib import Path
+
+import torch.utils.data
+from PIL import Image, UnidentifiedImageError
+
+from domainbed.datasets import transforms
+from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.registry import register_dataset
+from domainbed.errors import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_rgb(path) -> Image.Image:
+    """The image at `path` as RGB; an unreadable or truncated file is an error naming it."""
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            image.load()
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise UsageError(f"cannot read image {path}: {error}") from None
+
+
+class DomainFolder(torch.utils.data.Dataset):
+    """One domain: `root/<class>/<image>`, classes indexed in the order of `classes`."""
+
+    def __init__(self, root: Path, classes):
+        self.root = root
+        self.classes = list(classes)
+        self.samples = []
+        for label, name in enumerate(self.classes):
+            files = sorted(f for f in os.listdir(root / name) if _is_image(f))
+            if not files:
+                raise UsageError(f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            self.samples.extend((root / name / f, label) for f in files)
+        self.targets = [label for _, label in self.samples]
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        return load_rgb(path), label
+
+    def __len__(self):
+        return len(self.samples)
+
+
+def _subfolders(path: Path):
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
+
+
+class MultipleEnvironmentImageFolder(MultipleDomainDataset):
+    """Environments are the folders `DOMAIN_DIRS` under `root/DIRECTORY` (every sub-folder, sorted,
+    when DOMAIN_DIRS is None); classes are the sorted class folders, shared by all domains, so class
+    indices match torchvision's ImageFolder and DomainBed."""
+
+    DIRECTORY = None
+    DOMAIN_DIRS = None
+    N_STEPS = 5000
+    CHECKPOINT_FREQ = 100
+
+    def __init__(self, root, test_envs, hparams):
+        super().__init__()
+        data_root = Path(root) / self.DIRECTORY if self.DIRECTORY else Path(root)
+        if not data_root.is_dir():
+            raise UsageError(
+                f"data directory {data_root} does not exist; pass --data_dir with the folder that contains "
+                f"{self.DIRECTORY or 'the domain folders'} (python -m domainbed.scripts.download --data_dir DIR "
+                "fetches the public datasets)"
+            )
+        found = _subfolders(data_root)
+        domain_dirs = list(self.DOMAIN_DIRS) if self.DOMAIN_DIRS else found
+        if not domain_dirs:
+            raise UsageError(f"data directory {data_root} has no domain folders")
+        for name in domain_dirs:
+            if name not in found:
+                raise UsageError(
+                    f"domain folder {data_root / name} does not exist; expected {', '.join(domain_dirs)}, "
+                    f"found {', '.join(found) or 'nothing'}"
+                )
+        classes = _subfolders(data_root / domain_dirs[0])
+        for name in domain_dirs[1:]:
+            other = _subfolders(data_root / name)
+            if other != classes:
+                raise UsageError(
+                    f"domain folders disagree on classes: {data_root / domain_dirs[0]} has {', '.join(classes)} "
+                    f"but {data_root / name} has {', '.join(other)}"
+                )
+        if not classes:
+            raise UsageError(f"domain folder {data_root / domain_dirs[0]} has no class folders")
+        if self.ENVIRONMENTS is None:
+            self.environments = domain_dirs
+        self.domain_dirs = domain_dirs
+        self.classes = classes
+        self.datasets = [DomainFolder(data_root / name, classes) for name in domain_dirs]
+        image_size = hparams["image_size"]
+        self.input_shape = (3, image_size, image_size)
+        self.num_classes = len(classes)
+        self.eval_transform = transforms.eval_transform(image_size)
+        self.train_transform = (
+            transforms.train_transform(image_size) if hparams["data_augmentation"] else self.eval_transform
+        )
+
+
+@register_dataset("PACS")
+class PACS(MultipleEnvironmentImageFolder):
+    DIRECTORY = "PACS"
+    DOMAIN_DIRS = ["art_painting", "cartoon", "photo", "sketch"]
+    ENVIRONMENTS = ["A", "C", "P", "S"]
+
+
+@register_dataset("VLCS")
+class VLCS(MultipleEnvironmentImageFolder):
+    DIRECTORY = "VLCS"
+    DOMAIN_DIRS = ["Caltech101", "LabelMe", "SUN09", "VOC2007"]
+    ENVIRONMENTS = ["C", "L", "S", "V"]
+
+
+@register_dataset("OfficeHome")
+class OfficeHome(MultipleEnvironmentImageFolder):
+    DIRECTORY = "office_home"
+    DOMAIN_DIRS = ["Art", "Clipart", "Product", "Real World"]
+    ENVIRONMENTS = ["A", "C", "P", "R"]
+
+
+@register_dataset("TerraIncognita")
+class TerraIncognita(MultipleEnvironmentImageFolder):
+    DIRECTORY = "terra_incognita"
+    DOMAIN_DIRS = ["location_100", "location_38", "location_43", "location_46"]
+    ENVIRONMENTS = ["L100", "L38", "L43", "L46"]
+
+
+@register_dataset("DomainNet")
+class DomainNet(MultipleEnvironmentImageFolder):
+    DIRECTORY = "domain_net"
+    DOMAIN_DIRS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
+    ENVIRONMENTS = ["clip", "info", "paint", "quick", "real", "sketch"]
+    N_STEPS = 15000
+    CHECKPOINT_FREQ = 500
+
+
+@register_dataset("ImageFolder")
+class ImageFolder(MultipleEnvironmentImageFolder):
+    """Any user directory given as --data_dir whose sub-folders are the domains."""

@@ -1,0 +1,30 @@
+"""Image transforms, as SWAD defines them.
+
+Training images get RandomResizedCrop (scale 0.7-1), a horizontal flip, ColorJitter 0.3 and
+RandomGrayscale 0.1; every evaluation and validation split is only resized. Both end with
+ImageNet normalisation, which the pretrained backbones expect.
+"""
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def eval_transform(image_size: int):
+    return T.Compose([
+        T.Resize((image_size, image_size)),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def train_transform(image_size: int):
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.7, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+        T.RandomGrayscale(p=0.1),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])

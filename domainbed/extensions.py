@@ -1,0 +1,62 @@
+"""Trainer extensions: run-level features that compose with every algorithm.
+
+Weight averaging, quantization-aware training and the like are not algorithms: any method can
+be trained with them. Each is an `Extension` whose hooks the trainer calls at fixed points of a
+fold; a factory registered with `@register_extension(order)` reads the hparams and returns an
+extension, or None when the feature is off. The trainer knows nothing about any of them.
+
+Hooks receive the `Fold` (see trainer.py): its algorithm, hparams, evaluator, log, paths and
+records. Extensions run in increasing `order` at every hook.
+"""
+
+import importlib
+
+EXTENSION_FACTORIES = []
+
+# Modules that register extensions; imported when the first run builds its extensions.
+EXTENSION_MODULES = ()
+
+
+def register_extension(order: int):
+    """Register `factory(hparams) -> Extension | None`; lower `order` runs first."""
+
+    def decorator(factory):
+        EXTENSION_FACTORIES.append((order, factory))
+        EXTENSION_FACTORIES.sort(key=lambda item: item[0])
+        return factory
+
+    return decorator
+
+
+def build_extensions(hparams: dict) -> list:
+    for module in EXTENSION_MODULES:
+        importlib.import_module(module)
+    extensions = (factory(hparams) for _, factory in EXTENSION_FACTORIES)
+    return [extension for extension in extensions if extension is not None]
+
+
+class Extension:
+    """No-op defaults for every hook; override the ones a feature needs."""
+
+    def setup(self, fold) -> None:
+        """Once the algorithm is built and on its device, before the first step."""
+
+    def before_step(self, fold, step: int) -> None:
+        """Before `algorithm.update` at `step`."""
+
+    def after_step(self, fold, step: int) -> None:
+        """After `algorithm.update` at `step`."""
+
+    def at_checkpoint(self, fold, step: int, record: dict) -> None:
+        """After the evaluation at `step`; `record` is the checkpoint's record, which the
+        extension may extend. Setting `fold.stop = True` ends training after this checkpoint."""
+
+    def finish(self, fold, rows: dict) -> None:
+        """After training: add selection rows (name -> accuracy) to `rows`, describe them in
+        `fold.row_rules`, and set `fold.final_model` if the fold's result is another model."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""

@@ -1,0 +1,29 @@
+"""The run's log: every line printed also lands in the run directory's log.txt."""
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """Callable: `log(message)` prints (above any progress bar) and appends to `path`."""
+
+    def __init__(self, path=None):
+        self.path = Path(path) if path else None
+        self._handle = None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, message="") -> None:
+        text = str(message)
+        tqdm.write(text, file=sys.stdout)
+        if self._handle:
+            self._handle.write(text + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle:
+            self._handle.close()
+            self._handle = None

@@ -1,0 +1,27 @@
+"""The final table: one column per test domain plus `Avg.`, one row per selection rule."""
+
+from prettytable import PrettyTable
+
+
+def build_table(fold_rows, env_names) -> dict:
+    """{row: {env name: accuracy, "Avg.": mean}} from one {row: accuracy} dict per fold.
+
+    A row that some fold lacks (an averaging row when a fold never converged, say) is left
+    out of the average rather than averaged over fewer domains."""
+    table = {}
+    for row in dict.fromkeys(name for rows in fold_rows for name in rows):
+        values = {env: rows[row] for env, rows in zip(env_names, fold_rows) if row in rows}
+        if len(values) == len(env_names):
+            values["Avg."] = sum(values.values()) / len(values)
+        table[row] = values
+    return table
+
+
+def format_table(table: dict, env_names, rules: dict) -> str:
+    pretty = PrettyTable(["Selection", *env_names, "Avg."])
+    pretty.align["Selection"] = "l"
+    for row, values in table.items():
+        cells = [f"{100 * values[key]:.2f}" if key in values else "-" for key in [*env_names, "Avg."]]
+        pretty.add_row([row, *cells])
+    legend = [f"  {row}: {rules[row]}" for row in table if rules.get(row)]
+    return "\n".join([pretty.get_string(), "Accuracy (%) of the model each rule selects:", *legend])

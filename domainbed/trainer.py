@@ -1,0 +1,198 @@
+"""One leave-domains-out fold: splits, loaders, the training loop, evaluation, records.
+
+The flow follows SWAD's trainer: every environment is split into `in` and `out` (holdout)
+parts seeded by `trial_seed`; the training domains' `in` parts feed one infinite loader each;
+every `checkpoint_freq` steps the evaluator measures every split and one record is appended
+to results.jsonl; the selection rows come from those records at the end. Run-level features
+(weight averaging, quantization) hook in as `Extension`s, never as branches here.
+"""
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from domainbed import misc, selection
+from domainbed.algorithms import get_algorithm_class
+from domainbed.data import InfiniteDataLoader, num_workers_for
+from domainbed.datasets import split_dataset
+from domainbed.evaluator import EvalSplit, Evaluator
+from domainbed.extensions import build_extensions
+
+
+@dataclass
+class FoldSettings:
+    """What a fold needs from the command line."""
+
+    algorithm: str
+    test_envs: list
+    n_steps: int
+    checkpoint_freq: int
+    seed: int = 0
+    trial_seed: int = 0
+    holdout_fraction: float = 0.2
+    evalmode: str = "fast"
+    device: str = "cpu"
+    model_save: int | None = None
+    out_dir: Path | None = None
+
+
+@dataclass
+class Fold:
+    """The state of one fold, shared with extensions."""
+
+    settings: FoldSettings
+    hparams: dict
+    dataset: object
+    algorithm: torch.nn.Module
+    evaluator: Evaluator
+    train_minibatches: object
+    device: torch.device
+    log: object
+    records: list = field(default_factory=list)
+    stop: bool = False
+    final_model: torch.nn.Module | None = None
+    row_rules: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return "TE" + ",".join(map(str, self.settings.test_envs))
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one JSON line, atomically: a crash leaves the file with or without it, whole."""
+    previous = path.read_bytes() if path.exists() else b""
+    misc.atomic_write_bytes(path, previous + (misc.to_json(record, sort_keys=True) + "\n").encode())
+
+
+def _to_device(batch, device, channels_last):
+    x, y = batch
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def make_splits(dataset, settings: FoldSettings):
+    """(training `in` splits, evaluation splits), each environment split by `trial_seed`."""
+    train_envs = [env for env in range(len(dataset)) if env not in settings.test_envs]
+    train_splits, eval_splits = [], []
+    for env, environment in enumerate(dataset):
+        n_out = int(len(environment) * settings.holdout_fraction)
+        out, in_ = split_dataset(environment, n_out, misc.seed_hash(settings.trial_seed, env))
+        train_domain = train_envs.index(env) if env in train_envs else None
+        in_.transform = dataset.train_transform if train_domain is not None else dataset.eval_transform
+        out.transform = dataset.eval_transform
+        if train_domain is not None:
+            train_splits.append(in_)
+        eval_splits.append(EvalSplit(f"env{env}_in", in_, env, "in", train_domain))
+        eval_splits.append(EvalSplit(f"env{env}_out", out, env, "out", train_domain))
+    return train_splits, eval_splits
+
+
+def _format_record(record: dict) -> str:
+    keys = ["step", "epoch", "loss", "train_out", "test_in", "test_out", "tr_outloss", "step_time", "eval_time"]
+    return " | ".join(f"{key} {record[key]:.4g}" for key in keys if key in record)
+
+
+def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path: Path | None = None):
+    """Train and evaluate one fold; returns (selection rows, row rules, records, final model)."""
+    misc.set_seed(misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs))
+    device = resolve_device(settings.device)
+    channels_last = device.type == "cuda"
+    train_splits, eval_splits = make_splits(dataset, settings)
+
+    workers = num_workers_for(hparams["num_workers"], dataset.N_WORKERS, len(train_splits))
+    fold_seed = misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs)
+    loaders = [
+        InfiniteDataLoader(split, hparams["batch_size"], workers, misc.seed_hash(fold_seed, "train", i),
+                           pin_memory=device.type == "cuda")
+        for i, split in enumerate(train_splits)
+    ]
+    evaluator = Evaluator(
+        eval_splits,
+        settings.test_envs,
+        hparams["test_batchsize"],
+        num_workers_for(hparams["num_workers"], dataset.N_WORKERS, 1),
+        device,
+        settings.evalmode,
+    )
+    steps_per_epoch = min(len(split) / hparams["batch_size"] for split in train_splits)
+
+    algorithm = get_algorithm_class(settings.algorithm)(
+        dataset.input_shape, dataset.num_classes, len(train_splits), hparams
+    ).to(device)
+    if channels_last:
+        algorithm = algorithm.to(memory_format=torch.channels_last)
+    fold_name = "TE" + ",".join(map(str, settings.test_envs))
+    log(f"[{fold_name}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
+        f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {workers} workers per loader, {device}")
+
+    fold = Fold(settings, hparams, dataset, algorithm, evaluator,
+                (tuple(_to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders)),
+                device, log)
+    extensions = build_extensions(hparams)
+    for extension in extensions:
+        extension.setup(fold)
+
+    interval = collections.defaultdict(list)
+    bar = tqdm(total=settings.n_steps, desc=f"fold {fold.name}", dynamic_ncols=True, disable=None, leave=False)
+    for step in range(settings.n_steps):
+        start = time.perf_counter()
+        minibatches = next(fold.train_minibatches)
+        for extension in extensions:
+            extension.before_step(fold, step)
+        fold.algorithm.on_step_begin(step, settings.n_steps)
+        stats = fold.algorithm.update(list(minibatches))
+        for extension in extensions:
+            extension.after_step(fold, step)
+        for key, value in stats.items():
+            interval[key].append(value)
+        interval["step_time"].append(time.perf_counter() - start)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
+
+        if step % settings.checkpoint_freq == 0 or step == settings.n_steps - 1:
+            record = {"test_envs": list(settings.test_envs), "step": step, "epoch": step / steps_per_epoch}
+            record.update({key: float(np.mean(values)) for key, values in interval.items()})
+            interval.clear()
+            eval_start = time.perf_counter()
+            accuracies, losses, summaries = evaluator.evaluate(fold.algorithm)
+            record["eval_time"] = time.perf_counter() - eval_start
+            record.update(summaries)
+            record.update(accuracies)
+            record.update({f"{name}_loss": value for name, value in losses.items()})
+            for extension in extensions:
+                extension.at_checkpoint(fold, step, record)
+            fold.records.append(record)
+            if records_path is not None:
+                append_record(records_path, record)
+            log(f"[{fold.name}] " + _format_record(record))
+            if settings.model_save is not None and step >= settings.model_save and settings.out_dir:
+                misc.atomic_torch_save(
+                    {"test_envs": settings.test_envs, "step": step, "hparams": hparams,
+                     "model_dict": fold.algorithm.state_dict()},
+                    Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth",
+                )
+            if fold.stop:
+                log(f"[{fold.name}] stopping early at step {step}")
+                break
+    bar.close()
+
+    rows = selection.select(fold.records)
+    fold.row_rules = {row: selection.describe(row) for row in rows}
+    for extension in extensions:
+        extension.finish(fold, rows)
+    for row, accuracy in rows.items():
+        log(f"[{fold.name}] {row} = {100 * accuracy:.2f}%")
+    return rows, fold.row_rules, fold.records, fold.final_model or fold.algorithm

@@ -1,0 +1,214 @@
+"""Train one algorithm on every leave-one-domain-out fold of a dataset and print the table.
+
+    python train_all.py NAME [extra.yaml ...] --dataset PACS --data_dir DATA --algorithm ERM \
+        [--steps N --checkpoint_freq K ...] [--any_hparam value ...]
+
+The flags are SWAD's; every other `--key value` sets an hparam (see domainbed/config.py).
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+
+from domainbed import hparams_registry, misc, report
+from domainbed.algorithms import get_algorithm_class
+from domainbed.config import build_hparams, parse_overrides
+from domainbed.datasets import get_dataset_class
+from domainbed.errors import UsageError
+from domainbed.log import RunLog
+from domainbed.trainer import FoldSettings, train_fold
+
+BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Domain generalization: all leave-one-domain-out folds",
+                                     allow_abbrev=False)
+    parser.add_argument("name", help="name of the run; its directory is OUTPUT_DIR/DATASET/TIMESTAMP_NAME")
+    parser.add_argument("configs", nargs="*", help="extra yaml files of hparams, applied in order")
+    parser.add_argument("--data_dir", default="datadir/")
+    parser.add_argument("--dataset", default="PACS")
+    parser.add_argument("--algorithm", default="ERM")
+    parser.add_argument("--trial_seed", type=int, default=0, help="seeds the holdout splits and random hparams")
+    parser.add_argument("--seed", type=int, default=0, help="seeds everything else")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the dataset's)")
+    parser.add_argument("--checkpoint_freq", type=int, default=None, help="evaluate every N steps")
+    parser.add_argument("--test_envs", type=int, nargs="+", default=None,
+                        help="the folds to run, one per test environment (default: all)")
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--model_save", type=int, default=None, help="save a checkpoint at every evaluation from this step on")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN and torch algorithms")
+    parser.add_argument("--tb_freq", type=int, default=10)
+    parser.add_argument("--debug", action="store_true", help="10 steps, evaluation every 5")
+    parser.add_argument("--show", action="store_true", help="print args and hparams, then exit")
+    parser.add_argument("--evalmode", choices=["fast", "all"], default="fast",
+                        help="fast skips the training domains' in-splits, which no selection row uses")
+    parser.add_argument("--prebuild_loader", action="store_true", help="accepted for SWAD compatibility")
+    parser.add_argument("--output_dir", default="train_output")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return parser
+
+
+def split_argv(parser, argv):
+    """(argparse tokens, hparam tokens): our flags and positionals go to argparse, every other
+    `--key [value]` is an hparam. Done by hand so hparam values such as -0.5 stay with their key."""
+    known, extra = [], []
+    actions = parser._option_string_actions
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        key = token.split("=", 1)[0]
+        if token.startswith("-") and key in actions:
+            action = actions[key]
+            known.append(token)
+            index += 1
+            if "=" in token or action.nargs == 0:
+                continue
+            wanted = 1 if action.nargs in (None, "?") else len(argv)
+            while wanted and index < len(argv) and not argv[index].startswith("--"):
+                known.append(argv[index])
+                index += 1
+                wanted -= 1
+        elif token.startswith("--"):
+            extra.append(token)
+            index += 1
+            if "=" not in token and index < len(argv) and not argv[index].startswith("--"):
+                extra.append(argv[index])
+                index += 1
+        else:
+            known.append(token)
+            index += 1
+    return known, extra
+
+
+def environment_report() -> list:
+    return [
+        "Environment:",
+        f"\tPython: {platform.python_version()}",
+        f"\tPyTorch: {torch.__version__}",
+        f"\tTorchvision: {torchvision.__version__}",
+        f"\tCUDA: {torch.version.cuda} (available: {torch.cuda.is_available()})",
+        f"\tNumPy: {np.__version__}",
+        f"\tPIL: {PIL.__version__}",
+    ]
+
+
+def run(argv) -> dict:
+    parser = make_parser()
+    known, extra = split_argv(parser, argv)
+    args = parser.parse_args(known)
+    dataset_class = get_dataset_class(args.dataset)
+    get_algorithm_class(args.algorithm)
+    defaults = hparams_registry.default_hparams(args.algorithm, args.dataset)
+    hparams = build_hparams(defaults, BASE_CONFIG, args.configs, parse_overrides(extra))
+    if args.debug:
+        args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
+
+    out_dir = Path(args.output_dir) / args.dataset / f"{time.strftime('%y%m%d_%H-%M-%S')}_{args.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out_dir / "log.txt")
+    try:
+        return _run(args, hparams, dataset_class, out_dir, log, argv)
+    except UsageError as error:
+        log(f"error: {error}")
+        raise
+    finally:
+        log.close()
+
+
+def _run(args, hparams, dataset_class, out_dir, log, argv) -> dict:
+    log(f"Command: python train_all.py {' '.join(argv)}")
+    for line in environment_report():
+        log(line)
+    log("Args:")
+    for key, value in sorted(vars(args).items()):
+        log(f"\t{key}: {value}")
+    log("HParams:")
+    for key, value in sorted(hparams.items()):
+        log(f"\t{key}: {value}")
+    misc.atomic_write_text(out_dir / "args.json", misc.to_json(vars(args), indent=2, sort_keys=True))
+    misc.atomic_write_text(out_dir / "hparams.json", misc.to_json(hparams, indent=2, sort_keys=True))
+    if args.show:
+        return {}
+
+    misc.set_deterministic(args.deterministic)
+    dataset = dataset_class(args.data_dir, [], hparams)
+    log(f"Dataset {args.dataset}: {len(dataset)} environments, {dataset.num_classes} classes")
+    for env, name in enumerate(dataset.environments):
+        log(f"\tenv{env}: {name} ({len(dataset[env])} items)")
+
+    test_envs = args.test_envs if args.test_envs is not None else list(range(len(dataset)))
+    for env in test_envs:
+        if not 0 <= env < len(dataset):
+            raise UsageError(
+                f"--test_envs {env} is out of range; {args.dataset} has environments 0-{len(dataset) - 1} "
+                f"({', '.join(f'{i}={n}' for i, n in enumerate(dataset.environments))})"
+            )
+    if len(dataset) < 2:
+        raise UsageError(f"{args.dataset} has {len(dataset)} environment; leave-one-domain-out needs at least 2")
+
+    n_steps = args.steps or dataset.N_STEPS
+    checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    if n_steps <= 0 or checkpoint_freq <= 0:
+        raise UsageError(f"--steps ({n_steps}) and --checkpoint_freq ({checkpoint_freq}) must be positive")
+    # As SWAD: one more step than a multiple of checkpoint_freq, so the last step is evaluated.
+    n_steps = (n_steps // checkpoint_freq) * checkpoint_freq + 1
+    log(f"n_steps = {n_steps}, checkpoint_freq = {checkpoint_freq}, test_envs = {test_envs}")
+
+    fold_rows, rules = [], {}
+    for env in test_envs:
+        settings = FoldSettings(
+            algorithm=args.algorithm, test_envs=[env], n_steps=n_steps, checkpoint_freq=checkpoint_freq,
+            seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
+            evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
+        )
+        rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, out_dir / "results.jsonl")
+        fold_rows.append(rows)
+        rules.update(row_rules)
+
+    env_names = [dataset.environments[env] for env in test_envs]
+    table = report.build_table(fold_rows, env_names)
+    text = report.format_table(table, env_names, rules)
+    log("=== Summary ===")
+    log(f"Algorithm: {args.algorithm}, dataset: {args.dataset}, output: {out_dir}")
+    log(text)
+    misc.atomic_write_text(out_dir / "table.txt", text + "\n")
+    summary = {"dataset": args.dataset, "algorithm": args.algorithm, "environments": env_names,
+               "test_envs": test_envs, "rows": table, "rules": {row: rules.get(row, "") for row in table}}
+    misc.atomic_write_text(out_dir / "table.json", misc.to_json(summary, indent=2))
+    return {"out_dir": out_dir, **summary}
+
+
+def _one_line(error: Exception) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with the
+    worker's traceback folded into the message."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    prefix = f"{UsageError.__module__}.{UsageError.__name__}: "
+    return last.split(prefix, 1)[1] if prefix in last else last
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(argv)
+    except UsageError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the records so far are in the run directory's results.jsonl", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
