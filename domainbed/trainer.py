@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from domainbed import misc, selection
+from domainbed import misc, model_io, selection
 from domainbed.algorithms import get_algorithm_class
 from domainbed.data import InfiniteDataLoader, num_workers_for
 from domainbed.datasets import split_dataset
@@ -57,6 +57,7 @@ class Fold:
     stop: bool = False
     final_model: torch.nn.Module | None = None
     row_rules: dict = field(default_factory=dict)
+    model_transforms: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -195,4 +196,13 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         extension.finish(fold, rows)
     for row, accuracy in rows.items():
         log(f"[{fold.name}] {row} = {100 * accuracy:.2f}%")
-    return rows, fold.row_rules, fold.records, fold.final_model or fold.algorithm
+    final_model = fold.final_model or fold.algorithm
+    if settings.out_dir is not None:
+        model_io.save_model(model_io.final_model_path(settings.out_dir, settings.test_envs), final_model, {
+            "algorithm": settings.algorithm, "input_shape": tuple(dataset.input_shape),
+            "num_classes": dataset.num_classes, "num_domains": len(train_splits), "hparams": hparams,
+            "dataset": getattr(dataset, "NAME", type(dataset).__name__),
+            "environments": list(dataset.environments), "test_envs": list(settings.test_envs),
+            "transforms": fold.model_transforms,
+        })
+    return rows, fold.row_rules, fold.records, final_model
