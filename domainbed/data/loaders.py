@@ -1,7 +1,7 @@
 """DataLoaders sized to the machine.
 
 Training draws each domain's minibatches with replacement from an endless sampler, as DomainBed's
-InfiniteDataLoader, with its own seeded generator so the stream depends only on the fold seed.
+InfiniteDataLoader; the items of step t depend only on (stream seed, t) (see sampling.py).
 Workers persist across the run, memory is pinned when a GPU will consume the batches, and
 in-memory datasets skip workers entirely.
 """
@@ -9,7 +9,9 @@ in-memory datasets skip workers entirely.
 import os
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+from torch.utils.data import DataLoader
+
+from domainbed.data.sampling import StepBatchSampler
 
 
 def num_workers_for(requested: int, dataset_max: int, n_loaders: int) -> int:
@@ -21,25 +23,14 @@ def num_workers_for(requested: int, dataset_max: int, n_loaders: int) -> int:
     return max(0, min(dataset_max, (cores - 1) // max(1, n_loaders)))
 
 
-class _Forever:
-    def __init__(self, batch_sampler):
-        self.batch_sampler = batch_sampler
-
-    def __iter__(self):
-        while True:
-            yield from self.batch_sampler
-
-
 class InfiniteDataLoader:
     """An endless iterator of `batch_size` minibatches drawn uniformly with replacement."""
 
-    def __init__(self, dataset, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False):
-        generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, replacement=True, generator=generator)
-        batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=True)
+    def __init__(self, dataset, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False,
+                 start_step: int = 0):
         self._loader = DataLoader(
             dataset,
-            batch_sampler=_Forever(batch_sampler),
+            batch_sampler=StepBatchSampler(seed, len(dataset), batch_size, start_step),
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
