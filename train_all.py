@@ -1,16 +1,17 @@
 """Train one algorithm on every leave-one-domain-out fold of a dataset and print the table.
 
     python train_all.py NAME [extra.yaml ...] --dataset PACS --data_dir DATA --algorithm ERM \
-        [--steps N --checkpoint_freq K ...] [--any_hparam value ...]
+        [--steps N --checkpoint_freq K ...] [--any_hparam value ...] [--resume [RUN_DIR]]
 
 The flags are SWAD's; every other `--key value` sets an hparam (see domainbed/config.py).
+`--resume` continues the most recent run of the same name and dataset (or RUN_DIR): finished
+folds are skipped, the unfinished one continues from its last checkpoint (domainbed/checkpoint.py).
 """
 
 import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,13 @@ import PIL
 import torch
 import torchvision
 
-from domainbed import hparams_registry, misc, report
+from domainbed import checkpoint, hparams_registry, misc, report
 from domainbed.algorithms import get_algorithm_class
 from domainbed.config import build_hparams, parse_overrides
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.log import RunLog
+from domainbed.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
 from domainbed.trainer import FoldSettings, train_fold
 
 BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -38,6 +40,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="PACS")
     parser.add_argument("--algorithm", default="ERM")
     parser.add_argument("--trial_seed", type=int, default=0, help="seeds the holdout splits and random hparams")
+    parser.add_argument("--hparams_seed", type=int, default=0,
+                        help="0: the registry's defaults; N > 0: a random draw seeded by (N, trial_seed), as DomainBed")
     parser.add_argument("--seed", type=int, default=0, help="seeds everything else")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the dataset's)")
     parser.add_argument("--checkpoint_freq", type=int, default=None, help="evaluate every N steps")
@@ -54,6 +58,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prebuild_loader", action="store_true", help="accepted for SWAD compatibility")
     parser.add_argument("--output_dir", default="train_output")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                        help="continue RUN_DIR, or without a value the most recent run of this name and dataset "
+                             "under --output_dir (a new run when there is none)")
+    parser.add_argument("--keep_best", action="store_true",
+                        help="keep the checkpoint of best training-domain validation accuracy besides the last")
     return parser
 
 
@@ -107,16 +116,17 @@ def run(argv) -> dict:
     args = parser.parse_args(known)
     dataset_class = get_dataset_class(args.dataset)
     get_algorithm_class(args.algorithm)
-    defaults = hparams_registry.default_hparams(args.algorithm, args.dataset)
-    hparams = build_hparams(defaults, BASE_CONFIG, args.configs, parse_overrides(extra))
+    hparams = build_hparams(registry_hparams(args), BASE_CONFIG, args.configs, parse_overrides(extra))
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
 
-    out_dir = Path(args.output_dir) / args.dataset / f"{time.strftime('%y%m%d_%H-%M-%S')}_{args.name}"
+    out_dir = run_directory(args)
+    resuming = args.resume is not None and (out_dir / "args.json").is_file() and (out_dir / "hparams.json").is_file()
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir / "log.txt")
     try:
-        return _run(args, hparams, dataset_class, out_dir, log, argv)
+        with RunLock(out_dir):
+            return _run(args, hparams, dataset_class, out_dir, log, argv, resuming)
     except UsageError as error:
         log(f"error: {error}")
         raise
@@ -124,7 +134,31 @@ def run(argv) -> dict:
         log.close()
 
 
-def _run(args, hparams, dataset_class, out_dir, log, argv) -> dict:
+def registry_hparams(args) -> dict:
+    """The registry's defaults, or with --hparams_seed N > 0 DomainBed's random draw for (N, trial_seed)."""
+    if args.hparams_seed < 0:
+        raise UsageError(f"--hparams_seed {args.hparams_seed} is negative; use 0 (defaults) or a positive seed")
+    if args.hparams_seed == 0:
+        return hparams_registry.default_hparams(args.algorithm, args.dataset)
+    seed = misc.seed_hash(args.hparams_seed, args.trial_seed)
+    return hparams_registry.random_hparams(args.algorithm, args.dataset, seed)
+
+
+def run_directory(args) -> Path:
+    """A new OUTPUT_DIR/DATASET/TIMESTAMP_NAME, or the run directory that --resume names or finds."""
+    if args.resume is None:
+        return new_run_dir(args.output_dir, args.dataset, args.name)
+    if args.resume is True:
+        return latest_run_dir(args.output_dir, args.dataset, args.name) or new_run_dir(
+            args.output_dir, args.dataset, args.name)
+    path = Path(args.resume)
+    if not (path / "args.json").is_file():
+        raise UsageError(f"--resume {path}: not a run directory (no {path / 'args.json'}); give a directory "
+                         f"that train_all.py wrote, or --resume alone for the latest run named {args.name!r}")
+    return path
+
+
+def _run(args, hparams, dataset_class, out_dir, log, argv, resuming) -> dict:
     log(f"Command: python train_all.py {' '.join(argv)}")
     for line in environment_report():
         log(line)
@@ -134,8 +168,16 @@ def _run(args, hparams, dataset_class, out_dir, log, argv) -> dict:
     log("HParams:")
     for key, value in sorted(hparams.items()):
         log(f"\t{key}: {value}")
-    misc.atomic_write_text(out_dir / "args.json", misc.to_json(vars(args), indent=2, sort_keys=True))
-    misc.atomic_write_text(out_dir / "hparams.json", misc.to_json(hparams, indent=2, sort_keys=True))
+    if resuming:
+        differences = compare_settings(out_dir, vars(args), hparams, checkpoint.RESUMABLE_HPARAMS)
+        if differences:
+            raise UsageError(f"cannot resume {out_dir}: its settings differ ({'; '.join(differences)}); "
+                             f"use the run's own command line, or leave out --resume for a new run")
+        stale = checkpoint.remove_temporaries(out_dir)
+        log(f"Resuming {out_dir}" + (f" (removed {len(stale)} unfinished temporary files)" if stale else ""))
+    else:
+        misc.atomic_write_text(out_dir / "args.json", misc.to_json(vars(args), indent=2, sort_keys=True))
+        misc.atomic_write_text(out_dir / "hparams.json", misc.to_json(hparams, indent=2, sort_keys=True))
     if args.show:
         return {}
 
@@ -165,12 +207,18 @@ def _run(args, hparams, dataset_class, out_dir, log, argv) -> dict:
 
     fold_rows, rules = [], {}
     for env in test_envs:
-        settings = FoldSettings(
-            algorithm=args.algorithm, test_envs=[env], n_steps=n_steps, checkpoint_freq=checkpoint_freq,
-            seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
-            evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
-        )
-        rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, out_dir / "results.jsonl")
+        finished = checkpoint.finished(out_dir, [env]) if resuming else None
+        if finished is not None:
+            log(f"[{checkpoint.fold_tag([env])}] finished earlier: skipped")
+            rows, row_rules = finished["rows"], finished["row_rules"]
+        else:
+            settings = FoldSettings(
+                algorithm=args.algorithm, test_envs=[env], n_steps=n_steps, checkpoint_freq=checkpoint_freq,
+                seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
+                evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
+                resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
+            )
+            rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, out_dir / "results.jsonl")
         fold_rows.append(rows)
         rules.update(row_rules)
 

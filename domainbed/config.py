@@ -112,11 +112,11 @@ def parse_overrides(tokens) -> list:
 def build_hparams(defaults: dict, base_config, extra_configs=(), overrides=()) -> dict:
     """The run's hparams: `defaults` updated by the yaml files in order, then the overrides."""
     hparams = dict(defaults)
-    layers = [(str(base_config), load_yaml(base_config))] if base_config else []
-    layers += [(str(path), load_yaml(path)) for path in extra_configs]
-    for index, (source, content) in enumerate(layers):
+    layers = [(str(base_config), load_yaml(base_config), True)] if base_config else []
+    layers += [(str(path), load_yaml(path), False) for path in extra_configs]
+    for source, content, may_add_keys in layers:
         for key, value in content.items():
-            if index > 0:
+            if not may_add_keys:
                 _check_known(key, hparams, source)
             hparams[key] = coerce(key, value, hparams[key], source) if key in hparams else value
     for key, value in overrides:

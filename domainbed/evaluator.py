@@ -7,6 +7,7 @@ selection row uses, are skipped. All splits share one loader (one pool of worker
 of a training domain are predicted with `env=` that domain's index.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +27,14 @@ class EvalSplit:
 
 
 class Evaluator:
-    def __init__(self, splits, test_envs, batch_size, num_workers, device, evalmode="fast"):
+    def __init__(self, splits, test_envs, batch_size, num_workers, device, evalmode="fast",
+                 make_loader=None, autocast=contextlib.nullcontext):
+        """`make_loader(datasets, batch_size)`, when given, replaces the DataLoader over the
+        evaluated splits (the gpu input pipeline's cached batches); `autocast()` is the run's
+        mixed-precision context (domainbed/precision.py)."""
         self.test_envs = list(test_envs)
         self.device = torch.device(device)
+        self.autocast = autocast
         self.splits = [
             s for s in splits if not (evalmode == "fast" and s.inout == "in" and s.train_domain is not None)
         ]
@@ -37,12 +43,15 @@ class Evaluator:
         for split in self.splits:
             self._boundaries.append((start, start + len(split.dataset)))
             start += len(split.dataset)
-        self.loader = eval_loader(
-            ConcatDataset([s.dataset for s in self.splits]),
-            batch_size,
-            num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        if make_loader is not None:
+            self.loader = make_loader([s.dataset for s in self.splits], batch_size)
+        else:
+            self.loader = eval_loader(
+                ConcatDataset([s.dataset for s in self.splits]),
+                batch_size,
+                num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
 
     @torch.inference_mode()
     def evaluate(self, algorithm):
@@ -63,7 +72,8 @@ class Evaluator:
                 if lo >= hi:
                     continue
                 xs, ys = x[lo - offset: hi - offset], y[lo - offset: hi - offset]
-                logits = algorithm.predict(xs, env=self.splits[index].train_domain).float()
+                with self.autocast():
+                    logits = algorithm.predict(xs, env=self.splits[index].train_domain).float()
                 correct[index] += (logits.argmax(1) == ys).sum()
                 loss_sum[index] += F.cross_entropy(logits, ys, reduction="sum")
             offset += len(x)

@@ -81,3 +81,113 @@ def default_hparams(algorithm: str, dataset: str) -> dict:
 def random_hparams(algorithm: str, dataset: str, seed: int) -> dict:
     """One random-search draw; DomainBed's sweeps seed it with seed_hash(hparams_seed, trial)."""
     return {name: draw for name, (_, draw) in _hparams(algorithm, dataset, seed).items()}
+
+
+@_algorithm_hparams("RSC")
+def _rsc(_hparam, dataset):
+    # official variant (DeLightCMU/RSC); see domainbed/algorithms/rsc.py
+    _hparam("rsc_variant", "official", lambda r: "official")
+    _hparam("rsc_drop_strategy", "gradient", lambda r: "gradient")
+    _hparam("rsc_mode", "both", lambda r: "both")
+    _hparam("rsc_spatial_drop", 1 / 3, lambda r: float(r.uniform(0.1, 0.5)))
+    _hparam("rsc_channel_drop", 1 / 3.2, lambda r: float(r.uniform(0.1, 0.5)))
+    _hparam("rsc_batch_percent", 0.3, lambda r: float(r.uniform(0.1, 0.5)))
+    _hparam("rsc_batch_increment", 0.2, lambda r: 0.2)
+    _hparam("rsc_batch_interval", 0.5, lambda r: 0.5)
+    _hparam("rsc_batch_interval_steps", 0, lambda r: 0)
+    # DomainBed variant
+    _hparam("rsc_f_drop_factor", 1 / 3, lambda r: float(r.uniform(0, 0.5)))
+    _hparam("rsc_b_drop_factor", 1 / 3, lambda r: float(r.uniform(0, 0.5)))
+
+
+# lr / resnet_dropout / weight_decay / SAGM alpha of SAGM's released commands (Wang-pengfei/SAGM);
+# SAM and GSAM run on the same protocol so the three compare as in SAGM's table
+_SAGM_RELEASED = {
+    "PACS": (3e-5, 0.5, 1e-4, 1e-3),
+    "VLCS": (1e-5, 0.5, 1e-4, 1e-3),
+    "OfficeHome": (1e-5, 0.5, 1e-4, 5e-4),
+    "TerraIncognita": (1e-5, 0.5, 1e-4, 1e-3),
+    "DomainNet": (3e-5, 0.5, 1e-6, 5e-4),
+}
+
+
+def _sharpness_protocol(_hparam, dataset):
+    _hparam("rho", 0.05, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1])))
+    _hparam("adaptive", False, lambda r: False)
+    if dataset in _SAGM_RELEASED:
+        lr, dropout, weight_decay, _ = _SAGM_RELEASED[dataset]
+        _hparam("lr", lr, lambda r: 10 ** r.uniform(-5, -3.5))
+        _hparam("resnet_dropout", dropout, lambda r: float(r.choice([0.0, 0.1, 0.5])))
+        _hparam("weight_decay", weight_decay, lambda r: 10 ** r.uniform(-6, -2))
+
+
+@_algorithm_hparams("SAM")
+def _sam(_hparam, dataset):
+    _sharpness_protocol(_hparam, dataset)
+
+
+@_algorithm_hparams("GSAM")
+def _gsam(_hparam, dataset):
+    _sharpness_protocol(_hparam, dataset)
+    _hparam("alpha", 0.01, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1, 0.2, 0.3])))
+
+
+@_algorithm_hparams("SAGM_DG")
+def _sagm(_hparam, dataset):
+    _sharpness_protocol(_hparam, dataset)
+    alpha = _SAGM_RELEASED[dataset][3] if dataset in _SAGM_RELEASED else 1e-3
+    _hparam("alpha", alpha, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1])))
+
+
+# lr / resnet_dropout / weight_decay of GradSurgery's published commands (libzwo/CorGrad), which
+# also pass --steps 1000 --checkpoint_freq 10 on TerraIncognita and 15000 / 500 on DomainNet
+_GRAD_SURGERY_RELEASED = {
+    "PACS": (3e-5, 0.2, 1e-4),
+    "VLCS": (1e-5, 0.1, 5e-3),
+    "OfficeHome": (4.5e-5, 0.1, 1e-3),
+    "TerraIncognita": (1e-4, 0.1, 1e-4),
+    "DomainNet": (3e-5, 0.2, 1e-6),
+}
+
+
+@_algorithm_hparams("GradSurgery")
+def _grad_surgery(_hparam, dataset):
+    _hparam("backbone", "resnet18", lambda r: "resnet18")
+    _hparam("n_parts", 10, lambda r: int(r.choice([1, 5, 10, 20])))
+    _hparam("alpha", 0.6, lambda r: float(r.uniform(0.0, 1.0)))
+    _hparam("use_alpha", True, lambda r: True)
+    _hparam("all_layers", True, lambda r: True)
+    if dataset in _GRAD_SURGERY_RELEASED:
+        lr, dropout, weight_decay = _GRAD_SURGERY_RELEASED[dataset]
+        _hparam("lr", lr, lambda r: 10 ** r.uniform(-5, -3.5))
+        _hparam("resnet_dropout", dropout, lambda r: float(r.choice([0.0, 0.1, 0.2, 0.5])))
+        _hparam("weight_decay", weight_decay, lambda r: 10 ** r.uniform(-6, -2))
+
+
+@_algorithm_hparams("DMG")
+def _dmg(_hparam, dataset):
+    # the official configs' keys (prithv1/DMG); see domainbed/algorithms/dmg.py
+    _hparam("resnet_dropout", 0.0, lambda r: 0.0)
+    _hparam("mlp_dropout", 0.0, lambda r: 0.0)
+    _hparam("mask_layers", "fc", lambda r: "fc")
+    _hparam("mask_init", "random_uniform", lambda r: "random_uniform")
+    _hparam("mask_init_scalar", 1.0, lambda r: 1.0)
+    _hparam("overlap_lambda", 0.1, lambda r: float(10 ** r.uniform(-2, 0)))
+    _hparam("sparsity_lambda", 0.0, lambda r: 0.0)
+    if dataset in SMALL_IMAGES:
+        _hparam("mask_lr", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)))
+    else:
+        _hparam("mask_lr", 1e-4, lambda r: float(10 ** r.uniform(-5, -3)))
+
+
+@_algorithm_hparams("CORAL")
+def _coral(_hparam, dataset):
+    # DomainBed's (shared with its MMD); see domainbed/algorithms/coral.py
+    _hparam("mmd_gamma", 1.0, lambda r: float(10 ** r.uniform(-1, 1)))
+
+
+@_algorithm_hparams("Mixstyle")
+def _mixstyle(_hparam, dataset):
+    # SWAD's resnet*_mixstyle_L234_p0d5_a0d1; see domainbed/algorithms/mixstyle.py
+    _hparam("mixstyle_p", 0.5, lambda r: 0.5)
+    _hparam("mixstyle_alpha", 0.1, lambda r: float(r.choice([0.1, 0.2, 0.3])))

@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from domainbed import misc, model_io, selection
+from domainbed import checkpoint, misc, model_io, selection
 from domainbed.algorithms import get_algorithm_class
+from domainbed.compiling import compile_featurizer
 from domainbed.data import InfiniteDataLoader, num_workers_for
+from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import split_dataset
 from domainbed.evaluator import EvalSplit, Evaluator
 from domainbed.extensions import build_extensions
+from domainbed.precision import Precision
+from domainbed.scalars import ScalarLog
 
 
 @dataclass
@@ -39,6 +43,9 @@ class FoldSettings:
     device: str = "cpu"
     model_save: int | None = None
     out_dir: Path | None = None
+    resume: bool = False  # continue from the fold's newest checkpoint in out_dir (domainbed/checkpoint.py)
+    keep_best: bool = False  # also keep the checkpoint of best training-domain validation accuracy
+    tb_freq: int = 10  # TensorBoard scalars of the update every tb_freq steps (0: none at all)
 
 
 @dataclass
@@ -115,11 +122,18 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
 
     workers = num_workers_for(hparams["num_workers"], dataset.N_WORKERS, len(train_splits))
     fold_seed = misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs)
+    stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
+    pipeline = build_pipeline(hparams, dataset, device)  # None: the classic DataLoaders
+    precision = Precision(hparams["precision"], device)
+    meta = _model_meta(settings, dataset, len(train_splits), hparams)
+    checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
+    saved = checkpoints.load_latest() if settings.resume else None
+    start_step = saved["step"] + 1 if saved else 0
     loaders = [
-        InfiniteDataLoader(split, hparams["batch_size"], workers, misc.seed_hash(fold_seed, "train", i),
-                           pin_memory=device.type == "cuda")
-        for i, split in enumerate(train_splits)
-    ]
+        InfiniteDataLoader(split, hparams["batch_size"], workers, seed, pin_memory=device.type == "cuda",
+                           start_step=start_step)
+        for split, seed in zip(train_splits, stream_seeds)
+    ] if pipeline is None else []
     evaluator = Evaluator(
         eval_splits,
         settings.test_envs,
@@ -127,6 +141,8 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         num_workers_for(hparams["num_workers"], dataset.N_WORKERS, 1),
         device,
         settings.evalmode,
+        make_loader=None if pipeline is None else pipeline.eval_batches,
+        autocast=precision.autocast,
     )
     steps_per_epoch = min(len(split) / hparams["batch_size"] for split in train_splits)
 
@@ -135,31 +151,47 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     ).to(device)
     if channels_last:
         algorithm = algorithm.to(memory_format=torch.channels_last)
+    precision.attach(algorithm)
+    if hparams["compile"]:
+        compile_featurizer(algorithm)
     fold_name = "TE" + ",".join(map(str, settings.test_envs))
     log(f"[{fold_name}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
         f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {workers} workers per loader, {device}")
 
-    fold = Fold(settings, hparams, dataset, algorithm, evaluator,
-                (tuple(_to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders)),
-                device, log)
+    if pipeline is None:
+        train_minibatches = (tuple(_to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders))
+    else:
+        train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
+    fold = Fold(settings, hparams, dataset, algorithm, evaluator, train_minibatches, device, log)
     extensions = build_extensions(hparams)
     for extension in extensions:
         extension.setup(fold)
+    if settings.resume and records_path is not None:
+        checkpoint.rewrite_fold_records(records_path, settings.test_envs, saved["records"] if saved else [])
+    scalars = ScalarLog(settings.out_dir, fold.name, start_step, settings.tb_freq)
+    if saved is not None:
+        checkpoints.restore(fold, extensions, saved)  # last: it also sets the RNG states
+        log(f"[{fold.name}] resumed after step {saved['step']} from {saved['path']}")
 
     interval = collections.defaultdict(list)
-    bar = tqdm(total=settings.n_steps, desc=f"fold {fold.name}", dynamic_ncols=True, disable=None, leave=False)
-    for step in range(settings.n_steps):
+    end_step = start_step if fold.stop else settings.n_steps  # an extension stopped it before the crash
+    bar = tqdm(total=settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
+               disable=None, leave=False)
+    for step in range(start_step, end_step):
         start = time.perf_counter()
         minibatches = next(fold.train_minibatches)
         for extension in extensions:
             extension.before_step(fold, step)
         fold.algorithm.on_step_begin(step, settings.n_steps)
-        stats = fold.algorithm.update(list(minibatches))
+        with precision.training_step(fold.algorithm):
+            stats = fold.algorithm.update(list(minibatches))
         for extension in extensions:
             extension.after_step(fold, step)
         for key, value in stats.items():
             interval[key].append(value)
         interval["step_time"].append(time.perf_counter() - start)
+        checkpoint.crash_point("step")
+        scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
         bar.update(1)
         bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
 
@@ -169,6 +201,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
             interval.clear()
             eval_start = time.perf_counter()
             accuracies, losses, summaries = evaluator.evaluate(fold.algorithm)
+            checkpoint.crash_point("eval")
             record["eval_time"] = time.perf_counter() - eval_start
             record.update(summaries)
             record.update(accuracies)
@@ -178,6 +211,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
             fold.records.append(record)
             if records_path is not None:
                 append_record(records_path, record)
+                checkpoint.crash_point("record")
             log(f"[{fold.name}] " + _format_record(record))
             if settings.model_save is not None and step >= settings.model_save and settings.out_dir:
                 misc.atomic_torch_save(
@@ -185,10 +219,13 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
                      "model_dict": fold.algorithm.state_dict()},
                     Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth",
                 )
+            scalars.checkpoint(step, record)
+            checkpoints.save(fold, extensions, step)
             if fold.stop:
                 log(f"[{fold.name}] stopping early at step {step}")
                 break
     bar.close()
+    scalars.close()
 
     rows = selection.select(fold.records)
     fold.row_rules = {row: selection.describe(row) for row in rows}
@@ -198,11 +235,18 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         log(f"[{fold.name}] {row} = {100 * accuracy:.2f}%")
     final_model = fold.final_model or fold.algorithm
     if settings.out_dir is not None:
-        model_io.save_model(model_io.final_model_path(settings.out_dir, settings.test_envs), final_model, {
-            "algorithm": settings.algorithm, "input_shape": tuple(dataset.input_shape),
-            "num_classes": dataset.num_classes, "num_domains": len(train_splits), "hparams": hparams,
-            "dataset": getattr(dataset, "NAME", type(dataset).__name__),
-            "environments": list(dataset.environments), "test_envs": list(settings.test_envs),
-            "transforms": fold.model_transforms,
-        })
+        model_io.save_model(model_io.final_model_path(settings.out_dir, settings.test_envs), final_model,
+                            {**meta, "transforms": fold.model_transforms})
+        checkpoint.crash_point("finish")
+    checkpoints.finish(rows, fold.row_rules, fold.records)
     return rows, fold.row_rules, fold.records, final_model
+
+
+def _model_meta(settings: FoldSettings, dataset, num_domains: int, hparams: dict) -> dict:
+    """What model_io needs to rebuild the algorithm (the module-tree transforms come later)."""
+    return {
+        "algorithm": settings.algorithm, "input_shape": tuple(dataset.input_shape),
+        "num_classes": dataset.num_classes, "num_domains": num_domains, "hparams": hparams,
+        "dataset": getattr(dataset, "NAME", type(dataset).__name__),
+        "environments": list(dataset.environments), "test_envs": list(settings.test_envs),
+    }

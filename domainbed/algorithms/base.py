@@ -50,6 +50,26 @@ class Algorithm(nn.Module):
         self.step = step
         self.n_steps = n_steps
 
+    # set by domainbed.precision under --precision fp16; None: backward/optimizer_step are plain
+    loss_scaler = None
+
+    def backward(self, loss) -> None:
+        """`loss.backward()`, with the loss scaled under fp16 mixed precision. A method that
+        back-propagates through this and steps through `optimizer_step` trains under every
+        `--precision`; one that calls them directly trains under fp32 and bf16."""
+        if self.loss_scaler is None:
+            loss.backward()
+        else:
+            self.loss_scaler.backward(loss)
+
+    def optimizer_step(self, optimizer) -> None:
+        """`optimizer.step()`; under fp16 the gradients are unscaled first and the step is
+        skipped when one of them is inf or nan (torch.amp.GradScaler.step)."""
+        if self.loss_scaler is None:
+            optimizer.step()
+        else:
+            self.loss_scaler.step(optimizer)
+
     def optimizers(self) -> dict:
         """Every optimizer this method steps with, by name, for checkpoints and resumption.
         Methods with other optimizer attributes than `self.optimizer` override this."""
@@ -59,3 +79,25 @@ class Algorithm(nn.Module):
     def new_optimizer(self, params) -> torch.optim.Optimizer:
         """The base optimizer named by the hparams (`optimizer`, `lr`, `weight_decay`)."""
         return get_optimizer(self.hparams["optimizer"], params, self.hparams["lr"], self.hparams["weight_decay"])
+
+    def add_parameters_to_optimizers(self, params_beside) -> list:
+        """Let parameters created after construction learn (quantization's step sizes, say).
+
+        `params_beside` is a list of (new parameter, existing parameter) pairs: each new one
+        joins the param group that already holds its existing partner, in whichever optimizer
+        of `optimizers()` that is, so it shares that group's lr, weight decay and schedule while
+        every other parameter keeps its optimizer state. Returns the new parameters that no
+        optimizer took (their partner is not optimized). Methods that keep optimizers outside
+        `optimizers()` or build them in another way override this.
+        """
+        groups = {id(group): group for optimizer in self.optimizers().values() for group in optimizer.param_groups}
+        owner = {id(p): group for group in groups.values() for p in group["params"]}
+        left_out = []
+        for new, existing in params_beside:
+            group = owner.get(id(existing))
+            if group is None:
+                left_out.append(new)
+            elif id(new) not in owner:
+                group["params"].append(new)
+                owner[id(new)] = group
+        return left_out

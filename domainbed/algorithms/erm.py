@@ -28,8 +28,8 @@ class ERM(Algorithm):
         all_y = torch.cat([y for _, y in minibatches])
         loss = F.cross_entropy(self.predict(all_x), all_y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
         return {"loss": loss.item()}
 
     def predict(self, x, env=None):

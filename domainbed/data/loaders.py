@@ -1,7 +1,8 @@
 """DataLoaders sized to the machine.
 
 Training draws each domain's minibatches with replacement from an endless sampler, as DomainBed's
-InfiniteDataLoader; the items of step t depend only on (stream seed, t) (see sampling.py).
+InfiniteDataLoader; the items of step t, and their random augmentation, depend only on
+(stream seed, t) (see sampling.py).
 Workers persist across the run, memory is pinned when a GPU will consume the batches, and
 in-memory datasets skip workers entirely.
 """
@@ -11,7 +12,7 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
-from domainbed.data.sampling import StepBatchSampler
+from domainbed.data.sampling import SeededItems, StepBatchSampler
 
 
 def num_workers_for(requested: int, dataset_max: int, n_loaders: int) -> int:
@@ -28,9 +29,11 @@ class InfiniteDataLoader:
 
     def __init__(self, dataset, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False,
                  start_step: int = 0):
+        # Only a transform draws random numbers while loading; seeding costs ~0.1 ms per item.
+        seeded = getattr(dataset, "transform", None) is not None
         self._loader = DataLoader(
-            dataset,
-            batch_sampler=StepBatchSampler(seed, len(dataset), batch_size, start_step),
+            SeededItems(dataset) if seeded else dataset,
+            batch_sampler=StepBatchSampler(seed, len(dataset), batch_size, start_step, with_item_seeds=seeded),
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,

@@ -2,7 +2,10 @@
 
 The classification layer is replaced by the identity, `resnet_dropout` follows global pooling,
 and with `freeze_bn` (default) every BatchNorm layer stays in eval mode even while training:
-running statistics keep their ImageNet values while the affine parameters still learn.
+running statistics keep their ImageNet values while the affine parameters still learn. Frozen
+statistics only make sense when they come from pretraining: with `pretrained` False they would
+be the initial mean 0 and variance 1 and leave a deep network unnormalised, so a network trained
+from scratch keeps its BatchNorm layers training (SWAD would freeze them regardless).
 Inputs with other than three channels get a first convolution whose filters cycle through the
 pretrained RGB ones, as DomainBed does.
 """
@@ -28,7 +31,7 @@ class ResNet(nn.Module):
         network.fc = nn.Identity()
         self.network = network
         self.dropout = nn.Dropout(hparams["resnet_dropout"])
-        self.freeze_bn = bool(hparams["freeze_bn"])
+        self.freeze_bn = bool(hparams["freeze_bn"]) and bool(hparams["pretrained"])
         self.train()
 
     def feature_map(self, x):

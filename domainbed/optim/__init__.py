@@ -1,5 +1,6 @@
 """Optimizers: the factory every algorithm uses, and perturbation wrappers (SAM family)."""
 
 from domainbed.optim.factory import OPTIMIZERS, get_optimizer
+from domainbed.optim.sam import GSAM, SAGM, SAM, frozen_running_stats
 
-__all__ = ["OPTIMIZERS", "get_optimizer"]
+__all__ = ["GSAM", "OPTIMIZERS", "SAGM", "SAM", "frozen_running_stats", "get_optimizer"]

@@ -1,0 +1,68 @@
+"""SAM and GSAM: ERM's network and loss, stepped by a sharpness-aware optimizer wrapper.
+
+One step on the concatenation of all training domains' minibatches (mean cross-entropy L):
+g = grad L(w); w <- w + e(g); g_p = grad L at the perturbed point on the same batch, with
+BatchNorm running statistics left untouched; w <- w - e; one base-optimizer (Adam) step on the
+method's combination of g and g_p (see `domainbed.optim.sam`). The reported loss is L(w).
+
+Differences from the SAM that the SAGM and CorGrad repositories ship (DomainBed style):
+- theirs reports the loss at the perturbed point and lets the perturbed pass update BatchNorm
+  running statistics (moot with the default frozen BatchNorm); we report L(w) and freeze them,
+  as davda54/sam, GSAM and SAGM's own optimizer do;
+- theirs has no eps in rho / ||g|| and no `adaptive` variant.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from domainbed import optim
+from domainbed.algorithms.erm import ERM
+from domainbed.algorithms.registry import register_algorithm
+
+
+@register_algorithm("SAM")
+class SAM(ERM):
+    """Sharpness-Aware Minimization (Foret et al., "Sharpness-Aware Minimization for Efficiently
+    Improving Generalization", ICLR 2021): e = rho * g / ||g||, step with g_p.
+
+    Hparams: `rho` (0.05, the paper's default), `adaptive` (False; ASAM's variant).
+    Subclasses change only `new_perturbation_optimizer`.
+    """
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.perturbation = self.new_perturbation_optimizer(self.optimizer)
+
+    def new_perturbation_optimizer(self, base_optimizer):
+        return optim.SAM(base_optimizer, rho=self.hparams["rho"], adaptive=self.hparams["adaptive"])
+
+    def update(self, minibatches):
+        all_x = torch.cat([x for x, _ in minibatches])
+        all_y = torch.cat([y for _, y in minibatches])
+
+        loss = F.cross_entropy(self.predict(all_x), all_y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.perturbation.first_step(zero_grad=True)
+
+        with optim.frozen_running_stats(self.network):
+            F.cross_entropy(self.predict(all_x), all_y).backward()
+        self.perturbation.second_step(zero_grad=True)
+
+        return {"loss": loss.item()}
+
+
+@register_algorithm("GSAM")
+class GSAM(SAM):
+    """Surrogate Gap Guided SAM (Zhuang et al., "Surrogate Gap Minimization Improves
+    Sharpness-Aware Training", ICLR 2022): SAM's perturbation, step with g_p - alpha * g_orth,
+    g_orth being the component of g orthogonal to g_p.
+
+    Hparams: `rho` (0.05, constant: GSAM ties rho to the learning-rate schedule, which is
+    constant here), `alpha` (0.01), `adaptive` (False). Differences from juntang-zhuang/GSAM:
+    see `domainbed.optim.sam`.
+    """
+
+    def new_perturbation_optimizer(self, base_optimizer):
+        return optim.GSAM(base_optimizer, rho=self.hparams["rho"], alpha=self.hparams["alpha"],
+                          adaptive=self.hparams["adaptive"])

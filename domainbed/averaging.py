@@ -1,0 +1,173 @@
+"""Weight averaging as a trainer extension, so that every algorithm can be trained with it.
+
+    --swad LossValley | IIDMax | SMA | False      (True = LossValley, as SWAD's config)
+    --swad_kwargs "{n_converge: 3, n_tolerance: 6, tolerance_ratio: 0.3, bookkeeping: reference}"
+    --sma_start 100                                (SMA only)
+    --swad_bn_steps 500                            (BatchNorm re-estimation when not frozen)
+
+After every step the segment average (the steps since the last checkpoint, from `sma_start` on
+for SMA) takes in the new weights; at every checkpoint the strategy of `domainbed.swad` receives
+it with the checkpoint's training-domain validation accuracy and loss (`train_out`,
+`tr_outloss`), and a new segment starts. A dead loss valley stops the fold, as in SWAD. After
+training the final average (its BatchNorm statistics re-estimated on `swad_bn_steps` training
+minibatches when `freeze_bn` is False, as SWAD) is evaluated, adds the rows `SWAD` and
+`SWAD (inD)` (`IIDMax`, `SMA` for those strategies) and becomes the fold's saved final model.
+
+When the algorithm's parameters change identity (quantization swaps Conv2d for QuantConv2d, say)
+the averaging restarts from the new model, as the QT-DoG code restarts SWAD at its swap. An
+extension that swaps modules may also call `restart(fold)` itself.
+"""
+
+from domainbed import swad
+from domainbed.errors import UsageError, unknown_choice
+from domainbed.extensions import Extension, register_extension
+
+# Before quantization (order 90), whose `finish` reports the size of our final model.
+ORDER = 50
+STRATEGIES = ("LossValley", "IIDMax", "SMA")
+ROW_NAMES = {"LossValley": "SWAD", "IIDMax": "IIDMax", "SMA": "SMA"}
+RULES = {
+    "LossValley": "test-domain accuracy of SWAD's dense weight average over the valley of the "
+                  "training-domain validation loss (LossValley)",
+    "IIDMax": "test-domain accuracy of the weight average from the checkpoint of best training-domain "
+              "validation accuracy, kept where its own validation accuracy was best (SWAD's IIDMax)",
+    "SMA": "test-domain accuracy of the uniform weight average of every step from sma_start on (EoA's SMA)",
+}
+LOSS_VALLEY_KWARGS = {"n_converge": int, "n_tolerance": int, "tolerance_ratio": (int, float), "bookkeeping": str}
+_OFF = {"false", "none", "off", "no", "0", ""}
+_ON = {"true", "yes", "on", "1"}
+
+
+def strategy_name(value) -> str | None:
+    """The strategy `--swad value` selects, or None for no averaging."""
+    text = str(value).strip()
+    if text.lower() in _OFF:
+        return None
+    if text.lower() in _ON:
+        return "LossValley"
+    for name in STRATEGIES:
+        if text.lower() == name.lower():
+            return name
+    raise unknown_choice("--swad strategy", value, [*STRATEGIES, "False", "True (= LossValley)"])
+
+
+def loss_valley_kwargs(value) -> dict:
+    if not isinstance(value, dict):
+        raise UsageError(f"hparam swad_kwargs must be a mapping like {{n_converge: 3}}, not {value!r}")
+    for key, wanted in value.items():
+        if key not in LOSS_VALLEY_KWARGS:
+            raise unknown_choice("swad_kwargs key", key, list(LOSS_VALLEY_KWARGS))
+        if not isinstance(wanted, LOSS_VALLEY_KWARGS[key]) or isinstance(wanted, bool):
+            raise UsageError(f"swad_kwargs {key} has the wrong type: {wanted!r}")
+    kwargs = dict(value)
+    for key in ("n_converge", "n_tolerance"):
+        if key in kwargs and kwargs[key] < 1:
+            raise UsageError(f"swad_kwargs {key} must be at least 1, got {kwargs[key]}")
+    if kwargs.get("tolerance_ratio", 0) < 0:
+        raise UsageError(f"swad_kwargs tolerance_ratio must be >= 0, got {kwargs['tolerance_ratio']}")
+    if kwargs.get("bookkeeping", "reference") not in swad.BOOKKEEPING:
+        raise unknown_choice("swad_kwargs bookkeeping", kwargs["bookkeeping"], swad.BOOKKEEPING)
+    return kwargs
+
+
+def _non_negative_int(hparams, key, default) -> int:
+    value = hparams.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"hparam {key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+class WeightAveraging(Extension):
+    def __init__(self, strategy: str, hparams: dict):
+        self.strategy_name = strategy
+        self.row = ROW_NAMES[strategy]
+        self.kwargs = loss_valley_kwargs(hparams.get("swad_kwargs", {}))
+        self.sma_start = _non_negative_int(hparams, "sma_start", 100)
+        self.first_step = self.sma_start if strategy == "SMA" else 0
+        self.bn_steps = _non_negative_int(hparams, "swad_bn_steps", 500)
+        self.reestimate_bn = hparams.get("freeze_bn", True) is False
+        self.segment = None
+        self.strategy = None
+        self._template = None
+        self._tracked = []
+        self._pending_state = None
+
+    def _new_strategy(self, fold):
+        def log(message):
+            fold.log(f"[{fold.name}] {message}")
+
+        if self.strategy_name == "LossValley":
+            return swad.LossValley(**self.kwargs, log=log)
+        if self.strategy_name == "IIDMax":
+            return swad.IIDMax(lambda model: fold.evaluator.evaluate(model)[2]["train_out"], log=log)
+        return swad.SMA(self.sma_start, log=log)
+
+    def setup(self, fold) -> None:
+        self.restart(fold)
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def restart(self, fold, step: int | None = None) -> None:
+        """Start averaging afresh from the current model: a new segment and a new strategy.
+        Call it (with the step about to run) after changing the algorithm's module tree."""
+        self.segment = swad.AveragedModel(fold.algorithm)
+        self.strategy = self._new_strategy(fold)
+        self._template = fold.algorithm
+        self._tracked = list(fold.algorithm.parameters())
+        if step is not None:
+            fold.log(f"[{fold.name}] the model's parameters changed: weight averaging restarts at step {step}")
+
+    def after_step(self, fold, step: int) -> None:
+        params = list(fold.algorithm.parameters())
+        if len(params) != len(self._tracked) or any(a is not b for a, b in zip(params, self._tracked)):
+            self.restart(fold, step)
+        if step >= self.first_step:
+            self.segment.update_parameters(fold.algorithm, step=step, params=params)
+
+    def at_checkpoint(self, fold, step: int, record: dict) -> None:
+        self.strategy.update_and_evaluate(self.segment, record["train_out"], record["tr_outloss"])
+        if self.strategy.dead_valley:
+            fold.stop = True
+        self.segment = swad.AveragedModel(fold.algorithm)
+
+    def finish(self, fold, rows: dict) -> None:
+        averaged = self.strategy.get_final_model()
+        if averaged is None:
+            fold.log(f"[{fold.name}] {self.row}: nothing was averaged (training ended before step "
+                     f"{self.first_step}); its rows are those of the last model")
+            model, span = swad.copy_without_optimizers(fold.algorithm), "the last model"
+        else:
+            model, span = averaged.module.to(fold.device), averaged.describe()
+        if self.reestimate_bn and self.bn_steps:
+            fold.log(f"[{fold.name}] {self.row}: re-estimating BatchNorm statistics on {self.bn_steps} minibatches")
+            swad.update_bn(model, fold.train_minibatches, self.bn_steps)
+        _, _, summaries = fold.evaluator.evaluate(model)
+        rows[self.row] = summaries["test_in"]
+        rows[f"{self.row} (inD)"] = summaries["train_out"]
+        fold.row_rules[self.row] = RULES[self.strategy_name]
+        fold.row_rules[f"{self.row} (inD)"] = f"training-domain validation accuracy of the {self.row} average (in-domain)"
+        fold.final_model = model
+        fold.log(f"[{fold.name}] {self.row} {span}: test_in {summaries['test_in']:.4f}, "
+                 f"train_out {summaries['train_out']:.4f}")
+
+    def state_dict(self) -> dict:
+        return {"strategy": self.strategy_name, "segment": self.segment.averaging_state(),
+                "strategy_state": self.strategy.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores what `state_dict` returned; before `setup` it is kept until then."""
+        if self.segment is None:
+            self._pending_state = state
+            return
+        if state["strategy"] != self.strategy_name:
+            raise UsageError(f"saved averaging state is for {state['strategy']}, this run uses {self.strategy_name}")
+        device = next(self._template.parameters()).device
+        self.segment = swad.AveragedModel.from_state(self._template, state["segment"], device)
+        self.strategy.load_state_dict(state["strategy_state"], self._template)
+
+
+@register_extension(ORDER)
+def weight_averaging(hparams: dict) -> WeightAveraging | None:
+    strategy = strategy_name(hparams.get("swad", "False"))
+    return None if strategy is None else WeightAveraging(strategy, hparams)

@@ -1,0 +1,298 @@
+"""Resumable folds: everything a fold needs to continue, saved atomically at every checkpoint.
+
+After the evaluation at step N the trainer writes `OUT/resume/TE{envs}_step{N}.pth` (a temporary
+file, fsynced, then renamed, so a crash leaves the old checkpoint or the new one, never half of
+one) holding:
+
+- the algorithm's state dict (which carries any `get_extra_state()` of its modules: counters,
+  schedules) and, under the keys `meta` / `model_dict`, what `model_io.load_model` reads, so a
+  kept checkpoint is also a loadable model;
+- every optimizer of `algorithm.optimizers()`, with the names of the parameters in each of its
+  groups, so that groups grown during training (quantization's step sizes) are rebuilt;
+- `fold.model_transforms` (module-tree changes, replayed with model_io's REBUILDERS before the
+  state dict is loaded), each extension's `state_dict()`, in the extensions' order;
+- the RNG states of python, numpy and torch (CPU and every CUDA device), the records so far, and
+  whether an extension stopped training.
+
+The data stream needs no state: the batches of step t (and their augmentation) are a pure function
+of (stream seed, t), see domainbed/data/sampling.py, so the resumed loaders start at step N + 1.
+Only the newest checkpoint of a fold is kept, plus, with `keep_best`, the one of best
+training-domain validation accuracy. A finished fold leaves `OUT/resume/TE{envs}_done.json` with
+its selection rows (a resumed run skips it) and deletes its checkpoints but the best.
+
+`crash_point(name)` is a test hook: with DOMAINBED_TEST_CRASH_AT=name:n in the environment the
+process kills itself with SIGKILL the n-th time it passes that point.
+"""
+
+import collections
+import json
+import os
+import random
+import re
+import signal
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domainbed import misc, model_io
+from domainbed.errors import UsageError
+
+CRASH_ENV = "DOMAINBED_TEST_CRASH_AT"
+FORMAT = 1
+# Hparams that change speed, never results: a run may resume with other values.
+RESUMABLE_HPARAMS = {"num_workers"}
+
+_crash_counts = collections.Counter()
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get(CRASH_ENV, "")
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _crash_counts[name] += 1
+    if _crash_counts[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fold_tag(test_envs) -> str:
+    return "TE" + ",".join(map(str, test_envs))
+
+
+def resume_dir(out_dir) -> Path:
+    return Path(out_dir) / "resume"
+
+
+def checkpoint_path(out_dir, test_envs, step: int) -> Path:
+    return resume_dir(out_dir) / f"{fold_tag(test_envs)}_step{step}.pth"
+
+
+def done_path(out_dir, test_envs) -> Path:
+    return resume_dir(out_dir) / f"{fold_tag(test_envs)}_done.json"
+
+
+def checkpoints(out_dir, test_envs) -> dict:
+    """{step: path} of the fold's checkpoints on disk."""
+    pattern = re.compile(re.escape(fold_tag(test_envs)) + r"_step(\d+)\.pth")
+    folder = resume_dir(out_dir)
+    paths = folder.iterdir() if folder.is_dir() else []
+    return {int(match[1]): path for path in paths if (match := pattern.fullmatch(path.name))}
+
+
+def fingerprint(settings, hparams: dict) -> dict:
+    """What must not change between a run and its resumption."""
+    return json.loads(misc.to_json({
+        "algorithm": settings.algorithm, "test_envs": list(settings.test_envs), "n_steps": settings.n_steps,
+        "checkpoint_freq": settings.checkpoint_freq, "seed": settings.seed, "trial_seed": settings.trial_seed,
+        "holdout_fraction": settings.holdout_fraction, "evalmode": settings.evalmode,
+        "hparams": {key: value for key, value in hparams.items() if key not in RESUMABLE_HPARAMS},
+    }))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer_state(optimizer, names: dict) -> dict:
+    return {
+        "state_dict": optimizer.state_dict(),
+        "param_names": [[names.get(id(p)) for p in group["params"]] for group in optimizer.param_groups],
+    }
+
+
+def _load_optimizer(name, optimizer, saved: dict, parameters: dict) -> None:
+    groups = saved["param_names"]
+    if len(groups) != len(optimizer.param_groups):
+        raise UsageError(f"optimizer {name!r} has {len(optimizer.param_groups)} parameter groups but the "
+                         f"checkpoint has {len(groups)}")
+    for group, param_names in zip(optimizer.param_groups, groups):
+        if None in param_names:
+            continue  # a parameter outside the algorithm's modules: trust the optimizer's own group
+        missing = [n for n in param_names if n not in parameters]
+        if missing:
+            raise UsageError(f"optimizer {name!r} in the checkpoint holds {', '.join(missing)}, which the "
+                             f"rebuilt model lacks")
+        group["params"] = [parameters[n] for n in param_names]
+    optimizer.load_state_dict(saved["state_dict"])
+
+
+def save(state: dict, path: Path) -> None:
+    """Write `state` to `path` atomically and durably (file and directory entry fsynced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            crash_point("checkpoint")
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _load_latest(out_dir, test_envs) -> dict | None:
+    """The fold's newest checkpoint (with its path under `path`), or None."""
+    found = checkpoints(out_dir, test_envs)
+    if not found:
+        return None
+    path = found[max(found)]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise UsageError(f"cannot read checkpoint {path}: {error}; delete it to resume from scratch") from None
+    return {**state, "path": path}
+
+
+def best_step(records) -> int | None:
+    """The step of best training-domain validation accuracy, the earliest on ties (as selection's iid)."""
+    if not records or "train_out" not in records[0]:
+        return None
+    return max(records, key=lambda record: record["train_out"])["step"]
+
+
+def prune(out_dir, test_envs, records, keep_best: bool, keep_last: bool = True) -> None:
+    """Delete the fold's checkpoints but the newest (with `keep_last`) and the best (with `keep_best`)."""
+    found = checkpoints(out_dir, test_envs)
+    keep = set()
+    if keep_last and found:
+        keep.add(max(found))
+    if keep_best:
+        keep.add(best_step(records))
+    for step, path in found.items():
+        if step not in keep:
+            path.unlink(missing_ok=True)
+
+
+def mark_finished(out_dir, test_envs, rows: dict, row_rules: dict) -> None:
+    misc.atomic_write_text(done_path(out_dir, test_envs), misc.to_json(
+        {"test_envs": list(test_envs), "rows": rows, "row_rules": row_rules}, indent=2))
+
+
+def finished(out_dir, test_envs) -> dict | None:
+    """{"rows", "row_rules"} of a fold that finished in `out_dir`, or None."""
+    path = done_path(out_dir, test_envs)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def rewrite_fold_records(records_path: Path, test_envs, records) -> None:
+    """results.jsonl with this fold's lines replaced by `records`: a crash after a record was
+    appended but before its checkpoint was written must not leave that record twice."""
+    lines = records_path.read_text().splitlines() if records_path.exists() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["test_envs"] != list(test_envs)]
+    kept += [misc.to_json(record, sort_keys=True) for record in records]
+    misc.atomic_write_text(records_path, "".join(line + "\n" for line in kept))
+
+
+def remove_temporaries(out_dir) -> list:
+    """Delete the temporary files that atomic writes leave behind when killed; returns them."""
+    stale = [path for path in Path(out_dir).rglob(".*.tmp") if path.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
+class FoldCheckpoints:
+    """The resume checkpoints of one fold; does nothing when the fold has no output directory.
+
+    `meta` is what model_io needs to rebuild the algorithm; `stateful` names further objects of
+    the trainer with state_dict()/load_state_dict() (the fp16 loss scaler)."""
+
+    def __init__(self, settings, hparams: dict, meta: dict, stateful: dict):
+        self.out_dir = settings.out_dir
+        self.test_envs = list(settings.test_envs)
+        self.keep_best = settings.keep_best
+        self.fingerprint = fingerprint(settings, hparams)
+        self.meta = meta
+        self.stateful = stateful
+
+    def load_latest(self) -> dict | None:
+        return None if self.out_dir is None else _load_latest(self.out_dir, self.test_envs)
+
+    def save(self, fold, extensions, step: int) -> None:
+        """Checkpoint the fold after the evaluation at `step`, then drop the older checkpoints."""
+        if self.out_dir is None:
+            return
+        algorithm = fold.algorithm
+        names = {id(p): name for name, p in algorithm.named_parameters()}
+        state = {
+            "format": FORMAT,
+            "step": step,
+            "fingerprint": self.fingerprint,
+            "meta": {**self.meta, "transforms": dict(fold.model_transforms)},
+            "model_dict": algorithm.state_dict(),
+            "optimizers": {name: _optimizer_state(opt, names) for name, opt in algorithm.optimizers().items()},
+            "extensions": [{"type": type(e).__qualname__, "state": e.state_dict()} for e in extensions],
+            "trainer": {name: obj.state_dict() for name, obj in self.stateful.items()},
+            "records": list(fold.records),
+            "stop": fold.stop,
+            "rng": _rng_state(),
+        }
+        save(state, checkpoint_path(self.out_dir, self.test_envs, step))
+        prune(self.out_dir, self.test_envs, fold.records, self.keep_best)
+
+    def restore(self, fold, extensions, state: dict) -> None:
+        """Put a freshly built fold (algorithm constructed, extensions set up) in the saved state."""
+        if state.get("format") != FORMAT:
+            raise UsageError(f"checkpoint {state['path']} has format {state.get('format')}; this version reads {FORMAT}")
+        changed = sorted(k for k in self.fingerprint if self.fingerprint[k] != state["fingerprint"].get(k))
+        if changed:
+            raise UsageError(f"checkpoint {state['path']} was written with other settings ({', '.join(changed)}); "
+                             f"resume with the run's own command line")
+        kinds = [type(e).__qualname__ for e in extensions]
+        saved_kinds = [entry["type"] for entry in state["extensions"]]
+        if kinds != saved_kinds:
+            raise UsageError(f"checkpoint {state['path']} was written with extensions {saved_kinds}, this run has {kinds}")
+
+        algorithm = fold.algorithm
+        for key, transform in state["meta"]["transforms"].items():
+            if key in fold.model_transforms:
+                continue  # already applied by an extension's setup, as in the original run
+            if key not in model_io.REBUILDERS:
+                raise UsageError(f"checkpoint {state['path']} needs the {key!r} rebuild, which is not registered")
+            model_io.REBUILDERS[key](algorithm, transform)
+            algorithm.to(fold.device)
+        fold.model_transforms = dict(state["meta"]["transforms"])
+        algorithm.load_state_dict(state["model_dict"])
+
+        optimizers = algorithm.optimizers()
+        if set(optimizers) != set(state["optimizers"]):
+            raise UsageError(f"checkpoint {state['path']} has optimizers {sorted(state['optimizers'])}, "
+                             f"the algorithm has {sorted(optimizers)}")
+        parameters = dict(algorithm.named_parameters())
+        for name, optimizer in optimizers.items():
+            _load_optimizer(name, optimizer, state["optimizers"][name], parameters)
+        for extension, entry in zip(extensions, state["extensions"]):
+            extension.load_state_dict(entry["state"])
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state["trainer"].get(name, {}))
+        fold.records = list(state["records"])
+        fold.stop = state["stop"]
+        _set_rng_state(state["rng"])
+
+    def finish(self, rows: dict, row_rules: dict, records) -> None:
+        """Mark the fold finished and delete its checkpoints (but the best with `keep_best`)."""
+        if self.out_dir is None:
+            return
+        mark_finished(self.out_dir, self.test_envs, rows, row_rules)
+        prune(self.out_dir, self.test_envs, records, self.keep_best, keep_last=False)

@@ -1,0 +1,139 @@
+"""Every dataset the downloader knows: where its files come from (SOURCES, the one table of
+URLs, sizes and checksums) and what the finished folder must hold (LAYOUTS, the published
+image counts). Folder and domain names come from the dataset classes that read them.
+
+Honesty about the table: most of these archives have no published size or checksum, and none
+could be measured here (no network). Those entries say None; the archive is then trusted only
+as far as its own CRCs go (zip members, gzip streams), checked during extraction, and the
+finished folder is checked against the published counts. The sha256 of every file actually
+used is printed and recorded in DATA/.downloads/<dataset>.json, so it can be pinned here later.
+"""
+
+from domainbed.datasets.image_folder import PACS, VLCS, DomainNet, OfficeHome, TerraIncognita
+from domainbed.datasets.mnist import MNIST_FILES
+from domainbed.download import build
+from domainbed.download.spec import Dataset, IdxFile, IdxLayout, ImageFolderLayout, Source
+
+_UNPUBLISHED = "no size or checksum is published; the archive's own CRCs are checked on extraction"
+_LILA = "https://storage.googleapis.com/public-datasets-lila/caltechcameratraps"
+_VISDA = "http://csr.bu.edu/ftp/visda/2019/multi-source"
+_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist", "http://yann.lecun.com/exdb/mnist")
+_DOMAIN_NET_ZIPS = {
+    "clipart": f"{_VISDA}/groundtruth/clipart.zip",
+    "infograph": f"{_VISDA}/infograph.zip",
+    "painting": f"{_VISDA}/groundtruth/painting.zip",
+    "quickdraw": f"{_VISDA}/quickdraw.zip",
+    "real": f"{_VISDA}/real.zip",
+    "sketch": f"{_VISDA}/sketch.zip",
+}
+_MNIST_GZ = {
+    # name: (bytes, md5) of the gzipped files, as torchvision's MNIST class publishes them.
+    MNIST_FILES["train_images"]: (9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    MNIST_FILES["train_labels"]: (28881, "d53e105ee54ea40749a09fcbcd1e9432"),
+    MNIST_FILES["test_images"]: (1648877, "9fb629c4189551a2d022fa330f9573f3"),
+    MNIST_FILES["test_labels"]: (4542, "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+_TERRA_CATEGORIES = ("bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel")
+
+SOURCES = {
+    "PACS": (
+        Source("PACS.zip", ("gdrive:1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd", "gdrive:0B6x7gtvErXgfbF9CSk53UkRxVzg"),
+               None, None, f"DomainBed's Drive copy of PACS' kfold folder, SWAD's older id second; {_UNPUBLISHED}"),
+    ),
+    "VLCS": (
+        Source("VLCS.tar.gz", ("gdrive:1skwblH1_okBwxWxmRsp9_qi15hyPpxg8",),
+               None, None, f"DomainBed's Drive copy; {_UNPUBLISHED}"),
+    ),
+    "OfficeHome": (
+        Source("office_home.zip", ("gdrive:1uY0pj7oFsjMxRwaD3Sxy0jgel0fsYXLC", "gdrive:0B81rNlvomiwed0V1YUxQdC1uOTg"),
+               None, None, f"DomainBed's Drive copy of OfficeHomeDataset_10072016, SWAD's id second; {_UNPUBLISHED}"),
+    ),
+    "TerraIncognita": (
+        Source("eccv_18_all_images_sm.tar.gz", (f"{_LILA}/eccv_18_all_images_sm.tar.gz",), 6492615601, None,
+               "LILA's CCT20 benchmark images (DomainBed's source since its 2024 fix); the size is the one "
+               "public download scripts record, no checksum is published"),
+        Source("eccv_18_annotations.tar.gz", (f"{_LILA}/eccv_18_annotations.tar.gz",), 2997071, None,
+               "LILA's CCT20 annotation files; size as recorded by a public download script, no checksum published"),
+    ),
+    "DomainNet": tuple(
+        Source(url.rsplit("/", 1)[1], (url,), None, None,
+               f"the DomainNet authors' archive, the one DomainBed fetches (plain HTTP only); {_UNPUBLISHED}")
+        for url in _DOMAIN_NET_ZIPS.values()
+    ) + (
+        Source("domain_net_duplicates.txt",
+               ("https://raw.githubusercontent.com/facebookresearch/DomainBed/main/domainbed/misc/domain_net_duplicates.txt",),
+               None, None, "DomainBed's list of duplicate images it removes; fetched, not vendored; no checksum"),
+    ),
+    "MNIST": tuple(
+        Source(f"{name}.gz", tuple(f"{mirror}/{name}.gz" for mirror in _MNIST_MIRRORS), size, f"md5:{md5}",
+               "size and md5 as torchvision's MNIST class publishes them")
+        for name, (size, md5) in _MNIST_GZ.items()
+    ),
+}
+
+# Published image counts per domain: PACS from Li et al. (ICCV 2017), whose per-class counts
+# are those of the reference copy in ../shared/data (they add up to the published totals);
+# VLCS (10,729), OfficeHome (15,588) and DomainNet after duplicate removal (586,575) from the
+# DomainBed paper's dataset table, split per domain as commonly reported (the splits add up to
+# those totals); TerraIncognita per location from the SWAD authors (khanrc/miro#9), adding up to
+# DomainBed's 24,788. Builds from today's annotation files may differ (24,330 images are
+# reported for the 2021 annotation file; see DomainBed#58): --verify then shows the difference.
+LAYOUTS = {
+    "PACS": ImageFolderLayout.of(
+        PACS, {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929},
+        classes=("dog", "elephant", "giraffe", "guitar", "horse", "house", "person"),
+        class_counts={
+            "art_painting": {"dog": 379, "elephant": 255, "giraffe": 285, "guitar": 184, "horse": 201,
+                             "house": 295, "person": 449},
+            "cartoon": {"dog": 389, "elephant": 457, "giraffe": 346, "guitar": 135, "horse": 324,
+                        "house": 288, "person": 405},
+            "photo": {"dog": 189, "elephant": 202, "giraffe": 182, "guitar": 186, "horse": 199,
+                      "house": 280, "person": 432},
+            "sketch": {"dog": 772, "elephant": 740, "giraffe": 753, "guitar": 608, "horse": 816,
+                       "house": 80, "person": 160},
+        },
+    ),
+    "VLCS": ImageFolderLayout.of(
+        VLCS, {"Caltech101": 1415, "LabelMe": 2656, "SUN09": 3282, "VOC2007": 3376},
+        classes=("bird", "car", "chair", "dog", "person"),
+    ),
+    "OfficeHome": ImageFolderLayout.of(
+        OfficeHome, {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real World": 4357}, classes=65,
+    ),
+    "TerraIncognita": ImageFolderLayout.of(
+        TerraIncognita, {"location_100": 4879, "location_38": 9767, "location_43": 4020, "location_46": 6122},
+        classes=_TERRA_CATEGORIES,
+    ),
+    "DomainNet": ImageFolderLayout.of(
+        DomainNet, {"clipart": 48129, "infograph": 51605, "painting": 72266, "quickdraw": 172500,
+                    "real": 172947, "sketch": 69128},
+        classes=345,
+    ),
+    # Uncompressed md5s as in ../shared/data/MNIST/MD5SUMS_uncompressed.txt, which our copy matches.
+    "MNIST": IdxLayout("MNIST", (
+        IdxFile(MNIST_FILES["train_images"], 60000, "6bbc9ace898e44ae57da46a324031adb"),
+        IdxFile(MNIST_FILES["train_labels"], 60000, "a25bea736e30d166cdddb491f175f624"),
+        IdxFile(MNIST_FILES["test_images"], 10000, "2646ac647ad5339dbf082846283269ea"),
+        IdxFile(MNIST_FILES["test_labels"], 10000, "27ae3e4e09519cfbb04c329615203637"),
+    )),
+}
+
+_BUILDERS = {
+    "PACS": build.archive_root("PACS.zip", "kfold"),
+    "VLCS": build.archive_root("VLCS.tar.gz", "VLCS"),
+    "OfficeHome": build.archive_root("office_home.zip", "OfficeHomeDataset_10072016"),
+    "TerraIncognita": build.terra_incognita(
+        "eccv_18_all_images_sm.tar.gz", "eccv_18_annotations.tar.gz", images_root="eccv_18_all_images_sm",
+        annotation_files=[f"eccv_18_annotation_files/{split}_annotations.json"
+                          for split in ("train", "cis_val", "cis_test", "trans_val", "trans_test")],
+        locations=("38", "46", "100", "43"),
+        categories=_TERRA_CATEGORIES,
+    ),
+    "DomainNet": build.domain_net([f"{domain}.zip" for domain in _DOMAIN_NET_ZIPS], "domain_net_duplicates.txt"),
+    "MNIST": build.mnist([f"{name}.gz" for name in _MNIST_GZ]),
+}
+
+DATASETS = {name: Dataset(name, LAYOUTS[name], SOURCES[name], _BUILDERS[name]) for name in SOURCES}
+
+# The MNIST-based datasets of the harness read the one MNIST folder.
+ALIASES = {"RotatedMNIST": "MNIST", "ColoredMNIST": "MNIST"}

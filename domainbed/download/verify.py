@@ -1,0 +1,246 @@
+"""Checking a dataset folder against its published layout, the way the loader will read it.
+
+Counted is what domainbed.datasets reads: non-hidden class folders, and in each the files with an
+image extension. "extra" means something the loader would pick up that should not be there (an
+unexpected domain or class folder, more images than published); other files it skips (a stray
+Thumbs.db) are only mentioned. Where the published counts are per domain, a surplus and a
+deficit within one domain can cancel; PACS has per-class counts and MNIST its md5s, so there
+every difference shows. A full check also decodes every image with the loader's own reader.
+"""
+
+import gzip
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+from prettytable import PrettyTable
+from tqdm import tqdm
+
+from domainbed.datasets.image_folder import IMAGE_EXTENSIONS, load_rgb
+from domainbed.datasets.mnist import _find, read_idx
+from domainbed.download.fetch import file_digests
+from domainbed.download.spec import IdxLayout, ImageFolderLayout
+from domainbed.errors import UsageError
+
+PROBLEMS_SHOWN = 10
+
+
+@dataclass
+class Row:
+    domain: str
+    expected: Optional[int]
+    found: Optional[int]
+    missing: int = 0
+    extra: int = 0
+    unreadable: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.found is not None and not (self.missing or self.extra or self.unreadable)
+
+
+@dataclass
+class Report:
+    dataset: str
+    directory: Path
+    rows: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    layout_problems: list = field(default_factory=list)
+    ignored: int = 0
+    absent: bool = False
+
+    def layout_problem(self, message: str) -> None:
+        """A problem the loader would stop at (a missing or unexpected folder, an empty class)."""
+        self.layout_problems.append(message)
+        self.problems.append(message)
+
+    @property
+    def complete(self) -> bool:
+        return not self.absent and not self.problems
+
+    @property
+    def status(self) -> str:
+        return "absent" if self.absent else "complete" if self.complete else "incomplete"
+
+    @property
+    def counts(self) -> dict:
+        return {row.domain: row.found for row in self.rows}
+
+
+def check(name: str, layout, directory: Path, full: bool = True) -> Report:
+    """The report on the dataset folder `directory`; `full` also decodes every image (MNIST,
+    small, is always read whole)."""
+    directory = Path(directory)
+    report = Report(name, directory)
+    if not directory.is_dir():
+        report.absent = True
+        expected = layout.domain_counts if isinstance(layout, ImageFolderLayout) else {
+            f.name: f.items for f in layout.files}
+        report.rows = [Row(domain, count, None, missing=count) for domain, count in expected.items()]
+        return report
+    if isinstance(layout, IdxLayout):
+        _check_idx(layout, directory, report)
+    else:
+        _check_image_folder(layout, directory, report, full)
+    return report
+
+
+def _subfolders(path: Path) -> list:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images(folder: Path) -> tuple:
+    """(image files, number of other files) directly in `folder`, as DomainFolder lists them."""
+    files = [e for e in os.scandir(folder) if e.is_file()]
+    images = sorted(Path(e.path) for e in files if e.name.lower().endswith(IMAGE_EXTENSIONS))
+    return images, len(files) - len(images)
+
+
+def _check_image_folder(layout: ImageFolderLayout, root: Path, report: Report, full: bool) -> None:
+    problems = report.problems
+    present = _subfolders(root)
+    for name in present:
+        if name not in layout.domain_counts:
+            report.layout_problem(f"{root / name}: unexpected folder (not a domain of {report.dataset})")
+            report.rows.append(Row(name, None, None))
+    reference = layout.classes if isinstance(layout.classes, tuple) else None
+    to_decode = []
+    for domain, expected in layout.domain_counts.items():
+        path = root / domain
+        if not path.is_dir():
+            report.layout_problem(f"{path}: domain folder missing")
+            report.rows.append(Row(domain, expected, None, missing=expected))
+            continue
+        classes = _subfolders(path)
+        if reference is None:
+            reference = tuple(classes)
+            if len(classes) != layout.classes:
+                report.layout_problem(f"{path}: {len(classes)} class folders, published: {layout.classes}")
+        for name in sorted(set(reference) - set(classes)):
+            report.layout_problem(f"{path / name}: class folder missing")
+        for name in sorted(set(classes) - set(reference)):
+            report.layout_problem(f"{path / name}: unexpected class folder (the loader would read it as a class)")
+        row = Row(domain, expected, 0)
+        per_class = (layout.class_counts or {}).get(domain, {})
+        for name in sorted(set(classes) | set(per_class)):
+            images, others = _images(path / name) if name in classes else ([], 0)
+            report.ignored += others
+            row.found += len(images)
+            to_decode.extend((row, image) for image in images)
+            if name in classes and not images:
+                report.layout_problem(f"{path / name}: no images (the loader refuses an empty class)")
+            if name in per_class and len(images) != per_class[name]:
+                _count_difference(row, problems, path / name, len(images), per_class[name])
+        if not per_class and row.found != expected:
+            _count_difference(row, problems, path, row.found, expected)
+        report.rows.append(row)
+    if full and to_decode:
+        _decode_all(to_decode, report)
+
+
+def _count_difference(row: Row, problems: list, path: Path, found: int, expected: int) -> None:
+    row.missing += max(expected - found, 0)
+    row.extra += max(found - expected, 0)
+    word = "missing" if found < expected else "extra"
+    problems.append(f"{path}: {found} images, published {expected} ({abs(found - expected)} {word})")
+
+
+def _image_error(path: Path) -> Optional[str]:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        load_rgb(path)
+    except UsageError as error:
+        return str(error)
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"cannot read image {path}: {error}"
+    return None
+
+
+def _decode_all(to_decode: list, report: Report) -> None:
+    """Decode every image on a few threads (Pillow releases the GIL while decoding), in batches
+    so that DomainNet's 586k images never wait as futures all at once."""
+    workers = min(8, 2 * (os.cpu_count() or 1))
+    batch = 4096
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(to_decode), unit="img", disable=None,
+                                                   desc=f"decoding {report.dataset}") as bar:
+        for start in range(0, len(to_decode), batch):
+            chunk = to_decode[start:start + batch]
+            for (row, _), error in zip(chunk, pool.map(_image_error, (path for _, path in chunk))):
+                if error:
+                    row.unreadable += 1
+                    report.problems.append(error)
+            bar.update(len(chunk))
+
+
+def _check_idx(layout: IdxLayout, root: Path, report: Report) -> None:
+    for spec in layout.files:
+        row = Row(spec.name, spec.items, None)
+        report.rows.append(row)
+        try:
+            path = _find(root.parent, spec.name)
+        except UsageError:
+            row.missing = spec.items
+            report.layout_problem(f"{root / 'raw' / spec.name}(.gz): missing")
+            continue
+        try:
+            row.found = len(read_idx(path))
+        except UsageError as error:
+            row.unreadable = 1
+            report.layout_problem(str(error))
+            continue
+        if row.found != spec.items:
+            _count_difference(row, report.problems, path, row.found, spec.items)
+        content_md5 = _uncompressed_md5(path)
+        if content_md5 != spec.md5:
+            row.unreadable = 1
+            report.problems.append(f"{path}: uncompressed md5 {content_md5}, published {spec.md5}")
+
+
+def _uncompressed_md5(path: Path) -> str:
+    if path.suffix != ".gz":
+        return file_digests(path, {"md5"})["md5"]
+    digest = hashlib.md5()
+    with gzip.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def render(reports) -> str:
+    """One short table for all datasets, then each dataset's first problems, one per line."""
+    table = PrettyTable(["dataset", "domain", "expected", "found", "missing", "extra", "unreadable", "status"])
+    table.align["domain"] = "l"
+    for report in reports:
+        if report.absent:
+            table.add_row([report.dataset, "-", _total(r.expected for r in report.rows), "-", "-", "-", "-", "absent"])
+            continue
+        for row in report.rows:
+            table.add_row([report.dataset, row.domain, _show(row.expected), _show(row.found), row.missing,
+                           row.extra, row.unreadable, "ok" if row.ok else "FAIL"])
+        table.add_row([report.dataset, "(all)", _total(r.expected for r in report.rows),
+                       _total(r.found for r in report.rows), sum(r.missing for r in report.rows),
+                       sum(r.extra for r in report.rows), sum(r.unreadable for r in report.rows),
+                       report.status], divider=True)
+    lines = [table.get_string()]
+    for report in reports:
+        for problem in report.problems[:PROBLEMS_SHOWN]:
+            lines.append(f"{report.dataset}: {problem}")
+        if len(report.problems) > PROBLEMS_SHOWN:
+            lines.append(f"{report.dataset}: ... and {len(report.problems) - PROBLEMS_SHOWN} more problems")
+        if report.ignored:
+            lines.append(f"{report.dataset}: {report.ignored} files that are not images (the loader skips them)")
+    return "\n".join(lines)
+
+
+def _show(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _total(values) -> str:
+    known = [v for v in values if v is not None]
+    return str(sum(known)) if known else "-"

@@ -1,0 +1,88 @@
+"""Mixed precision for the whole run: `--precision fp32 | bf16 | fp16`.
+
+The trainer runs every `algorithm.update` and every evaluation inside `Precision.autocast()`
+(torch.autocast on the run's device: CUDA, or the CPU's bf16 units), so methods need no change
+for bf16: parameters, gradients and optimizer state stay float32 (autocast casts only the
+inputs of matmuls and convolutions), and so does the state of the SAM family, which keeps g and
+e in float32 explicitly (domainbed/optim/sam.py).
+
+fp16 also needs loss scaling, and algorithms step their own optimizers. The scaling goes
+through two hooks of `Algorithm` (algorithms/base.py): `self.backward(loss)` and
+`self.optimizer_step(optimizer)`, plain `loss.backward()` and `optimizer.step()` unless
+fp16 is on, when they are torch.amp.GradScaler's `scale(loss).backward()` and `step(optimizer)`
+(which unscales, and skips the step when a gradient is inf or nan). The scale is updated once
+per training step, after `update`. A method that back-propagates or steps without the hooks
+(the SAM family, whose second half-step needs the unscaled gradient of the first) cannot be
+scaled generically: under fp16 its first step raises a UsageError pointing to bf16, which has
+the range of float32 and needs no scaling.
+"""
+
+import contextlib
+
+import torch
+
+from domainbed.errors import UsageError, unknown_choice
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class LossScaler:
+    """What `Algorithm.backward` / `optimizer_step` call under fp16; counts its uses so the
+    trainer can tell a method that bypasses it."""
+
+    def __init__(self, scaler: torch.amp.GradScaler):
+        self.scaler = scaler
+        self.backwards = 0
+        self.steps = 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+        self.backwards += 1
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.step(optimizer)
+        self.steps += 1
+
+
+class Precision:
+    def __init__(self, name: str, device):
+        if name not in DTYPES:
+            raise unknown_choice("precision", name, list(DTYPES))
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = DTYPES[name]
+        self.loss_scaler = LossScaler(torch.amp.GradScaler(self.device.type)) if name == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def attach(self, algorithm) -> None:
+        """Give the algorithm's backward/step hooks the loss scaler (None: plain calls)."""
+        algorithm.loss_scaler = self.loss_scaler
+
+    @contextlib.contextmanager
+    def training_step(self, algorithm):
+        """Around one `algorithm.update`: autocast, then the loss-scale update under fp16."""
+        with self.autocast():
+            yield
+        scaler = self.loss_scaler
+        if scaler is None:
+            return
+        if scaler.backwards == 0 or scaler.steps == 0:
+            raise UsageError(
+                f"--precision fp16 needs loss scaling, but {type(algorithm).__name__}.update calls "
+                f"{'backward()' if scaler.backwards == 0 else 'optimizer.step()'} directly instead of "
+                "self.backward(loss) / self.optimizer_step(optimizer); use --precision bf16 (no scaling "
+                "needed) or fp32"
+            )
+        scaler.scaler.update()
+        scaler.backwards = scaler.steps = 0
+
+    def state_dict(self) -> dict:
+        return {} if self.loss_scaler is None else {"grad_scaler": self.loss_scaler.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.loss_scaler is not None and "grad_scaler" in state:
+            self.loss_scaler.scaler.load_state_dict(state["grad_scaler"])

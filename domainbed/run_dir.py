@@ -1,0 +1,80 @@
+"""Run directories: OUTPUT_DIR/DATASET/TIMESTAMP_NAME, finding the one to resume, and its lock.
+
+`--resume` without a directory continues the most recent run of the same name and dataset under
+the output directory (and starts a new one when there is none, so the same command serves the
+first launch and every relaunch of a preemptible job). A resumed run must have the same settings:
+`compare_settings` lists what differs. While a process works in a run directory it holds an
+exclusive lock on RUN_DIR/.lock, so a second process (a job launched twice, a requeued job whose
+first copy still runs) stops with a clear error instead of interleaving its writes; the lock dies
+with its process, SIGKILL included.
+"""
+
+import fcntl
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from domainbed import misc
+from domainbed.errors import UsageError
+
+TIMESTAMP = "%y%m%d_%H-%M-%S"
+_STAMPED = re.compile(r"\d{6}_\d{2}-\d{2}-\d{2}_(?P<name>.+)")
+# Arguments that may differ between a run and its resumption: where things are, not what is computed.
+IGNORED_ON_RESUME = {"name", "resume", "output_dir", "data_dir", "device", "show", "keep_best", "tb_freq",
+                     "prebuild_loader", "configs"}
+
+
+def new_run_dir(output_dir, dataset: str, name: str) -> Path:
+    return Path(output_dir) / dataset / f"{time.strftime(TIMESTAMP)}_{name}"
+
+
+def latest_run_dir(output_dir, dataset: str, name: str) -> Path | None:
+    """The most recent OUTPUT_DIR/DATASET/TIMESTAMP_NAME directory, or None."""
+    parent = Path(output_dir) / dataset
+    if not parent.is_dir():
+        return None
+    runs = [path for path in parent.iterdir()
+            if path.is_dir() and (match := _STAMPED.fullmatch(path.name)) and match["name"] == name]
+    return max(runs, key=lambda path: path.name) if runs else None
+
+
+def compare_settings(run_dir: Path, args: dict, hparams: dict, resumable_hparams=()) -> list:
+    """['key: saved -> now', ...] for every argument and hparam that differs from the saved run."""
+    now_args = json.loads(misc.to_json(args))
+    now_hparams = json.loads(misc.to_json(hparams))
+    saved_args = json.loads((run_dir / "args.json").read_text())
+    saved_hparams = json.loads((run_dir / "hparams.json").read_text())
+    differences = []
+    for key in sorted(set(saved_args) | set(now_args)):
+        if key not in IGNORED_ON_RESUME and saved_args.get(key) != now_args.get(key):
+            differences.append(f"--{key}: {saved_args.get(key)!r} -> {now_args.get(key)!r}")
+    for key in sorted(set(saved_hparams) | set(now_hparams)):
+        if key not in resumable_hparams and saved_hparams.get(key) != now_hparams.get(key):
+            differences.append(f"hparam {key}: {saved_hparams.get(key)!r} -> {now_hparams.get(key)!r}")
+    return differences
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on RUN_DIR/.lock for the life of the `with` block."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / ".lock"
+        self._fd = None
+
+    def __enter__(self):
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise UsageError(f"run directory {self.path.parent} is in use by another process (it holds "
+                             f"{self.path}); wait for it to finish or stop it") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None

@@ -1,0 +1,1 @@
+"""Command-line tools: download, and the sweep / collect / ensemble and benchmark scripts."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: the repository root on sys.path (for train_all), and the real data."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture
+def shared_data():
+    """../shared/data, or a clean skip when this checkout has no real data beside it."""
+    if not (SHARED_DATA / "PACS").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def mnist_data():
+    if not (SHARED_DATA / "MNIST").is_dir():
+        pytest.skip(f"MNIST not found at {SHARED_DATA / 'MNIST'}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def run_train_all(tmp_path):
+    """Call train_all.run(argv) with a private output directory; returns its result dict."""
+    import train_all
+
+    def run(*argv):
+        return train_all.run([*map(str, argv), "--output_dir", str(tmp_path / "out")])
+
+    return run

@@ -1,0 +1,53 @@
+import pytest
+
+from domainbed import report, selection
+from domainbed.errors import UsageError
+
+
+def _record(step, train_out, test_in, test_out):
+    return {"step": step, "train_out": train_out, "test_in": test_in, "test_out": test_out}
+
+
+RECORDS = [
+    _record(0, 0.50, 0.40, 0.45),
+    _record(100, 0.80, 0.55, 0.70),
+    _record(200, 0.70, 0.65, 0.75),
+    _record(300, 0.80, 0.60, 0.60),  # ties train_out with step 100: the earlier wins
+    _record(400, 0.75, 0.58, 0.62),
+]
+
+
+def test_rows_match_hand_computed_values():
+    rows = selection.select(RECORDS)
+    assert rows == {
+        "oracle": 0.65,  # best test_out is step 200
+        "iid": 0.55,  # best train_out is step 100 (first of the tie)
+        "last": 0.58,
+        "last (inD)": 0.75,
+        "iid (inD)": 0.80,
+    }
+
+
+def test_every_row_has_a_rule_and_oracle_is_flagged():
+    for row in selection.ROWS:
+        assert selection.describe(row)
+    assert "not a result" in selection.describe("oracle")
+
+
+def test_empty_records_are_an_error():
+    with pytest.raises(UsageError, match="no checkpoint records"):
+        selection.select([])
+
+
+def test_records_without_summaries_are_an_error():
+    with pytest.raises(UsageError, match="test_in"):
+        selection.select([{"step": 0}])
+
+
+def test_table_averages_over_domains_and_skips_incomplete_rows():
+    folds = [{"iid": 0.5, "SWAD": 0.7}, {"iid": 0.7}]
+    table = report.build_table(folds, ["A", "B"])
+    assert table["iid"] == {"A": 0.5, "B": 0.7, "Avg.": pytest.approx(0.6)}
+    assert "Avg." not in table["SWAD"]
+    text = report.format_table(table, ["A", "B"], {"iid": "rule text"})
+    assert "Avg." in text and "60.00" in text and "iid: rule text" in text and "-" in text

@@ -1,0 +1,462 @@
+"""Weight averaging: which segments SWAD's LossValley averages, when its valley dies, the averaged
+parameters; IIDMax, SMA, BatchNorm re-estimation, restarts, and the extension's settings.
+
+The models here encode the step that wrote them: `onehot` is the one-hot vector of the step's
+segment and `step_value` the step itself, so an average tells exactly which segments it holds
+(onehot * n_averaged counts them) and which steps (step_value is their mean).
+"""
+
+import io
+import random
+from collections import Counter, deque
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from domainbed import swad
+from domainbed.averaging import WeightAveraging, strategy_name, weight_averaging
+from domainbed.errors import UsageError
+
+K = 2  # checkpoint frequency: segment 0 is step 0, segment t >= 1 is steps 2t - 1 and 2t
+
+
+def segment_of(step: int) -> int:
+    return -(-step // K)
+
+
+class StepEncoded(nn.Module):
+    def __init__(self, n_segments: int):
+        super().__init__()
+        self.onehot = nn.Parameter(torch.zeros(n_segments, dtype=torch.float64))
+        self.step_value = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+
+    @torch.no_grad()
+    def write(self, step: int) -> None:
+        self.onehot.zero_()
+        self.onehot[segment_of(step)] = 1.0
+        self.step_value.fill_(step)
+
+    def predict(self, x, env=None):
+        return x
+
+
+class FakeEvaluator:
+    """Summaries that identify the evaluated model: test_in is its mean step."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def evaluate(self, model):
+        self.calls += 1
+        module = model.module if isinstance(model, swad.AveragedModel) else model
+        value = float(module.step_value.detach())
+        return {}, {}, {"test_in": value, "train_out": -value}
+
+
+def make_fold(model):
+    messages = []
+    return SimpleNamespace(algorithm=model, log=messages.append, messages=messages, name="TE0",
+                           evaluator=FakeEvaluator(), device=torch.device("cpu"), stop=False,
+                           row_rules={}, final_model=None, train_minibatches=iter(()))
+
+
+def make_extension(strategy="LossValley", **hparams):
+    hparams.setdefault("swad_kwargs", {"n_converge": 3, "n_tolerance": 6, "tolerance_ratio": 0.3})
+    return WeightAveraging(strategy, {"freeze_bn": True, **hparams})
+
+
+def train(extension, losses, accs=None, fold=None, first_checkpoint=0):
+    """The trainer's loop over checkpoints `first_checkpoint`.. of `losses`; returns (fold, rows,
+    number of checkpoints run) after `finish`."""
+    fold = fold or make_fold(StepEncoded(len(losses)))
+    if extension.segment is None:
+        extension.setup(fold)
+    n_steps = (len(losses) - 1) * K + 1
+    checkpoints = 0
+    for step in range(first_checkpoint * K + (first_checkpoint > 0), n_steps):
+        fold.algorithm.write(step)
+        extension.after_step(fold, step)
+        if step % K == 0:
+            t = step // K
+            extension.at_checkpoint(fold, step, {"train_out": accs[t] if accs else 0.5, "tr_outloss": losses[t]})
+            checkpoints += 1
+            if fold.stop:
+                break
+    rows = {}
+    extension.finish(fold, rows)
+    return fold, rows, checkpoints
+
+
+def averaged_segments(extension) -> Counter:
+    """The multiset of segments in the final average, read from its parameters."""
+    final = extension.strategy.get_final_model()
+    counts = (final.module.onehot * final.n_averaged).detach().numpy()
+    assert np.allclose(counts, np.round(counts), atol=1e-9)
+    return Counter({t: int(round(c)) for t, c in enumerate(counts) if round(c)})
+
+
+def segment_steps(t: int) -> list:
+    return [0] if t == 0 else [2 * t - 1, 2 * t]
+
+
+def expected_step_value(counts: Counter) -> float:
+    means = [np.mean(segment_steps(t)) for t, c in counts.items() for _ in range(c)]
+    return float(np.mean(means))
+
+
+def check_parameters(extension, counts: Counter) -> None:
+    final = extension.strategy.get_final_model()
+    assert final.n_averaged == sum(counts.values())
+    assert float(final.module.step_value.detach()) == pytest.approx(expected_step_value(counts), abs=1e-9)
+    assert Counter(segment_of(end) for _, end in final.sources) == counts
+
+
+# --- the four hand-made sequences, reference bookkeeping and corrected --------------------------
+
+FIRST_POSSIBLE = [1.0, 1.1, 1.2, 1.05, 1.0, 1.1, 1.0, 1.05, 1.1, 1.0]
+DEAD = [2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.85, 0.9, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2]
+NEVER = [1.0 - 0.05 * t for t in range(10)]
+FLAT = [1.0] * 8
+
+
+def test_convergence_at_first_possible_checkpoint_reference():
+    extension = make_extension()
+    fold, rows, checkpoints = train(extension, FIRST_POSSIBLE)
+    valley = extension.strategy
+    assert checkpoints == 10 and not fold.stop
+    assert valley.converge_step == 0  # segment 0 (step 0) has the lowest of the first three losses
+    assert valley.threshold == pytest.approx(np.mean([1.0, 1.1, 1.2]) * 1.3)
+    # S1, S2 "prepended" (they come after S0: the smooth queue was not full); S0 overwritten by
+    # S1, then added back at checkpoints 3, 4, 5 while it heads the filling queue; S1, S2 again
+    # when they head it; the drain drops S4 (already in) and adds S5..S9.
+    counts = Counter({0: 3, 1: 2, 2: 2, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1})
+    assert averaged_segments(extension) == counts
+    check_parameters(extension, counts)
+    final = valley.get_final_model()
+    assert (final.start_step, final.end_step) == (1, 18)
+    assert rows["SWAD"] == pytest.approx(expected_step_value(counts))
+    assert rows["SWAD (inD)"] == pytest.approx(-expected_step_value(counts))
+    assert fold.final_model is final.module
+    assert set(fold.row_rules) == {"SWAD", "SWAD (inD)"}
+    assert any("converged at step 0" in message for message in fold.messages)
+
+
+def test_convergence_at_first_possible_checkpoint_corrected():
+    extension = make_extension(swad_kwargs={"bookkeeping": "corrected"})
+    train(extension, FIRST_POSSIBLE)
+    counts = Counter(range(10))
+    assert averaged_segments(extension) == counts
+    check_parameters(extension, counts)
+    assert (extension.strategy.get_final_model().start_step, extension.strategy.get_final_model().end_step) == (0, 18)
+
+
+def test_dead_valley_reference():
+    extension = make_extension()
+    fold, rows, checkpoints = train(extension, DEAD)
+    valley = extension.strategy
+    # converged at checkpoint 7 on S5 (0.8 <= 0.85, 0.9); threshold 0.85 * 1.3 = 1.105
+    assert valley.converge_step == segment_steps(5)[-1]
+    assert valley.threshold == pytest.approx(1.105)
+    # the window S8..S13 (losses >= 1.5) is the first whose minimum exceeds the threshold
+    assert valley.dead_valley and fold.stop and checkpoints == 14
+    # prepended: of S2..S5, S2 (1.2) is above the threshold, so S3 should start the valley but the
+    # off-by-one skips it: S4, S5; S5 again when it heads the queue, then S6, S7
+    counts = Counter({4: 1, 5: 2, 6: 1, 7: 1})
+    assert averaged_segments(extension) == counts
+    check_parameters(extension, counts)
+    assert any("dead at step 14" in message for message in fold.messages)
+
+
+def test_dead_valley_corrected():
+    extension = make_extension(swad_kwargs={"bookkeeping": "corrected"})
+    fold, _, checkpoints = train(extension, DEAD)
+    assert fold.stop and checkpoints == 14
+    counts = Counter({3: 1, 4: 1, 5: 1, 6: 1, 7: 1})
+    assert averaged_segments(extension) == counts
+    check_parameters(extension, counts)
+
+
+@pytest.mark.parametrize("bookkeeping", ["reference", "corrected"])
+def test_never_converging_uses_the_last_segment(bookkeeping):
+    extension = make_extension(swad_kwargs={"bookkeeping": bookkeeping})
+    fold, rows, checkpoints = train(extension, NEVER)
+    assert checkpoints == 10 and not fold.stop and not extension.strategy.is_converged
+    final = extension.strategy.get_final_model()
+    assert torch.equal(final.module.onehot.detach(), torch.eye(10, dtype=torch.float64)[9])
+    assert final.n_averaged == 2 and (final.start_step, final.end_step) == (17, 18)
+    assert float(final.module.step_value.detach()) == 17.5
+    assert rows["SWAD"] == 17.5
+    assert any("never converged" in message for message in fold.messages)
+
+
+def test_flat_sequence_reference():
+    extension = make_extension()
+    fold, _, _ = train(extension, FLAT)
+    assert extension.strategy.converge_step == 0  # ties go to the oldest segment, as np.argmin
+    assert not fold.stop
+    counts = Counter({0: 3, 1: 2, 2: 2, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1})
+    assert averaged_segments(extension) == counts
+    check_parameters(extension, counts)
+
+
+def test_flat_sequence_corrected():
+    extension = make_extension(swad_kwargs={"bookkeeping": "corrected"})
+    train(extension, FLAT)
+    assert averaged_segments(extension) == Counter(range(8))
+
+
+def test_equal_windows_overwrite_the_start_segment():
+    """n_tolerance == n_converge: nothing is prepended, so S0 is overwritten and never returns."""
+    kwargs = {"n_converge": 3, "n_tolerance": 3, "tolerance_ratio": 0.3}
+    extension = make_extension(swad_kwargs=kwargs)
+    train(extension, FLAT)
+    assert averaged_segments(extension) == Counter(range(1, 8))
+    corrected = make_extension(swad_kwargs={**kwargs, "bookkeeping": "corrected"})
+    train(corrected, FLAT)
+    assert averaged_segments(corrected) == Counter(range(8))
+
+
+# --- an independent restatement of SWAD's LossValley on segment indices ------------------------
+
+def oracle(losses, n_c, n_t, ratio):
+    """(segments in the average, checkpoint at which the valley died or None) for SWAD's code."""
+    conv, smooth = deque(maxlen=n_c), deque(maxlen=n_t)
+    converged, threshold, dead_at = None, None, None
+    base, added = None, []
+
+    def add(t):
+        added.append(t)
+
+    for t, loss in enumerate(losses):
+        conv.append(t)
+        smooth.append(t)
+        if converged is None:
+            if len(conv) == n_c and min(losses[i] for i in conv) == losses[conv[0]]:
+                converged, base = conv[0], conv[0]
+                threshold = np.mean([losses[i] for i in conv]) * (1 + ratio)
+                if n_t < n_c:
+                    for i in list(conv)[1:1 + n_c - n_t]:
+                        add(i)
+                elif n_t > n_c:
+                    window = list(smooth)[: n_t - n_c + 1]
+                    first = 0
+                    for j in range(len(window) - 1, -1, -1):
+                        if losses[window[j]] > threshold:
+                            first = j + 1
+                            break
+                    for i in window[first + 1:]:
+                        add(i)
+            continue
+        if smooth[0] < converged:
+            continue
+        if min(losses[i] for i in smooth) > threshold:
+            dead_at = t
+            break
+        add(smooth[0])
+    if converged is None:
+        return Counter({len(losses) - 1: 1}), None
+    if dead_at is None:
+        smooth.popleft()
+        while smooth and min(losses[i] for i in smooth) <= threshold:
+            add(smooth.popleft())
+    return (Counter(added) if added else Counter({base: 1})), dead_at
+
+
+def test_matches_an_independent_restatement_on_random_sequences():
+    rng = random.Random(0)
+    for _ in range(60):
+        n_c, n_t = rng.randint(1, 5), rng.randint(1, 8)
+        ratio = rng.choice([0.0, 0.1, 0.3, 1.0])
+        length = rng.randint(1, 16)
+        walk = np.cumsum([rng.uniform(-0.3, 0.3) for _ in range(length)]) + 3
+        losses = [float(round(x, 1)) for x in walk]  # rounding makes ties common
+        extension = make_extension(swad_kwargs={"n_converge": n_c, "n_tolerance": n_t, "tolerance_ratio": ratio})
+        fold, _, checkpoints = train(extension, losses)
+        counts, dead_at = oracle(losses, n_c, n_t, ratio)
+        context = (losses, n_c, n_t, ratio)
+        final = extension.strategy.get_final_model()
+        if not extension.strategy.is_converged:
+            assert counts == Counter({len(losses) - 1: 1}), context
+            assert segment_of(final.end_step) == len(losses) - 1 and final.n_averaged == len(segment_steps(len(losses) - 1))
+        elif final.n_averaged:
+            assert averaged_segments(extension) == counts, context
+            check_parameters(extension, counts)
+        assert fold.stop == (dead_at is not None), context
+        assert checkpoints == (len(losses) if dead_at is None else dead_at + 1), context
+
+
+# --- the averaged model ------------------------------------------------------------------------
+
+def test_averaged_model_arithmetic_and_step_range():
+    model = StepEncoded(7)
+    average = swad.AveragedModel(model)
+    assert average.module.optimizer is None and isinstance(model.optimizer, torch.optim.SGD)
+    assert average.n_averaged == 0 and (average.start_step, average.end_step) == (-1, -1)
+    for step in (4, 5, 9):
+        model.write(step)
+        average.update_parameters(model, step=step)
+    assert average.n_averaged == 3 and (average.start_step, average.end_step) == (4, 9)
+    assert float(average.module.step_value.detach()) == pytest.approx(6.0)
+    assert average.module.step_value.data_ptr() != model.step_value.data_ptr()
+
+    other = swad.AveragedModel(model)
+    for step in (10, 12):
+        model.write(step)
+        other.update_parameters(model, step=step)
+    average.merge(other)
+    assert average.n_averaged == 5 and average.end_step == 12
+    assert float(average.module.step_value.detach()) == pytest.approx(np.mean([4, 5, 9, 10, 12]))
+
+
+def test_averaged_model_keeps_buffers_as_copied():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    average = swad.AveragedModel(model)
+    model[1].running_mean.fill_(5.0)
+    average.update_parameters(model)
+    assert torch.equal(average.module[1].running_mean, torch.zeros(2))
+
+
+def test_update_bn_reestimates_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(3))
+    batches = [[(torch.randn(4, 3) + 2.0, None), (torch.randn(4, 3) - 1.0, None)] for _ in range(5)]
+    swad.update_bn(model, iter(batches), 3)
+    inputs = torch.cat([torch.cat([x for x, _ in batch]) for batch in batches[:3]])
+    assert torch.allclose(model[0].running_mean, inputs.mean(0), atol=1e-6)
+    assert model[0].momentum == 0.1 and model.training
+
+
+def test_finish_reestimates_batchnorm_when_not_frozen(monkeypatch):
+    calls = []
+    monkeypatch.setattr(swad, "update_bn", lambda model, batches, n: calls.append(n))
+    train(make_extension(freeze_bn=False, swad_bn_steps=7), FLAT)
+    assert calls == [7]
+    train(make_extension(freeze_bn=True), FLAT)
+    assert calls == [7]
+
+
+# --- IIDMax and SMA ------------------------------------------------------------------------------
+
+def test_iidmax_restarts_at_new_best_and_keeps_best_average():
+    extension = make_extension("IIDMax")
+    fold = make_fold(StepEncoded(5))
+    own_accuracy = iter([0.5, 0.62, 0.64, 0.7, 0.69, 0.0])
+
+    def evaluate(model):
+        module = model.module if isinstance(model, swad.AveragedModel) else model
+        return {}, {}, {"train_out": next(own_accuracy), "test_in": float(module.step_value.detach())}
+
+    fold.evaluator.evaluate = evaluate
+    # new maxima of the model's validation accuracy at checkpoints 0, 1 and 3
+    _, rows, _ = train(extension, [1.0] * 5, accs=[0.5, 0.6, 0.55, 0.7, 0.65], fold=fold)
+    final = extension.strategy.get_final_model()
+    assert [segment_of(end) for _, end in final.sources] == [3]  # [3, 4] scored 0.69 < 0.7
+    assert (final.start_step, final.end_step) == (5, 6)
+    assert rows["IIDMax"] == pytest.approx(5.5)
+    assert set(rows) == {"IIDMax", "IIDMax (inD)"}
+
+
+def test_sma_averages_every_step_from_sma_start():
+    extension = make_extension("SMA", sma_start=3)
+    _, rows, _ = train(extension, [1.0] * 5)
+    final = extension.strategy.get_final_model()
+    assert final.n_averaged == 6 and (final.start_step, final.end_step) == (3, 8)
+    assert float(final.module.step_value.detach()) == pytest.approx(np.mean(range(3, 9)))
+    assert set(rows) == {"SMA", "SMA (inD)"}
+
+
+def test_sma_that_never_started_falls_back_to_the_last_model():
+    extension = make_extension("SMA", sma_start=100)
+    fold, rows, _ = train(extension, [1.0] * 5)
+    assert rows["SMA"] == 8.0
+    assert any("nothing was averaged" in message for message in fold.messages)
+
+
+# --- restarts and resumption ---------------------------------------------------------------------
+
+def test_restarts_when_the_parameters_change():
+    extension = make_extension()
+    fold = make_fold(StepEncoded(6))
+    extension.setup(fold)
+    for step in range(4):
+        fold.algorithm.write(step)
+        extension.after_step(fold, step)
+        if step % K == 0:
+            extension.at_checkpoint(fold, step, {"train_out": 0.5, "tr_outloss": 1.0})
+    old_strategy = extension.strategy
+    fold.algorithm.extra = nn.Parameter(torch.zeros(1, dtype=torch.float64))  # a module swap adds parameters
+    fold.algorithm.write(4)
+    extension.after_step(fold, 4)
+    assert extension.strategy is not old_strategy and len(extension.strategy.smooth_Q) == 0
+    assert extension.segment.n_averaged == 1 and extension.segment.start_step == 4
+    assert any("restarts at step 4" in message for message in fold.messages)
+    extension.restart(fold)
+    assert extension.segment.n_averaged == 0
+
+
+@pytest.mark.parametrize("strategy", ["LossValley", "IIDMax", "SMA"])
+def test_state_dict_resumes_to_the_same_average(strategy):
+    losses = [1.0, 1.1, 1.2, 1.05, 1.0, 1.1, 1.0, 1.05, 1.1, 1.0]
+    whole = make_extension(strategy, sma_start=3)
+    train(whole, losses)
+
+    first = make_extension(strategy, sma_start=3)
+    fold = make_fold(StepEncoded(len(losses)))
+    first.setup(fold)
+    for step in range(0, 4 * K + 1):
+        fold.algorithm.write(step)
+        first.after_step(fold, step)
+        if step % K == 0:
+            first.at_checkpoint(fold, step, {"train_out": 0.5, "tr_outloss": losses[step // K]})
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+
+    second = make_extension(strategy, sma_start=3)
+    second.load_state_dict(torch.load(buffer, weights_only=False))  # before setup: kept until then
+    resumed = make_fold(StepEncoded(len(losses)))
+    second.setup(resumed)
+    train(second, losses, fold=resumed, first_checkpoint=4)
+    a, b = whole.strategy.get_final_model(), second.strategy.get_final_model()
+    assert a.n_averaged == b.n_averaged and a.sources == b.sources
+    assert torch.allclose(a.module.onehot, b.module.onehot) and torch.allclose(a.module.step_value, b.module.step_value)
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+def test_strategy_names():
+    assert strategy_name("False") is None and strategy_name(False) is None and strategy_name("none") is None
+    assert strategy_name("True") == "LossValley" and strategy_name("lossvalley") == "LossValley"
+    assert strategy_name("SMA") == "SMA" and strategy_name("IIDMax") == "IIDMax"
+    with pytest.raises(UsageError) as error:
+        strategy_name("Valley")
+    message = str(error.value)
+    assert "\n" not in message and "'Valley'" in message
+    assert all(name in message for name in ("LossValley", "IIDMax", "SMA", "False"))
+
+
+def test_factory_reads_hparams():
+    assert weight_averaging({"swad": "False"}) is None
+    extension = weight_averaging({"swad": "True", "swad_kwargs": {"n_converge": 2}, "sma_start": 5})
+    assert extension.strategy_name == "LossValley" and extension.kwargs == {"n_converge": 2}
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"n_convergence": 3}, "unknown swad_kwargs key 'n_convergence'"),
+    ({"n_converge": 0}, "n_converge must be at least 1"),
+    ({"n_converge": 2.5}, "wrong type"),
+    ({"tolerance_ratio": -0.1}, "tolerance_ratio must be >= 0"),
+    ({"bookkeeping": "fixed"}, "unknown swad_kwargs bookkeeping 'fixed'; valid: reference, corrected"),
+])
+def test_bad_swad_kwargs_are_one_line_errors(kwargs, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        weight_averaging({"swad": "LossValley", "swad_kwargs": kwargs})
+
+
+def test_bad_sma_start():
+    with pytest.raises(UsageError, match="sma_start must be a non-negative integer"):
+        weight_averaging({"swad": "SMA", "sma_start": -1})
