@@ -17,11 +17,15 @@ from domainbed.data.sampling import SeededItems, StepBatchSampler
 
 def num_workers_for(requested: int, dataset_max: int, n_loaders: int) -> int:
     """`requested` when it is >= 0; otherwise the cores left after the main process, shared
-    among the loaders that run at once, capped by what the dataset wants."""
+    among the loaders that run at once, capped by what the dataset wants. Every loader keeps at
+    least one worker on a multi-core machine, so decoding overlaps with the training step."""
     if requested >= 0:
         return requested
+    if dataset_max == 0:
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(dataset_max, (cores - 1) // max(1, n_loaders)))
+    floor = 1 if cores > 1 else 0
+    return max(floor, min(dataset_max, (cores - 1) // max(1, n_loaders)))
 
 
 class InfiniteDataLoader:

@@ -62,6 +62,7 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
 
     DIRECTORY = None
     DOMAIN_DIRS = None
+    N_WORKERS = 8
     N_STEPS = 5000
     CHECKPOINT_FREQ = 100
 

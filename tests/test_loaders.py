@@ -1,0 +1,32 @@
+import torch
+from torch.utils.data import TensorDataset
+
+from domainbed.data import InfiniteDataLoader, num_workers_for
+from domainbed.data.sampling import StepBatchSampler, batch_indices
+
+
+def test_worker_count_follows_cores_and_dataset(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert num_workers_for(-1, 8, 3) == 5
+    assert num_workers_for(-1, 4, 1) == 4
+    assert num_workers_for(-1, 0, 3) == 0  # in-memory datasets need no workers
+    assert num_workers_for(2, 8, 3) == 2
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert num_workers_for(-1, 8, 3) == 1
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    sampler = iter(StepBatchSampler(seed=7, dataset_size=100, batch_size=5))
+    batches = [next(sampler) for _ in range(4)]
+    resumed = iter(StepBatchSampler(seed=7, dataset_size=100, batch_size=5, start_step=2))
+    assert next(resumed) == batches[2]
+    assert batch_indices(7, 3, 100, 5).tolist() == batches[3]
+    assert batches[0] != next(iter(StepBatchSampler(seed=8, dataset_size=100, batch_size=5)))
+
+
+def test_infinite_loader_draws_uniformly_with_replacement():
+    data = TensorDataset(torch.arange(10), torch.zeros(10))
+    loader = InfiniteDataLoader(data, batch_size=8, num_workers=0, seed=1)
+    seen = torch.cat([next(loader)[0] for _ in range(500)])
+    counts = torch.bincount(seen, minlength=10).float()
+    assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
