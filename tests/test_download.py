@@ -310,6 +310,21 @@ def test_incomplete_folder_is_moved_aside_not_deleted(server, tmp_path):
     assert check("Toy", TOY_LAYOUT, tmp_path / "Toy").complete
 
 
+def test_interrupted_build_leaves_no_dataset_folder_and_the_next_run_cleans_up(server, tmp_path):
+    dataset = served_toy(server)
+
+    def interrupted(archives, work):
+        assert dataset.build(archives, work).is_dir()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        install(Dataset("Toy", TOY_LAYOUT, dataset.sources, interrupted), tmp_path, options=FAST, log=lambda _: None)
+    assert not (tmp_path / "Toy").exists() and not list(tmp_path.glob(".Toy*"))
+    (tmp_path / ".Toy.staging-killed" / "toy_root").mkdir(parents=True)
+    assert install(dataset, tmp_path, options=FAST, log=lambda _: None).status == "installed"
+    assert leftovers(tmp_path) == []
+
+
 def test_archive_without_the_expected_layout_installs_nothing(server, tmp_path):
     members = {name: data for name, data in toy_members().items() if "/d2/" not in name}
     outcome = install(served_toy(server, zip_bytes(members)), tmp_path, options=FAST, log=lambda _: None)
@@ -352,8 +367,8 @@ def test_terra_incognita_builder_sorts_images_by_location_and_category(tmp_path)
     images = {f"eccv_18_all_images_sm/{i}.jpg": png_bytes(i) for i in range(4)}
     annotations = {
         "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "car"}],
-        "images": [{"id": "i0", "file_name": "0.jpg", "location": 38}, {"id": "i1", "file_name": "1.jpg", "location": 46},
-                   {"id": "i2", "file_name": "2.jpg", "location": 7}, {"id": "i3", "file_name": "3.jpg", "location": 38}],
+        "images": [{"id": f"i{i}", "file_name": f"{i}.jpg", "location": location}
+                   for i, location in enumerate([38, 46, 7, 38])],
         "annotations": [{"image_id": "i0", "category_id": 1}, {"image_id": "i0", "category_id": 2},
                         {"image_id": "i1", "category_id": 2}, {"image_id": "i2", "category_id": 1},
                         {"image_id": "i3", "category_id": 3}],
@@ -361,8 +376,8 @@ def test_terra_incognita_builder_sorts_images_by_location_and_category(tmp_path)
     files = {"ann/a.json": json.dumps(annotations).encode(), "ann/b.json": b'{"images": [], "annotations": []}'}
     (tmp_path / "images.tar.gz").write_bytes(tar_bytes(images))
     (tmp_path / "ann.tar.gz").write_bytes(tar_bytes(files))
-    builder = build.terra_incognita("images.tar.gz", "ann.tar.gz", "eccv_18_all_images_sm", ["ann/a.json", "ann/b.json"],
-                                    locations=("38", "46"), categories=("cat", "dog"))
+    builder = build.terra_incognita("images.tar.gz", "ann.tar.gz", "eccv_18_all_images_sm",
+                                    ["ann/a.json", "ann/b.json"], locations=("38", "46"), categories=("cat", "dog"))
     tree = builder({"images.tar.gz": tmp_path / "images.tar.gz", "ann.tar.gz": tmp_path / "ann.tar.gz"}, tmp_path / "w")
     found = sorted(str(p.relative_to(tree)) for p in tree.rglob("*.jpg"))
     assert found == ["location_38/cat/0.jpg", "location_38/dog/0.jpg", "location_46/cat/1.jpg"]

@@ -27,7 +27,7 @@ MNIST_FILES = {
 ENVIRONMENT_SEED = 0
 
 
-def _find(root: Path, name: str) -> Path:
+def find_mnist_file(root: Path, name: str) -> Path:
     candidates = [root / "MNIST" / "raw", root / "MNIST", root]
     for folder in candidates:
         for path in (folder / name, folder / f"{name}.gz"):
@@ -59,7 +59,7 @@ def read_idx(path: Path) -> torch.Tensor:
 def load_mnist(root) -> tuple[torch.Tensor, torch.Tensor]:
     """All 70,000 digits (train then test) as (N, 28, 28) uint8 and their (N,) labels."""
     root = Path(root)
-    files = {key: read_idx(_find(root, name)) for key, name in MNIST_FILES.items()}
+    files = {key: read_idx(find_mnist_file(root, name)) for key, name in MNIST_FILES.items()}
     images = torch.cat([files["train_images"], files["test_images"]])
     labels = torch.cat([files["train_labels"], files["test_labels"]]).long()
     return images, labels

@@ -17,6 +17,7 @@ from domainbed.download.spec import Dataset, IdxFile, IdxLayout, ImageFolderLayo
 _UNPUBLISHED = "no size or checksum is published; the archive's own CRCs are checked on extraction"
 _LILA = "https://storage.googleapis.com/public-datasets-lila/caltechcameratraps"
 _VISDA = "http://csr.bu.edu/ftp/visda/2019/multi-source"
+_DOMAINBED_RAW = "https://raw.githubusercontent.com/facebookresearch/DomainBed/main"
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist", "http://yann.lecun.com/exdb/mnist")
 _DOMAIN_NET_ZIPS = {
     "clipart": f"{_VISDA}/groundtruth/clipart.zip",
@@ -61,7 +62,7 @@ SOURCES = {
         for url in _DOMAIN_NET_ZIPS.values()
     ) + (
         Source("domain_net_duplicates.txt",
-               ("https://raw.githubusercontent.com/facebookresearch/DomainBed/main/domainbed/misc/domain_net_duplicates.txt",),
+               (f"{_DOMAINBED_RAW}/domainbed/misc/domain_net_duplicates.txt",),
                None, None, "DomainBed's list of duplicate images it removes; fetched, not vendored; no checksum"),
     ),
     "MNIST": tuple(

@@ -3,9 +3,10 @@
 Tar archives go through the standard library's "data" extraction filter (PEP 706), which refuses
 `..` and links that resolve outside the destination (checked against the real paths of what is
 already extracted) and device files, and drops dangerous mode bits; absolute names, which that
-filter would quietly make relative, we refuse first. Zip archives are checked member by member before anything is written;
-zipfile would silently rewrite a bad name, and we would rather refuse the archive. A link in a
-zip is refused too: zipfile cannot create one, it would write the link target as a file.
+filter would quietly make relative, we refuse first. Zip archives are checked member by member
+before anything is written; zipfile would silently rewrite a bad name, and we would rather
+refuse the archive. A link in a zip is refused too: zipfile cannot create one, it would write
+the link target as a file.
 """
 
 import gzip

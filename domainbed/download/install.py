@@ -49,22 +49,22 @@ def install(dataset: Dataset, data_dir, *, mirror: Optional[str] = None, options
     if target.exists():
         report = check(dataset.name, dataset.layout, target, full=False)
         if report.complete:
-            return Outcome(dataset.name, "skipped", f"{target} is already complete", report)
+            return Outcome(dataset.name, "skipped", f"skipped, {target} is already complete", report)
         if report.counts == _recorded_counts(record):
-            return Outcome(dataset.name, "skipped", f"{target} was installed by an earlier run; it differs from "
-                                                     "the published counts (see the table)", report)
+            return Outcome(dataset.name, "skipped", f"skipped, {target} was installed by an earlier run; it "
+                                                     "differs from the published counts (see the table)", report)
         reason = report.problems[0] if report.problems else "not a folder"
         log(f"{dataset.name}: {target} is incomplete ({reason}); installing a fresh copy")
     try:
         fetched = _fetch_all(dataset, data_dir / CACHE, mirror, options, log)
     except InstallError as error:
-        return Outcome(dataset.name, "failed", str(error))
+        return Outcome(dataset.name, "failed", f"failed: {error}")
     try:
         report = _build_and_swap(dataset, data_dir, {name: item.path for name, (item, _) in fetched.items()}, log)
     except CorruptArchiveError as error:
-        return Outcome(dataset.name, "failed", _forget_corrupt(error, fetched))
+        return Outcome(dataset.name, "failed", f"failed: {_forget_corrupt(error, fetched)}")
     except InstallError as error:
-        return Outcome(dataset.name, "failed", str(error))
+        return Outcome(dataset.name, "failed", f"failed: {error}")
     misc.atomic_write_text(record, misc.to_json({
         "dataset": dataset.name,
         "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -21,7 +21,7 @@ from prettytable import PrettyTable
 from tqdm import tqdm
 
 from domainbed.datasets.image_folder import IMAGE_EXTENSIONS, load_rgb
-from domainbed.datasets.mnist import _find, read_idx
+from domainbed.datasets.mnist import find_mnist_file, read_idx
 from domainbed.download.fetch import file_digests
 from domainbed.download.spec import IdxLayout, ImageFolderLayout
 from domainbed.errors import UsageError
@@ -102,11 +102,9 @@ def _images(folder: Path) -> tuple:
 
 def _check_image_folder(layout: ImageFolderLayout, root: Path, report: Report, full: bool) -> None:
     problems = report.problems
-    present = _subfolders(root)
-    for name in present:
+    for name in _subfolders(root):
         if name not in layout.domain_counts:
             report.layout_problem(f"{root / name}: unexpected folder (not a domain of {report.dataset})")
-            report.rows.append(Row(name, None, None))
     reference = layout.classes if isinstance(layout.classes, tuple) else None
     to_decode = []
     for domain, expected in layout.domain_counts.items():
@@ -182,7 +180,7 @@ def _check_idx(layout: IdxLayout, root: Path, report: Report) -> None:
         row = Row(spec.name, spec.items, None)
         report.rows.append(row)
         try:
-            path = _find(root.parent, spec.name)
+            path = find_mnist_file(root.parent, spec.name)
         except UsageError:
             row.missing = spec.items
             report.layout_problem(f"{root / 'raw' / spec.name}(.gz): missing")

@@ -83,7 +83,7 @@ def download(args, data_dir: Path, names) -> int:
     for name in names:
         outcome = install(DATASETS[name], data_dir, mirror=args.mirror, options=options,
                           keep_archives=args.keep_archives, log=lambda line: print(line, flush=True))
-        print(f"{name}: {outcome.status}: {outcome.message}", flush=True)
+        print(f"{name}: {outcome.message}", flush=True)
         outcomes.append(outcome)
     reports = [outcome.report for outcome in outcomes if outcome.report is not None]
     if reports:
