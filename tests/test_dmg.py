@@ -54,7 +54,7 @@ def resnet_features(featurizer, x, m3=None, m4=None):
 
 
 def test_masks_are_per_domain_parameters_with_their_own_adam():
-    alg = make("DMG", (3, 64, 64), mask_layers="layer3,layer4,fc", mask_lr=3e-3, lr=1e-4)
+    alg = make("DMG", (3, 32, 32), mask_layers="layer3,layer4,fc", mask_lr=3e-3, lr=1e-4)
     shapes = {name: tuple(p.shape) for name, p in alg.masks.logits.items()}
     assert shapes == {"layer3": (D, 128), "layer4": (D, 256), "fc": (D, 512)}
     for theta in alg.masks.parameters():
@@ -71,7 +71,7 @@ def test_masks_are_per_domain_parameters_with_their_own_adam():
 
 
 def test_penalties_and_loss_match_the_formula():
-    alg = make("DMG", (3, 64, 64), mask_layers="layer4,fc", overlap_lambda=0.1, sparsity_lambda=0.5)
+    alg = make("DMG", (3, 32, 32), mask_layers="layer4,fc", overlap_lambda=0.1, sparsity_lambda=0.5)
     with torch.no_grad():
         for theta in alg.masks.parameters():
             theta.copy_(torch.randn(theta.shape, generator=torch.Generator().manual_seed(theta.shape[1])) * 2)
@@ -80,7 +80,7 @@ def test_penalties_and_loss_match_the_formula():
     sparsity = sum(p.sum() / p.shape[1] for p in probs.values())
     assert alg.masks.overlap_penalty().item() == pytest.approx(overlap.item(), rel=1e-6)
     assert alg.masks.sparsity_penalty().item() == pytest.approx(sparsity.item(), rel=1e-6)
-    stats = alg.update(minibatches((3, 64, 64), batch=2))
+    stats = alg.update(minibatches((3, 32, 32), batch=2))
     assert stats["overlap"] == pytest.approx(overlap.item(), rel=1e-6)
     assert stats["sparsity"] == pytest.approx(sparsity.item(), rel=1e-6)
     assert stats["loss"] == pytest.approx(stats["ce"] + 0.1 * stats["overlap"] + 0.5 * stats["sparsity"], rel=1e-6)
@@ -138,11 +138,11 @@ def test_predict_fc_mask():
 
 
 def test_predict_with_masks_inside_the_resnet():
-    alg = make("DMG", (3, 64, 64), mask_layers="fc,layer3,layer4")
+    alg = make("DMG", (3, 32, 32), mask_layers="fc,layer3,layer4")
     alg.eval()
     with torch.no_grad():
         alg.masks.logits["layer3"].copy_(torch.randn(D, 128))  # some units below 0.5
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     p = {name: torch.sigmoid(theta.detach()) for name, theta in alg.masks.logits.items()}
     with torch.no_grad():
         hard = {name: (q > 0.5).float() for name, q in p.items()}
@@ -160,11 +160,11 @@ def test_predict_with_masks_inside_the_resnet():
 
 
 def test_state_dict_and_deepcopy_keep_the_masks():
-    alg = make("DMG", (3, 64, 64), mask_layers="fc,layer4")
-    alg.update(minibatches((3, 64, 64), batch=2))
+    alg = make("DMG", (3, 32, 32), mask_layers="fc,layer4")
+    alg.update(minibatches((3, 32, 32), batch=2))
     alg.eval()
-    x = torch.randn(2, 3, 64, 64)
-    fresh = make("DMG", (3, 64, 64), mask_layers="fc,layer4")
+    x = torch.randn(2, 3, 32, 32)
+    fresh = make("DMG", (3, 32, 32), mask_layers="fc,layer4")
     fresh.load_state_dict(alg.state_dict())
     fresh.eval()
     twin = copy.deepcopy(alg)

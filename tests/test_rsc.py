@@ -229,8 +229,8 @@ def test_featurizers_without_a_spatial_map_use_the_channel_mode():
     with pytest.raises(UsageError, match="1x1"):
         alg.update(minibatches((3, 32, 32), batch=2))
     alg = make_rsc(input_shape=(3, 32, 32), rsc_mode="both")
-    z = torch.rand(4, 512, 1, 1)
-    assert all(not alg._use_spatial(z) for _ in range(20))
+    z, y = torch.rand(4, 512, 1, 1), torch.tensor([0, 1, 2, 3])
+    assert all(alg.self_challenge(z, y)[0].shape == (4, 512, 1, 1) for _ in range(20))
 
 
 def test_curriculum_in_steps():

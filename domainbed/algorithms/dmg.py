@@ -86,11 +86,13 @@ class DomainMasks(nn.Module):
 
     def __init__(self, num_domains: int, widths: dict, init: str, init_scalar: float):
         super().__init__()
-        if init == "random_uniform":
-            make = lambda width: torch.rand(num_domains, width)  # noqa: E731
-        else:
-            make = lambda width: torch.full((num_domains, width), float(init_scalar))  # noqa: E731
-        self.logits = nn.ParameterDict({name: nn.Parameter(make(width)) for name, width in widths.items()})
+
+        def initial(width):
+            if init == "random_uniform":
+                return torch.rand(num_domains, width)
+            return torch.full((num_domains, width), float(init_scalar))
+
+        self.logits = nn.ParameterDict({name: nn.Parameter(initial(width)) for name, width in widths.items()})
 
     @property
     def names(self):

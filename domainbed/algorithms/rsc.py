@@ -60,8 +60,9 @@ Where we differ from the official code, and why:
   is set.
 
 The DomainBed variant differs from DomainBed's code only in computing its percentiles with
-torch.quantile on the device instead of np.percentile on the host (same linear interpolation;
-agreement up to float32 rounding).
+torch.quantile on the device (in float64, rounded to float32 as DomainBed's torch.Tensor() does)
+instead of np.percentile on the host: same linear interpolation, same masks, losses and updates
+up to float32 rounding.
 """
 
 import contextlib
@@ -187,7 +188,7 @@ class RSC(ERM):
             raise UsageError(f"rsc_mode 'spatial' needs a feature map larger than 1x1, got {tuple(z.shape[2:])}; "
                              "use larger images or rsc_mode channel")
         if mode == "both":
-            return has_positions and float(torch.rand(())) < 0.5
+            return has_positions and float(torch.rand((), device="cpu")) < 0.5
         return mode == "spatial"
 
     def feature_mask(self, z, g, spatial: bool):
