@@ -146,7 +146,8 @@ class WeightAveraging(Extension):
         rows[self.row] = summaries["test_in"]
         rows[f"{self.row} (inD)"] = summaries["train_out"]
         fold.row_rules[self.row] = RULES[self.strategy_name]
-        fold.row_rules[f"{self.row} (inD)"] = f"training-domain validation accuracy of the {self.row} average (in-domain)"
+        fold.row_rules[f"{self.row} (inD)"] = (
+            f"training-domain validation accuracy of the {self.row} average (in-domain)")
         fold.final_model = model
         fold.log(f"[{fold.name}] {self.row} {span}: test_in {summaries['test_in']:.4f}, "
                  f"train_out {summaries['train_out']:.4f}")
@@ -165,6 +166,8 @@ class WeightAveraging(Extension):
         device = next(self._template.parameters()).device
         self.segment = swad.AveragedModel.from_state(self._template, state["segment"], device)
         self.strategy.load_state_dict(state["strategy_state"], self._template)
+        # a resumed run may have replayed a module swap (quantization) since setup
+        self._tracked = list(self._template.parameters())
 
 
 @register_extension(ORDER)

@@ -281,12 +281,21 @@ def test_matches_an_independent_restatement_on_random_sequences():
         final = extension.strategy.get_final_model()
         if not extension.strategy.is_converged:
             assert counts == Counter({len(losses) - 1: 1}), context
-            assert segment_of(final.end_step) == len(losses) - 1 and final.n_averaged == len(segment_steps(len(losses) - 1))
+            last = len(losses) - 1
+            assert segment_of(final.end_step) == last and final.n_averaged == len(segment_steps(last))
         elif final.n_averaged:
             assert averaged_segments(extension) == counts, context
             check_parameters(extension, counts)
         assert fold.stop == (dead_at is not None), context
         assert checkpoints == (len(losses) if dead_at is None else dead_at + 1), context
+
+        corrected = make_extension(swad_kwargs={"n_converge": n_c, "n_tolerance": n_t, "tolerance_ratio": ratio,
+                                                "bookkeeping": "corrected"})
+        train(corrected, losses)
+        if corrected.strategy.is_converged:  # every segment once, and they are consecutive
+            counts = averaged_segments(corrected)
+            assert set(counts.values()) == {1} and sorted(counts) == list(range(min(counts), max(counts) + 1)), context
+            check_parameters(corrected, counts)
 
 
 # --- the averaged model ------------------------------------------------------------------------

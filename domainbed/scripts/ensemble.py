@@ -1,0 +1,211 @@
+"""Ensembles of runs: the sum of the logits of several runs' final models, per test domain.
+
+    python -m domainbed.scripts.ensemble RUN_DIR [RUN_DIR ...] [--data_dir DIR] [--output FILE]
+
+Every RUN_DIR is a directory train_all.py wrote (args.json, hparams.json, models/TE{i}_final.pth)
+for the same dataset: other trial seeds, seeds or hparams. For each test domain that every run
+trained a fold for, the members' final models (the averaged ones where averaging was on) are
+loaded, their logits summed, and the ensemble and every member are evaluated on the same splits,
+rebuilt as the trainer builds them from the *first* run's data_dir, trial_seed and
+holdout_fraction. The tables give the test-domain accuracy (`test_in`, as the SWAD rows) and the
+training-domain validation accuracy (in-domain). An ensemble of SMA runs is EoA (Arpit et al.,
+NeurIPS 2022); of quantized runs, EoQ (QT-DoG).
+
+Members whose trial seed differs from the first run's were trained on part of the first run's
+training-domain validation split, so their in-domain numbers are optimistic (the tool says so);
+the test domain is never trained on, so the test-domain numbers are fair. The logits are summed in
+float64 in an order fixed by the run directories' paths, so the result does not depend on the
+order of the arguments.
+"""
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from domainbed import misc, model_io, report
+from domainbed.data import num_workers_for
+from domainbed.datasets import get_dataset_class
+from domainbed.errors import UsageError
+from domainbed.evaluator import Evaluator
+from domainbed.trainer import FoldSettings, make_splits, resolve_device
+
+FINAL_MODEL = re.compile(r"TE(\d+)_final\.pth")
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    args: dict
+    hparams: dict
+    models: dict  # test environment -> final model file
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; is {path.parent} a run directory written by train_all.py?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON: {error}") from None
+
+
+def read_run(path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"run directory {path} does not exist")
+    models = {int(match.group(1)): file for file in sorted((path / "models").glob("TE*_final.pth"))
+              if (match := FINAL_MODEL.fullmatch(file.name))}
+    if not models:
+        raise UsageError(f"run directory {path} has no final models (models/TE<i>_final.pth); "
+                         "did its training finish?")
+    return Run(path, path.name, _read_json(path / "args.json"), _read_json(path / "hparams.json"), models)
+
+
+def read_runs(paths) -> list:
+    runs = [read_run(path) for path in paths]
+    seen = {}
+    for run in runs:
+        seen[run.name] = seen.get(run.name, 0) + 1
+        if seen[run.name] > 1:
+            run.name = f"{run.name} #{seen[run.name]}"
+    for run in runs[1:]:
+        if run.args["dataset"] != runs[0].args["dataset"]:
+            raise UsageError(f"runs disagree on the dataset: {runs[0].name} is {runs[0].args['dataset']}, "
+                             f"{run.name} is {run.args['dataset']}")
+    return runs
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def read_meta(path) -> dict:
+    """The metadata of a final-model file, without reading its weights (memory-mapped)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["meta"]
+    except Exception as error:
+        raise UsageError(f"cannot read model file {path}: {error}") from None
+
+
+def check_members(runs, metas) -> None:
+    """One-line errors when the runs' models cannot be ensembled."""
+    first, reference = runs[0], metas[0]
+    for run, meta in zip(runs[1:], metas[1:]):
+        for key, what in (("dataset", "dataset"), ("environments", "domains"), ("num_classes", "class count"),
+                          ("input_shape", "input shape")):
+            if _plain(meta[key]) != _plain(reference[key]):
+                raise UsageError(f"runs disagree on the {what}: {first.name} has {reference[key]}, "
+                                 f"{run.name} has {meta[key]}")
+
+
+def build_dataset(run: Run, data_dir=None):
+    return get_dataset_class(run.args["dataset"])(data_dir or run.args["data_dir"], [], run.hparams)
+
+
+def eval_splits(run: Run, dataset, test_env: int):
+    """The evaluation splits of `run`'s fold `test_env`, exactly as its trainer made them."""
+    settings = FoldSettings(algorithm="", test_envs=[test_env], n_steps=1, checkpoint_freq=1,
+                            trial_seed=run.args["trial_seed"], holdout_fraction=run.args["holdout_fraction"])
+    return make_splits(dataset, settings)[1]
+
+
+class LogitSum(nn.Module):
+    """Predicts the sum of the members' logits (in float64, members in a fixed order)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def predict(self, x, env=None):
+        return sum(member.predict(x, env=env).double() for member in self.members)
+
+    def forward(self, x):
+        return self.predict(x)
+
+
+def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=None, test_envs=None,
+             log=print) -> dict:
+    """Evaluate the ensemble of the runs in `paths` and each member on the test domains they share
+    (those of them in `test_envs` when given); returns the tables."""
+    runs = read_runs(paths)
+    device = resolve_device(device)
+    common = sorted(set.intersection(*(set(run.models) for run in runs)))
+    if test_envs is not None:
+        missing = sorted(set(test_envs) - set(common))
+        if missing:
+            raise UsageError(f"--test_envs {missing}: not every run has a final model for them; shared: {common}")
+        common = sorted(set(test_envs))
+    if not common:
+        raise UsageError("the runs share no test domain: " + "; ".join(
+            f"{run.name} has folds TE{', TE'.join(map(str, sorted(run.models)))}" for run in runs))
+    skipped = sorted(set.union(*(set(run.models) for run in runs)) - set(common))
+    if skipped and test_envs is None:
+        log(f"skipping test domains {skipped}: not every run has a final model for them")
+    seeds = {run.name: run.args["trial_seed"] for run in runs}
+    if len(set(seeds.values())) > 1:
+        log(f"note: trial seeds differ ({seeds}); the splits are those of {runs[0].name}, so other members' "
+            "in-domain accuracy is optimistic (their training data overlaps its validation split)")
+    dataset = build_dataset(runs[0], data_dir)
+    order = sorted(range(len(runs)), key=lambda i: str(runs[i].path.resolve()))
+    ensemble_row = f"Ensemble ({len(runs)} runs)"
+    test_rows, ind_rows = [], []
+    for test_env in common:
+        check_members(runs, [read_meta(run.models[test_env]) for run in runs])
+        loaded = [model_io.load_model(run.models[test_env], device) for run in runs]
+        evaluator = Evaluator(eval_splits(runs[0], dataset, test_env), [test_env],
+                              batch_size or runs[0].hparams.get("test_batchsize", 256),
+                              num_workers_for(num_workers, dataset.N_WORKERS, 1), device, "fast")
+        test, ind = {}, {}
+        candidates = [(run.name, model) for run, (model, _) in zip(runs, loaded)]
+        candidates.append((ensemble_row, LogitSum([loaded[i][0] for i in order]).to(device)))
+        for name, model in candidates:
+            _, _, summaries = evaluator.evaluate(model)
+            test[name], ind[name] = summaries["test_in"], summaries["train_out"]
+            log(f"TE{test_env} {name}: test {100 * summaries['test_in']:.2f}%, "
+                f"in-domain {100 * summaries['train_out']:.2f}%")
+        test_rows.append(test)
+        ind_rows.append(ind)
+        del loaded, candidates
+
+    environments = [dataset.environments[env] for env in common]
+    rules = {ensemble_row: "sum of the members' logits"}
+    tables = {"test": report.build_table(test_rows, environments), "inD": report.build_table(ind_rows, environments)}
+    log("Test-domain accuracy (test_in):")
+    log(report.format_table(tables["test"], environments, rules))
+    log("In-domain accuracy (training-domain validation, train_out):")
+    log(report.format_table(tables["inD"], environments, rules))
+    return {"dataset": runs[0].args["dataset"], "environments": environments, "test_envs": common,
+            "members": [run.name for run in runs], "ensemble": ensemble_row, **tables}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Ensemble the final models of several runs (sum of logits)")
+    parser.add_argument("runs", nargs="+", help="run directories written by train_all.py, same dataset")
+    parser.add_argument("--data_dir", default=None, help="where the data is now (default: the first run's data_dir)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--num_workers", type=int, default=-1,
+                        help="evaluation loader workers; -1 sizes them to the machine")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="evaluation batch size (default: the run's test_batchsize)")
+    parser.add_argument("--test_envs", type=int, nargs="+", default=None, help="test domains (default: all shared)")
+    parser.add_argument("--output", default=None, help="also write the tables to this JSON file")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        result = ensemble(args.runs, args.data_dir, args.device, args.num_workers, args.batch_size, args.test_envs)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.output:
+        misc.atomic_write_text(args.output, misc.to_json(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
