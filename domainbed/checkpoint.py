@@ -10,7 +10,8 @@ one) holding:
 - every optimizer of `algorithm.optimizers()`, with the names of the parameters in each of its
   groups, so that groups grown during training (quantization's step sizes) are rebuilt;
 - `fold.model_transforms` (module-tree changes, replayed with model_io's REBUILDERS before the
-  state dict is loaded), each extension's `state_dict()`, in the extensions' order;
+  state dict is loaded), each extension's `state_dict()`, in the extensions' order, and the
+  trainer's own stateful objects (the fp16 loss scaler);
 - the RNG states of python, numpy and torch (CPU and every CUDA device), the records so far, and
   whether an extension stopped training.
 
@@ -21,7 +22,10 @@ training-domain validation accuracy. A finished fold leaves `OUT/resume/TE{envs}
 its selection rows (a resumed run skips it) and deletes its checkpoints but the best.
 
 `crash_point(name)` is a test hook: with DOMAINBED_TEST_CRASH_AT=name:n in the environment the
-process kills itself with SIGKILL the n-th time it passes that point.
+process kills itself with SIGKILL the n-th time it passes that point: `step` (after an update),
+`eval` (after an evaluation, before its record), `record` (after a record was appended, before
+its checkpoint), `checkpoint` (a checkpoint written but not yet renamed into place), `finish`
+(a fold's final model saved, its finished-marker not yet written).
 """
 
 import collections
@@ -73,7 +77,7 @@ def done_path(out_dir, test_envs) -> Path:
     return resume_dir(out_dir) / f"{fold_tag(test_envs)}_done.json"
 
 
-def checkpoints(out_dir, test_envs) -> dict:
+def list_checkpoints(out_dir, test_envs) -> dict:
     """{step: path} of the fold's checkpoints on disk."""
     pattern = re.compile(re.escape(fold_tag(test_envs)) + r"_step(\d+)\.pth")
     folder = resume_dir(out_dir)
@@ -153,7 +157,7 @@ def save(state: dict, path: Path) -> None:
 
 def _load_latest(out_dir, test_envs) -> dict | None:
     """The fold's newest checkpoint (with its path under `path`), or None."""
-    found = checkpoints(out_dir, test_envs)
+    found = list_checkpoints(out_dir, test_envs)
     if not found:
         return None
     path = found[max(found)]
@@ -173,7 +177,7 @@ def best_step(records) -> int | None:
 
 def prune(out_dir, test_envs, records, keep_best: bool, keep_last: bool = True) -> None:
     """Delete the fold's checkpoints but the newest (with `keep_last`) and the best (with `keep_best`)."""
-    found = checkpoints(out_dir, test_envs)
+    found = list_checkpoints(out_dir, test_envs)
     keep = set()
     if keep_last and found:
         keep.add(max(found))
@@ -254,7 +258,8 @@ class FoldCheckpoints:
     def restore(self, fold, extensions, state: dict) -> None:
         """Put a freshly built fold (algorithm constructed, extensions set up) in the saved state."""
         if state.get("format") != FORMAT:
-            raise UsageError(f"checkpoint {state['path']} has format {state.get('format')}; this version reads {FORMAT}")
+            raise UsageError(f"checkpoint {state['path']} has format {state.get('format')}; "
+                             f"this version reads {FORMAT}")
         changed = sorted(k for k in self.fingerprint if self.fingerprint[k] != state["fingerprint"].get(k))
         if changed:
             raise UsageError(f"checkpoint {state['path']} was written with other settings ({', '.join(changed)}); "
@@ -262,7 +267,8 @@ class FoldCheckpoints:
         kinds = [type(e).__qualname__ for e in extensions]
         saved_kinds = [entry["type"] for entry in state["extensions"]]
         if kinds != saved_kinds:
-            raise UsageError(f"checkpoint {state['path']} was written with extensions {saved_kinds}, this run has {kinds}")
+            raise UsageError(f"checkpoint {state['path']} was written with extensions {saved_kinds}, "
+                             f"this run has {kinds}")
 
         algorithm = fold.algorithm
         for key, transform in state["meta"]["transforms"].items():

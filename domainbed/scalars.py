@@ -3,9 +3,10 @@
 Each fold writes to RUN_DIR/tensorboard/TE{envs}: every `tb_freq` steps the update's statistics
 (`train/loss`, ...), `train/step_time` and the learning rate of every optimizer (`lr/NAME`, its
 first parameter group); at every checkpoint each number of the record (`checkpoint/test_in`,
-`checkpoint/env0_out`, `checkpoint/env0_out_loss`, ...). A resumed fold purges the events from
-its first new step on, so TensorBoard shows one curve, not the crashed run's tail and the
-resumed one on top of each other. Without the `tensorboard` package installed nothing is written.
+`checkpoint/env0_out`, `checkpoint/env0_out_loss`, ...). A fold purges the events from its first
+step on (after its checkpoint when resumed), so TensorBoard shows one curve, not a crashed run's
+tail and the resumed one on top of each other. `tb_freq` 0, or no `tensorboard` package installed,
+writes nothing.
 """
 
 from pathlib import Path
@@ -27,8 +28,7 @@ class ScalarLog:
         self.tb_freq = tb_freq
         self.writer = None
         if writer_class is not None:
-            self.writer = writer_class(str(Path(out_dir) / "tensorboard" / fold_name),
-                                       purge_step=start_step if start_step > 0 else None)
+            self.writer = writer_class(str(Path(out_dir) / "tensorboard" / fold_name), purge_step=start_step)
 
     def train(self, step: int, stats: dict, step_time: float, optimizers: dict) -> None:
         if self.writer is None or step % self.tb_freq:

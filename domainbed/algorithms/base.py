@@ -20,6 +20,11 @@ class Algorithm(nn.Module):
         num_classes: number of classes.
         num_domains: number of training domains; `update` receives one minibatch per domain.
         hparams: a plain dict of hyperparameters (see `domainbed.hparams_registry`).
+
+    Resumable runs (domainbed/checkpoint.py) save the state dict, every optimizer of
+    `optimizers()` and the RNG states, and set `step` through `on_step_begin`. Any other state
+    that changes during training (a counter, a scheduler, a memory bank that is not a buffer)
+    belongs in `nn.Module.get_extra_state()` / `set_extra_state()`, which the state dict carries.
     """
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):

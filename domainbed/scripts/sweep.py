@@ -1,0 +1,307 @@
+"""Sweeps: one train_all.py job per (dataset, algorithm, hparams seed, trial seed), every fold inside.
+
+    python -m domainbed.scripts.sweep launch --datasets PACS VLCS --algorithms ERM SAGM_DG \\
+        --n_hparams 20 --n_trials 3 --data_dir DATA --output_dir sweeps/main --launcher slurm \\
+        [--steps N] [--checkpoint_freq K] [--dry_run] [slurm options] [-- more train_all.py arguments]
+    python -m domainbed.scripts.sweep status            (the same arguments)
+    python -m domainbed.scripts.sweep delete_incomplete (the same arguments)
+
+As DomainBed's sweep: a job's directory is OUTPUT_DIR/<md5 of its arguments>, a job is done when
+that directory holds `done` (written when train_all.py exits 0), incomplete when the directory
+exists without it, not launched otherwise; `hparams_seed` 0 is the registry's defaults and seed
+N > 0 the random draw seeded by seed_hash(N, trial_seed) (train_all.py --hparams_seed); each job's
+seed is seed_hash(dataset, algorithm, hparams_seed, trial_seed). Unlike DomainBed, `launch` also
+relaunches incomplete jobs, which continue where they stopped (every job runs train_all.py with
+--resume), so a relaunch after a crash, a preemption or a killed launcher finishes every job
+exactly once; `delete_incomplete` is only needed to start jobs over. The data directory is not
+part of a job's hash, so a sweep survives moving the data.
+
+Launchers:
+- local: one job at a time in this process's machine;
+- multi_gpu: one job per visible GPU (CUDA_VISIBLE_DEVICES), the rest queued;
+- slurm: a job array through submitit (--partition, --time, --gpus, --cpus, --mem_gb,
+  --array_parallelism); jobs are requeued on preemption or time-out and resume. `--cluster local`
+  runs the same submitit path with its local executor (tests, a workstation).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from domainbed.errors import UsageError, unknown_choice
+
+TRAIN_ALL = Path(__file__).resolve().parents[2] / "train_all.py"
+DONE, INCOMPLETE, NOT_LAUNCHED = "done", "incomplete", "not launched"
+
+
+@dataclass
+class Job:
+    train_args: dict
+    directory: Path
+
+    @classmethod
+    def create(cls, sweep_dir, **train_args) -> "Job":
+        digest = hashlib.md5(json.dumps(train_args, sort_keys=True).encode("utf-8")).hexdigest()
+        return cls(train_args, Path(sweep_dir) / digest)
+
+    @property
+    def name(self) -> str:
+        a = self.train_args
+        return f"{a['algorithm']}_hp{a['hparams_seed']}_trial{a['trial_seed']}"
+
+    @property
+    def state(self) -> str:
+        if (self.directory / "done").exists():
+            return DONE
+        return INCOMPLETE if self.directory.exists() else NOT_LAUNCHED
+
+    def command(self, data_dir: str) -> list:
+        a = self.train_args
+        command = [sys.executable, str(TRAIN_ALL), self.name, "--dataset", a["dataset"], "--algorithm",
+                   a["algorithm"], "--hparams_seed", str(a["hparams_seed"]), "--trial_seed", str(a["trial_seed"]),
+                   "--seed", str(a["seed"]), "--data_dir", data_dir, "--output_dir", str(self.directory)]
+        for key in ("steps", "checkpoint_freq"):
+            if a[key] is not None:
+                command += [f"--{key}", str(a[key])]
+        # --resume last: it takes an optional value, which must not swallow a positional argument.
+        return command + list(a["train_all_args"]) + ["--resume"]
+
+    def start(self, data_dir: str, env=None) -> subprocess.Popen:
+        """Start train_all.py for this job; its output is appended to the job's out.txt."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = self.command(data_dir)
+        (self.directory / "job.json").write_text(json.dumps({"train_args": self.train_args, "command": command},
+                                                            indent=2))
+        with open(self.directory / "out.txt", "a", encoding="utf-8") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+            out.flush()
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def finish(self, returncode: int) -> int:
+        if returncode == 0:
+            (self.directory / "done").touch()
+        return returncode
+
+    def run(self, data_dir: str, env=None) -> int:
+        return self.finish(self.start(data_dir, env).wait())
+
+
+class SubmititTask:
+    """The callable submitit runs for one job; requeued on preemption or time-out, it resumes."""
+
+    def __init__(self, job: Job, data_dir: str):
+        self.job = job
+        self.data_dir = data_dir
+
+    def __call__(self) -> str:
+        returncode = self.job.run(self.data_dir)
+        if returncode != 0:
+            raise RuntimeError(f"train_all.py exited with {returncode}; see {self.job.directory / 'out.txt'}")
+        return str(self.job.directory)
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def make_jobs(args) -> list:
+    # Imported here, not at the top: submitit's workers import this module only to start
+    # train_all.py, and need not pay for importing torch.
+    from domainbed import misc
+    from domainbed.algorithms import get_algorithm_class
+    from domainbed.datasets import get_dataset_class
+
+    for dataset in args.datasets:
+        get_dataset_class(dataset)
+    for algorithm in args.algorithms:
+        get_algorithm_class(algorithm)
+    if not 0 <= args.n_hparams_from <= args.n_hparams or args.n_trials < 1:
+        raise UsageError(f"need 0 <= --n_hparams_from ({args.n_hparams_from}) <= --n_hparams ({args.n_hparams}) "
+                         f"and --n_trials ({args.n_trials}) >= 1")
+    return [
+        Job.create(args.output_dir, dataset=dataset, algorithm=algorithm, hparams_seed=hparams_seed,
+                   trial_seed=trial_seed, seed=misc.seed_hash(dataset, algorithm, hparams_seed, trial_seed),
+                   steps=args.steps, checkpoint_freq=args.checkpoint_freq, train_all_args=list(args.train_all_args))
+        for dataset in args.datasets
+        for algorithm in args.algorithms
+        for hparams_seed in range(args.n_hparams_from, args.n_hparams)
+        for trial_seed in range(args.n_trials)
+    ]
+
+
+def count_states(jobs) -> dict:
+    counts = {DONE: 0, INCOMPLETE: 0, NOT_LAUNCHED: 0}
+    for job in jobs:
+        counts[job.state] += 1
+    return counts
+
+
+def _summary(counts: dict) -> str:
+    return f"{sum(counts.values())} jobs: {counts[DONE]} done, {counts[INCOMPLETE]} incomplete, " \
+           f"{counts[NOT_LAUNCHED]} not launched"
+
+
+def local_launcher(jobs, args) -> list:
+    failed = []
+    for index, job in enumerate(jobs, 1):
+        print(f"[{index}/{len(jobs)}] {job.train_args['dataset']} {job.name}: {job.directory}", flush=True)
+        if job.run(args.data_dir) != 0:
+            failed.append(job)
+    return failed
+
+
+def visible_gpus() -> list:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def multi_gpu_launcher(jobs, args) -> list:
+    gpus = visible_gpus()
+    if not gpus:
+        raise UsageError("--launcher multi_gpu needs at least one visible GPU (none found); use --launcher local")
+    queue, running, failed = list(jobs), {}, []
+    while queue or running:
+        for gpu in gpus:
+            if gpu not in running and queue:
+                job = queue.pop(0)
+                print(f"[GPU {gpu}] {job.train_args['dataset']} {job.name}: {job.directory}", flush=True)
+                running[gpu] = (job, job.start(args.data_dir, {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}))
+        for gpu, (job, process) in list(running.items()):
+            if process.poll() is not None:
+                del running[gpu]
+                if job.finish(process.returncode) != 0:
+                    failed.append(job)
+        time.sleep(1)
+    return failed
+
+
+def slurm_launcher(jobs, args) -> list:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=Path(args.output_dir) / "submitit" / "%j", cluster=args.cluster)
+    executor.update_parameters(
+        name="domainbed_sweep", timeout_min=args.time, gpus_per_node=args.gpus, cpus_per_task=args.cpus,
+        mem_gb=args.mem_gb, slurm_partition=args.partition, slurm_array_parallelism=args.array_parallelism,
+    )
+    with executor.batch():
+        submitted = [executor.submit(SubmititTask(job, args.data_dir)) for job in jobs]
+    for job, handle in zip(jobs, submitted):
+        print(f"submitted {handle.job_id}: {job.train_args['dataset']} {job.name}: {job.directory}", flush=True)
+    if not args.wait:
+        return []
+    failed = []
+    for job, handle in zip(jobs, submitted):
+        try:
+            handle.result()
+        except Exception:  # submitit re-raises the job's failure here; out.txt has train_all's output
+            print(f"failed: {job.directory} (submitit job {handle.job_id})", flush=True)
+            failed.append(job)
+    return failed
+
+
+LAUNCHERS = {"local": local_launcher, "multi_gpu": multi_gpu_launcher, "slurm": slurm_launcher}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Launch, inspect or clean a sweep of train_all.py jobs",
+                                     allow_abbrev=False)
+    parser.add_argument("command", choices=["launch", "status", "delete_incomplete"])
+    parser.add_argument("--datasets", nargs="+", required=True)
+    parser.add_argument("--algorithms", nargs="+", required=True)
+    parser.add_argument("--n_hparams_from", type=int, default=0)
+    parser.add_argument("--n_hparams", type=int, default=20, help="hparams seeds n_hparams_from .. n_hparams-1")
+    parser.add_argument("--n_trials", type=int, default=3)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--data_dir", default="datadir/")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--checkpoint_freq", type=int, default=None)
+    parser.add_argument("--launcher", default="local")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands, launch nothing")
+    parser.add_argument("--skip_confirmation", action="store_true")
+    slurm = parser.add_argument_group("slurm (submitit)")
+    slurm.add_argument("--cluster", default="slurm", choices=["slurm", "local", "debug"],
+                       help="submitit's executor: slurm, or local/debug to run the same path on this machine")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes")
+    slurm.add_argument("--gpus", type=int, default=1, help="GPUs per job")
+    slurm.add_argument("--cpus", type=int, default=8, help="CPUs per job")
+    slurm.add_argument("--mem_gb", type=int, default=32)
+    slurm.add_argument("--array_parallelism", type=int, default=64, help="jobs of the array running at once")
+    slurm.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report failures")
+    return parser
+
+
+def parse_args(argv):
+    """Sweep arguments, and after a `--` the arguments passed to every train_all.py."""
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = make_parser().parse_args(argv[:split])
+    args.train_all_args = argv[split + 1:]
+    if args.launcher not in LAUNCHERS:
+        raise unknown_choice("launcher", args.launcher, list(LAUNCHERS))
+    return args
+
+
+def _confirm(question: str, args) -> bool:
+    if args.skip_confirmation:
+        return True
+    return input(f"{question} (y/n) ").strip().lower() in {"y", "yes"}
+
+
+def run(argv) -> dict:
+    """Returns {"jobs", "counts", "failed"} (failed: jobs whose launch failed, with `launch`)."""
+    args = parse_args(argv)
+    jobs = make_jobs(args)
+    counts = count_states(jobs)
+    print(_summary(counts), flush=True)
+    failed = []
+    if args.command == "status":
+        for job in jobs:
+            if job.state != DONE:
+                print(f"  {job.state}: {job.train_args['dataset']} {job.name}: {job.directory}")
+    elif args.command == "delete_incomplete":
+        incomplete = [job for job in jobs if job.state == INCOMPLETE]
+        if incomplete and _confirm(f"delete {len(incomplete)} incomplete job directories?", args):
+            for job in incomplete:
+                shutil.rmtree(job.directory)
+            print(f"deleted {len(incomplete)} incomplete job directories")
+    else:
+        pending = [job for job in jobs if job.state != DONE]
+        print(f"launching {len(pending)} jobs ({counts[INCOMPLETE]} resume where they stopped)", flush=True)
+        if args.dry_run:
+            for job in pending:
+                print(" ".join(job.command(args.data_dir)))
+        elif pending:
+            failed = LAUNCHERS[args.launcher](pending, args)
+            if failed:
+                print(f"{len(failed)} jobs failed (see out.txt in their directories); launch again to resume them")
+        counts = count_states(jobs)
+    return {"jobs": jobs, "counts": counts, "failed": failed}
+
+
+def main(argv=None) -> int:
+    try:
+        result = run(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: launch again to resume the unfinished jobs", file=sys.stderr)
+        return 130
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""collect_results on hand-made runs: hand-computed selections, means and standard errors."""
+
+import json
+import math
+
+import pytest
+
+from domainbed import selection
+from domainbed.scripts import collect_results as cr
+
+TDV, ORACLE = cr.TRAINING_DOMAIN, cr.ORACLE
+SWAD = "SWAD (averaged model), training-domain validation"
+
+
+def make_run(root, name, dataset, algorithm, trial_seed, hparams_seed, folds, names, extra_rows=None, complete=True):
+    """`folds`: {env: [(step, train_out, test_in, test_out), ...]}; `extra_rows`: {env: {row: acc}}."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps({"dataset": dataset, "algorithm": algorithm, "trial_seed": trial_seed,
+                                                   "hparams_seed": hparams_seed, "test_envs": None}))
+    lines, rows = [], {}
+    for env, points in folds.items():
+        records = [{"test_envs": [env], "step": step, "train_out": val, "test_in": test, "test_out": out,
+                    "loss": 1.0 / (step + 1)} for step, val, test, out in points]
+        lines += [json.dumps(record) for record in records]
+        rows[env] = {**selection.select(records), **(extra_rows or {}).get(env, {})}
+    (run_dir / "results.jsonl").write_text("".join(line + "\n" for line in lines))
+    if complete:
+        table = {"test_envs": list(folds), "environments": [names[env] for env in folds],
+                 "rows": {row: {names[env]: rows[env][row] for env in folds} for row in rows[next(iter(folds))]}}
+        (run_dir / "table.json").write_text(json.dumps(table))
+    return run_dir
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    toy = {0: "A", 1: "B"}
+    # ERM on Toy: two trials x two hparams seeds. Per fold: (step, train_out, test_in, test_out).
+    make_run(tmp_path, "e_t0_h0", "Toy", "ERM", 0, 0, {
+        0: [(0, .5, .40, .30), (1, .7, .45, .60), (2, .6, .50, .55)],
+        1: [(0, .6, .70, .50), (1, .6, .80, .70)],  # a tie: the earlier checkpoint
+    }, toy)
+    make_run(tmp_path, "e_t0_h1", "Toy", "ERM", 0, 1, {
+        0: [(0, .8, .30, .20), (1, .65, .60, .65)],
+        1: [(0, .55, .90, .90)],
+    }, toy)
+    make_run(tmp_path, "e_t1_h0", "Toy", "ERM", 1, 0, {0: [(0, .5, .50, .50)], 1: [(0, .7, .60, .40)]}, toy)
+    make_run(tmp_path, "e_t1_h1", "Toy", "ERM", 1, 1, {0: [(0, .5, .90, .40)], 1: [(0, .6, .65, .80)]}, toy)
+    # Unfinished: would win everything if it were averaged in.
+    make_run(tmp_path, "sweep/job/e_t0_h2", "Toy", "ERM", 0, 2, {0: [(0, .99, .99, .99)]}, toy, complete=False)
+    # SAGM_DG with a SWAD average, one trial.
+    make_run(tmp_path, "s_t0_h0", "Toy", "SAGM_DG", 0, 0, {0: [(0, .5, .5, .5)], 1: [(0, .5, .5, .5)]}, toy,
+             extra_rows={0: {"SWAD": .70, "SWAD (inD)": .80}, 1: {"SWAD": .75, "SWAD (inD)": .60}})
+    make_run(tmp_path, "s_t0_h1", "Toy", "SAGM_DG", 0, 1, {0: [(0, .4, .4, .4)], 1: [(0, .4, .4, .4)]}, toy,
+             extra_rows={0: {"SWAD": .60, "SWAD (inD)": .85}, 1: {"SWAD": .95, "SWAD (inD)": .65}})
+    make_run(tmp_path, "o_t0_h0", "Other", "ERM", 0, 0, {0: [(0, .5, .8, .5)]}, {0: "C"})
+    return tmp_path
+
+
+def test_selection_per_method_trial_and_fold(sweep_dir):
+    results = cr.collect(sweep_dir)
+    assert results.methods == [TDV, ORACLE, SWAD]
+    assert results.trial_results(TDV, "Toy", "ERM", (0,)) == {0: .30, 1: .50}  # t1: a tie goes to hparams seed 0
+    assert results.trial_results(TDV, "Toy", "ERM", (1,)) == {0: .70, 1: .60}
+    assert results.trial_results(ORACLE, "Toy", "ERM", (0,)) == {0: .60, 1: .50}  # the last checkpoint
+    assert results.trial_results(ORACLE, "Toy", "ERM", (1,)) == {0: .90, 1: .65}
+    assert results.trial_results(SWAD, "Toy", "SAGM_DG", (0,)) == {0: .60}
+    assert results.trial_results(SWAD, "Toy", "SAGM_DG", (1,)) == {0: .95}
+    assert results.trial_results(SWAD, "Toy", "ERM", (0,)) == {}
+    chosen = results.choices[(TDV, "Toy", "ERM", 0, (0,))]
+    assert chosen.run.path.name == "e_t0_h1" and chosen.validation == .8
+
+
+def test_means_standard_errors_and_averages(sweep_dir):
+    results = cr.collect(sweep_dir)
+    assert results.cell(TDV, "Toy", "ERM", (0,)) == pytest.approx((.40, .1 / math.sqrt(2)))
+    assert results.cell(TDV, "Toy", "ERM", (1,)) == pytest.approx((.65, .05 / math.sqrt(2)))
+    assert results.dataset_average(TDV, "Toy", "ERM") == pytest.approx(.525)
+    assert results.summary_cell(TDV, "Toy", "ERM") == pytest.approx((.525, .025 / math.sqrt(2)))
+    assert results.cell(ORACLE, "Toy", "ERM", (1,)) == pytest.approx((.775, .125 / math.sqrt(2)))
+    assert results.dataset_average(SWAD, "Toy", "SAGM_DG") == pytest.approx(.775)
+    assert results.dataset_average(SWAD, "Toy", "ERM") is None
+    assert results.summary_cell(TDV, "Other", "SAGM_DG") is None
+
+
+def test_report_formats_and_incomplete_runs(sweep_dir):
+    results = cr.collect(sweep_dir)
+    assert [run.path.name for run in results.incomplete] == ["e_t0_h2"]
+    text = cr.format_report(results)
+    assert "40.0 +/- 7.1" in text and "65.0 +/- 3.5" in text and "52.5 +/- 1.8" in text
+    erm_toy = next(line for line in text.splitlines() if "ERM" in line and "40.0" in line)
+    assert erm_toy.split("|")[-2].strip() == "52.5"
+    summary = text.split("Averages over datasets")[1].split("===")[0]
+    assert "| SAGM_DG   |" in summary and " X " in summary  # no Other results: no average
+    assert "Incomplete runs, left out of every number above (1)" in text
+    assert "sweep/job/e_t0_h2: Toy ERM hparams_seed 2 trial_seed 0 (TE0 at step 0)" in text
+    assert "99.0" not in text
+    markdown = cr.format_report(results, "markdown")
+    assert "| ERM       | 40.0 ± 7.1 | 65.0 ± 3.5 | 52.5 |" in markdown and "### " + SWAD in markdown
+    latex = cr.format_report(results, "latex")
+    assert "SAGM\\_DG & 60.0 $\\pm$ 0.0 & 95.0 $\\pm$ 0.0 & 77.5 \\\\" in latex
+
+
+def test_command_line_writes_the_report_and_plots(sweep_dir, capsys):
+    assert cr.main([str(sweep_dir), "--markdown", "--plots"]) == 0
+    out = capsys.readouterr().out
+    assert (sweep_dir / "results.md").read_text() in out
+    plots = sorted(path.relative_to(sweep_dir / "plots").as_posix() for path in (sweep_dir / "plots").rglob("*.png"))
+    assert "accuracy_Toy_Training_domain_validation.png" in plots
+    assert "curves/Toy/sweep_job_e_t0_h2.png" in plots  # curves of unfinished runs too
+    assert len(plots) == 3 * 2 + 8
+    assert all((sweep_dir / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
+    assert cr.main([str(sweep_dir / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
