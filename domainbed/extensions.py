@@ -28,9 +28,14 @@ def register_extension(order: int):
     return decorator
 
 
-def build_extensions(hparams: dict) -> list:
+def import_extension_modules() -> None:
+    """Import every module that registers extensions (and the model rebuilds they bring)."""
     for module in EXTENSION_MODULES:
         importlib.import_module(module)
+
+
+def build_extensions(hparams: dict) -> list:
+    import_extension_modules()
     extensions = (factory(hparams) for _, factory in EXTENSION_FACTORIES)
     return [extension for extension in extensions if extension is not None]
 
@@ -53,7 +58,8 @@ class Extension:
 
     def finish(self, fold, rows: dict) -> None:
         """After training: add selection rows (name -> accuracy) to `rows`, describe them in
-        `fold.row_rules`, and set `fold.final_model` if the fold's result is another model."""
+        `fold.row_rules` (a key that is no row becomes a note under the table), and set
+        `fold.final_model` if the fold's result is another model."""
 
     def state_dict(self) -> dict:
         return {}

@@ -15,6 +15,7 @@ import torch
 from domainbed import misc
 from domainbed.algorithms import get_algorithm_class
 from domainbed.errors import UsageError
+from domainbed.extensions import import_extension_modules
 
 REBUILDERS = {}
 
@@ -29,6 +30,17 @@ def register_rebuild(key: str):
 
 def final_model_path(out_dir, test_envs) -> Path:
     return Path(out_dir) / "models" / f"TE{','.join(map(str, test_envs))}_final.pth"
+
+
+def model_meta(algorithm: str, dataset, num_domains: int, hparams: dict, test_envs, transforms=None) -> dict:
+    """What `load_model` needs to rebuild a fold's algorithm."""
+    return {
+        "algorithm": algorithm, "input_shape": tuple(dataset.input_shape),
+        "num_classes": dataset.num_classes, "num_domains": num_domains, "hparams": hparams,
+        "dataset": getattr(dataset, "NAME", type(dataset).__name__),
+        "environments": list(dataset.environments), "test_envs": list(test_envs),
+        "transforms": dict(transforms or {}),
+    }
 
 
 def save_model(path, model, meta: dict) -> None:
@@ -51,6 +63,7 @@ def load_model(path, device="cpu"):
     algorithm = get_algorithm_class(meta["algorithm"])(
         meta["input_shape"], meta["num_classes"], meta["num_domains"], meta["hparams"]
     )
+    import_extension_modules()
     for key, transform in meta.get("transforms", {}).items():
         if key not in REBUILDERS:
             raise UsageError(f"model file {path} needs the {key!r} rebuild, which is not registered")

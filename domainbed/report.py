@@ -18,10 +18,14 @@ def build_table(fold_rows, env_names) -> dict:
 
 
 def format_table(table: dict, env_names, rules: dict) -> str:
+    """The table, the rule of each row, and run-wide notes (rules under keys that are no row,
+    such as the quantized model's size)."""
     pretty = PrettyTable(["Selection", *env_names, "Avg."])
     pretty.align["Selection"] = "l"
     for row, values in table.items():
         cells = [f"{100 * values[key]:.2f}" if key in values else "-" for key in [*env_names, "Avg."]]
         pretty.add_row([row, *cells])
     legend = [f"  {row}: {rules[row]}" for row in table if rules.get(row)]
-    return "\n".join([pretty.get_string(), "Accuracy (%) of the model each rule selects:", *legend])
+    notes = [f"  {key}: {text}" for key, text in rules.items() if key not in table and text]
+    return "\n".join([pretty.get_string(), "Accuracy (%) of the model each rule selects:", *legend,
+                      *(["Notes:", *notes] if notes else [])])

@@ -17,6 +17,7 @@ python float even when there is a single training domain (DomainBed returns the 
 
 import itertools
 
+import torch
 import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
@@ -42,6 +43,6 @@ class CORAL(ERM):
         penalty = sum(coral_distance(z_i, z_j) for z_i, z_j in pairs) / max(1, len(pairs))
 
         self.optimizer.zero_grad(set_to_none=True)
-        (objective + self.hparams["mmd_gamma"] * penalty).backward()
-        self.optimizer.step()
-        return {"loss": objective.item(), "penalty": float(penalty)}
+        self.backward(objective + self.hparams["mmd_gamma"] * penalty)
+        self.optimizer_step(self.optimizer)
+        return {"loss": objective.item(), "penalty": float(penalty.detach()) if torch.is_tensor(penalty) else 0.0}

@@ -46,7 +46,15 @@ def create_timm_model(hparams: dict, **kwargs) -> nn.Module:
     """timm's DeiT-Small without its head, with ImageNet weights when `pretrained`."""
     timm = _import_timm()
     if not hparams["pretrained"]:
-        return timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
+        return timm.create_model(TIMM_NAME, pretrained=False, num_classes=0, **kwargs)
+    model = _load_pretrained(timm, hparams, **kwargs)
+    model.reset_classifier(0)
+    return model
+
+
+def _load_pretrained(timm, hparams: dict, **kwargs) -> nn.Module:
+    # with the ImageNet head in place timm loads strictly: a file of another model is an error,
+    # not a silently random initialisation
     path = hparams.get("pretrained_path") or ""
     if path and not os.path.isfile(path):
         raise UsageError(f"pretrained_path {path!r} is not a file; give timm's {TIMM_NAME} weights "
@@ -67,8 +75,7 @@ def create_timm_model(hparams: dict, **kwargs) -> nn.Module:
 class DeiT(nn.Module):
     def __init__(self, input_shape, hparams: dict):
         super().__init__()
-        self.network = create_timm_model(hparams, num_classes=0, in_chans=input_shape[0],
-                                         img_size=tuple(input_shape[1:3]))
+        self.network = create_timm_model(hparams, in_chans=input_shape[0], img_size=tuple(input_shape[1:3]))
         self.n_outputs = self.network.num_features
         self.dropout = nn.Dropout(hparams["resnet_dropout"])
 

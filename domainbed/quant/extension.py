@@ -39,10 +39,11 @@ from pathlib import Path
 
 from domainbed.errors import UsageError
 from domainbed.extensions import Extension, register_extension
+from domainbed import model_io
 from domainbed.model_io import register_rebuild
 from domainbed.quant.compact import model_size_mb, save_compact
 from domainbed.quant.lsq import check_bits
-from domainbed.quant.swap import parse_exclude, quantizable_names, quantize_model
+from domainbed.quant.swap import check_exclude, parse_exclude, quantizable_names, quantize_model
 
 ORDER = 90  # after weight averaging, so that `finish` sees its final model and its rows
 
@@ -63,13 +64,10 @@ class Quantization(Extension):
         return {"bits": self.bits, "q_linear": self.q_linear, "exclude": list(self.exclude), "layers": list(layers)}
 
     def setup(self, fold):
-        names = quantizable_names(fold.algorithm, self.q_linear)
-        if not names:
+        if not quantizable_names(fold.algorithm, self.q_linear):
             kinds = "Conv2d or Linear" if self.q_linear else "Conv2d (pass --q_linear True for Linear layers)"
             raise UsageError(f"--quant found no {kinds} layer to quantize in {fold.settings.algorithm}")
-        for entry in self.exclude:
-            if not any(name == entry or name.startswith(entry + ".") for name in names):
-                raise UsageError(f"q_exclude {entry!r} names no quantizable layer; valid: {', '.join(names)}")
+        check_exclude(fold.algorithm, self.q_linear, self.exclude)
         if self.q_steps >= fold.settings.n_steps:
             fold.log(f"[{fold.name}] q_steps {self.q_steps} >= {fold.settings.n_steps} steps: "
                      "the model is never quantized and stays in float")
@@ -97,18 +95,13 @@ class Quantization(Extension):
         size, float_size = model_size_mb(model)
         note = f"model {size:.2f} MB at {self.bits} bits ({float_size / size:.2f}x smaller than float)"
         fold.log(f"[{fold.name}] {note}; {float_size:.2f} MB in float")
-        for row in rows:
-            fold.row_rules[row] = f"{fold.row_rules[row]}; {note}" if fold.row_rules.get(row) else note
+        fold.row_rules["model size"] = note
         settings = fold.settings
         if settings.model_save is not None and settings.out_dir is not None:
             path = compact_model_path(settings.out_dir, settings.test_envs)
-            save_compact(path, model, {
-                "algorithm": settings.algorithm, "input_shape": tuple(fold.dataset.input_shape),
-                "num_classes": fold.dataset.num_classes, "num_domains": fold.algorithm.num_domains,
-                "hparams": fold.hparams, "dataset": getattr(fold.dataset, "NAME", type(fold.dataset).__name__),
-                "environments": list(fold.dataset.environments), "test_envs": list(settings.test_envs),
-                "transforms": fold.model_transforms,
-            })
+            save_compact(path, model, model_io.model_meta(
+                settings.algorithm, fold.dataset, fold.algorithm.num_domains, fold.hparams, settings.test_envs,
+                fold.model_transforms))
             fold.log(f"[{fold.name}] compact {self.bits}-bit model: {path} ({path.stat().st_size / 2**20:.2f} MB)")
 
     def state_dict(self):

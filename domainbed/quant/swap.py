@@ -42,6 +42,27 @@ def parse_exclude(exclude) -> tuple:
     return tuple(entry.strip() for entry in exclude if entry.strip())
 
 
+def _layers(model: nn.Module, types) -> dict:
+    """{id: (layer, [every name it has in `model`])} for the layers of exactly `types`."""
+    layers = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if type(module) in types:
+            layers.setdefault(id(module), (module, []))[1].append(name)
+    return layers
+
+
+def check_exclude(model: nn.Module, q_linear: bool, exclude) -> tuple:
+    """`exclude` parsed; a UsageError names an entry that matches no quantizable layer."""
+    exclude = parse_exclude(exclude)
+    names = [name for _, layer_names in _layers(model, _swap_types(q_linear)).values() for name in layer_names]
+    for entry in exclude:
+        if not _excluded(names, [entry]):
+            raise UsageError(
+                f"q_exclude {entry!r} names no quantizable layer; valid: {', '.join(quantizable_names(model, q_linear))}"
+            )
+    return exclude
+
+
 def quantize_model(model: nn.Module, bits: int, q_linear: bool = False, exclude=()) -> dict:
     """Swap `model`'s Conv2d (and Linear with `q_linear`) layers for quantized ones, in place.
 
@@ -49,26 +70,16 @@ def quantize_model(model: nn.Module, bits: int, q_linear: bool = False, exclude=
     {name: quantized layer} in the order of `model.named_modules()`.
     """
     check_bits(bits)
-    exclude = parse_exclude(exclude)
+    exclude = check_exclude(model, q_linear, exclude)
     types = _swap_types(q_linear)
-    names_of = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) in types:
-            names_of.setdefault(id(module), (module, []))[1].append(name)
-    candidates = [name for _, names in names_of.values() for name in names]
-    for entry in exclude:
-        if not any(name == entry or name.startswith(entry + ".") for name in candidates):
-            raise UsageError(
-                f"q_exclude {entry!r} names no quantizable layer; valid: {', '.join(quantizable_names(model, q_linear))}"
-            )
-
+    layers = _layers(model, types)
     replacements = {
         key: types[type(module)].from_float(module, bits)
-        for key, (module, names) in names_of.items()
+        for key, (module, names) in layers.items()
         if not _excluded(names, exclude)
     }
     for parent in list(model.modules()):
         for child_name, child in list(parent._modules.items()):
             if id(child) in replacements:
                 setattr(parent, child_name, replacements[id(child)])
-    return {names_of[key][1][0]: module for key, module in replacements.items()}
+    return {layers[key][1][0]: module for key, module in replacements.items()}
