@@ -50,7 +50,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--model_save", type=int, default=None, help="save a checkpoint at every evaluation from this step on")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN and torch algorithms")
-    parser.add_argument("--tb_freq", type=int, default=10)
+    parser.add_argument("--tb_freq", type=int, default=10,
+                        help="TensorBoard scalars of the update every N steps (0: no TensorBoard events)")
     parser.add_argument("--debug", action="store_true", help="10 steps, evaluation every 5")
     parser.add_argument("--show", action="store_true", help="print args and hparams, then exit")
     parser.add_argument("--evalmode", choices=["fast", "all"], default="fast",
@@ -230,7 +231,8 @@ def _run(args, hparams, dataset_class, out_dir, log, argv, resuming) -> dict:
     log(text)
     misc.atomic_write_text(out_dir / "table.txt", text + "\n")
     summary = {"dataset": args.dataset, "algorithm": args.algorithm, "environments": env_names,
-               "test_envs": test_envs, "rows": table, "rules": {row: rules.get(row, "") for row in table}}
+               "test_envs": test_envs, "rows": table, "rules": {row: rules.get(row, "") for row in table},
+               "notes": {key: text for key, text in rules.items() if key not in table}}
     misc.atomic_write_text(out_dir / "table.json", misc.to_json(summary, indent=2))
     return {"out_dir": out_dir, **summary}
 

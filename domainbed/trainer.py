@@ -125,7 +125,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
     pipeline = build_pipeline(hparams, dataset, device)  # None: the classic DataLoaders
     precision = Precision(hparams["precision"], device)
-    meta = _model_meta(settings, dataset, len(train_splits), hparams)
+    meta = model_io.model_meta(settings.algorithm, dataset, len(train_splits), hparams, settings.test_envs)
     checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
     saved = checkpoints.load_latest() if settings.resume else None
     start_step = saved["step"] + 1 if saved else 0
@@ -156,7 +156,8 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         compile_featurizer(algorithm)
     fold_name = "TE" + ",".join(map(str, settings.test_envs))
     log(f"[{fold_name}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
-        f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {workers} workers per loader, {device}")
+        f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {workers} workers per loader, {device}, "
+        f"{'classic' if pipeline is None else 'gpu'} pipeline, {precision.name}")
 
     if pipeline is None:
         train_minibatches = (tuple(_to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders))
@@ -240,13 +241,3 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         checkpoint.crash_point("finish")
     checkpoints.finish(rows, fold.row_rules, fold.records)
     return rows, fold.row_rules, fold.records, final_model
-
-
-def _model_meta(settings: FoldSettings, dataset, num_domains: int, hparams: dict) -> dict:
-    """What model_io needs to rebuild the algorithm (the module-tree transforms come later)."""
-    return {
-        "algorithm": settings.algorithm, "input_shape": tuple(dataset.input_shape),
-        "num_classes": dataset.num_classes, "num_domains": num_domains, "hparams": hparams,
-        "dataset": getattr(dataset, "NAME", type(dataset).__name__),
-        "environments": list(dataset.environments), "test_envs": list(settings.test_envs),
-    }

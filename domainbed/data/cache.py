@@ -6,7 +6,7 @@ Two caches per image environment, both made by the same PIL code as the classic 
   image, the exact bytes the classic evaluation transform turns into a tensor, so evaluation
   inputs are identical to the classic path's;
 - `train`: every image at most `size` pixels on its longer side (PIL bilinear down-scale keeping
-  the aspect ratio; smaller images, such as PACS's 227 px at the default 256, stay as decoded),
+  the aspect ratio; smaller images, such as PACS's 227 px at 256, stay as decoded),
   stored in the top-left corner of a size x size slot with its (height, width) beside it, for
   the random resized crop to draw from (gpu_augment.py).
 
@@ -50,9 +50,13 @@ class ImageCache:
 
 
 def train_cache_size(image_size: int) -> int:
-    """The longer side kept for training crops: 8/7 of the input size (256 for 224), so a crop of
-    70% of the area is still about as large as the input and the down-scale is mild."""
-    return int(round(image_size * 8 / 7))
+    """The longer side kept for training crops: 8/7 of the input size, and at least 256, so a crop
+    of 70% of the area is still about as large as the input, and small inputs are cropped from
+    (nearly) the decoded image and shrunk once, by roi_align's area sampling, rather than
+    resampled twice, which blurs them: with an 8/7 cache, ResNet-18 on PACS at 32 px ended 3.4
+    points lower in training-domain validation accuracy than the classic path (300 steps, two
+    seeds); with 256 the gap is within seed noise."""
+    return max(256, int(round(image_size * 8 / 7)))
 
 
 def memory_limit_bytes() -> int:

@@ -13,8 +13,8 @@ transformed at once on the device:
   (area fraction U(scale), log aspect ratio U(log ratio)), the first that fits is kept, else the
   central crop with the ratio clamped. The crops of all samples are resized in one call of
   `torchvision.ops.roi_align` (bilinear, half-pixel centres as `interpolate(align_corners=False)`;
-  with `sampling_ratio=-1` a bin spanning more than one source pixel averages 2x2 samples, an
-  anti-aliasing filter for the mild down-scaling the cache allows);
+  with `sampling_ratio=-1` an output pixel spanning s source pixels averages ceil(s)^2 bilinear
+  samples, an area filter against aliasing when the crop shrinks);
 - flip with probability 1/2;
 - colour: brightness, contrast and saturation factors U(0.7, 1.3), hue shift U(-0.3, 0.3),
   applied in a random order drawn per sample (torchvision's `randperm(4)` per image), with
@@ -22,11 +22,18 @@ transformed at once on the device:
 - grayscale with probability 0.1; ImageNet normalisation (torchvision.transforms.v2.functional).
 
 Why not a library for the per-sample part: torchvision.transforms.v2 draws one set of
-parameters per call, so a per-sample batch would need a Python loop over images (about 10x
-slower, see the benchmark in readme_parts/speed.md); kornia's ColorJitter draws a single order
-of the four colour operations per batch, not per image, so it changes the joint distribution of
-what the model sees, and it would be a new dependency. The parameter-free steps (grayscale,
-normalisation) and the batched crop-resize are torchvision's.
+parameters per call, so per-sample augmentation is a Python loop over the images, some fifteen
+kernel launches per image (about 1,500 per step of 96 images, against about 150 here: on a GPU
+the loop is bound by launch overhead; not measured in this session, which had no GPU); kornia
+0.9's ColorJitter draws one order of the four colour operations per batch, not per image, which
+changes the joint distribution of what the model sees, and it would be a new dependency. On
+the CPU none is clearly faster (`python -m domainbed.scripts.benchmark_augment`, 1 thread, 96
+images from 256 px cache slots): 64 px ours 253 ms, v2 loop 265 ms, kornia 171 ms; 112 px ours
+474 ms, v2 loop 380 ms, kornia 433 ms. Ours does more arithmetic when a crop shrinks (it
+averages up to ceil(s)^2 samples per output pixel where kornia takes one bilinear sample). The
+parameter-free steps (flip, grayscale, normalisation) and the batched crop-resize are
+torchvision's; the hue rotation is written out (torchvision's HSV conversion takes one scalar
+shift) and checked against torchvision.
 
 Differences from the classic PIL path, all below the resolution of the parameter
 distributions: PIL applies the colour operations to uint8 with rounding after each, and PIL's
@@ -45,7 +52,7 @@ import torchvision.transforms.v2.functional as TF
 
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+HUE = 3  # the columns of `factors`: brightness, contrast, saturation, hue
 
 
 @dataclass
@@ -60,7 +67,8 @@ class AugmentParams:
 
 
 class TrainAugment:
-    """`draw(sizes, generator)` the parameters of a batch, then `apply(images, sizes?, params)`."""
+    """`draw(sizes, generator)` the parameters of a batch on the CPU, then `apply(images, params)`
+    on the device."""
 
     def __init__(self, image_size: int, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3), jitter: float = 0.3,
                  grayscale_p: float = 0.1, flip_p: float = 0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -125,29 +133,32 @@ class TrainAugment:
     def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """uint8 images (B, 3, H, W) on the device (each sample's image in its top-left corner,
         as the cache stores them) -> normalised float (B, 3, size, size)."""
-        device = images.device
         x = self.crop_resize(images, params.boxes)
-        flip = params.flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
-        x = self.color_jitter(x, params.factors.to(device, non_blocking=True), params.order)
-        gray = params.grayscale.to(device, non_blocking=True).view(-1, 1, 1, 1)
-        x = torch.where(gray, TF.rgb_to_grayscale(x, num_output_channels=3), x)
-        return TF.normalize(x, self.mean, self.std)
+        _on_rows(x, params.flip, lambda rows, _: TF.horizontal_flip(rows))
+        x = self.color_jitter_(x, params.factors.to(x.device, non_blocking=True), params.order)
+        _on_rows(x, params.grayscale, lambda rows, _: TF.rgb_to_grayscale(rows, num_output_channels=3))
+        return TF.normalize(x, self.mean, self.std, inplace=True)
 
-    def color_jitter(self, x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Position k of every sample's order applies that sample's k-th operation: the samples
-        sharing an operation at a position are gathered and transformed together. `order` stays
-        on the CPU, so the grouping needs no device synchronisation."""
+    def color_jitter_(self, x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """In place: position k of every sample's order applies that sample's k-th operation; the
+        samples sharing an operation at a position are gathered and transformed together. `order`
+        stays on the CPU, so the grouping needs no device synchronisation."""
         operations = (_brightness, _contrast, _saturation, _hue)
         for position in range(4):
             for op in range(4):
-                rows = (order[:, position] == op).nonzero()[:, 0]
-                if len(rows) == 0:
-                    continue
-                rows = rows.to(x.device, non_blocking=True)
-                factor = factors[rows, op].view(-1, 1, 1, 1)
-                x = x.index_copy(0, rows, operations[op](x.index_select(0, rows), factor))
+                _on_rows(x, order[:, position] == op, lambda rows, index, op=op: operations[op](
+                    rows, factors.index_select(0, index)[:, op].view(-1, 1, 1, 1)))
         return x
+
+
+def _on_rows(x: torch.Tensor, selected: torch.Tensor, fn) -> None:
+    """x[rows] = fn(x[rows], rows) in place for the rows of the CPU mask `selected`, whose
+    indices are thus known without a device synchronisation."""
+    rows = selected.nonzero()[:, 0].to(x.device, non_blocking=True)
+    if len(rows) == len(x):
+        x.copy_(fn(x, rows))
+    elif len(rows):
+        x.index_copy_(0, rows, fn(x.index_select(0, rows), rows))
 
 
 def _blend(image, other, ratio):
@@ -175,32 +186,23 @@ def _hue(x, shift):
 
 
 def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
-    """HSV in [0, 1] of float RGB in [0, 1], (..., 3, H, W); torchvision's conventions (hue 0
-    for grey pixels)."""
+    """HSV in [0, 1] of float RGB in [0, 1], (..., 3, H, W), with torchvision's conventions
+    (hue and saturation 0 for grey pixels, red wins ties of the maximum, then green)."""
     r, g, b = image.unbind(dim=-3)
-    maxc, _ = image.max(dim=-3)
-    minc, _ = image.min(dim=-3)
+    minc, maxc = torch.aminmax(image, dim=-3)
     chroma = maxc - minc
-    grey = chroma == 0
-    s = chroma / torch.where(grey, torch.ones_like(maxc), maxc)
-    safe = torch.where(grey, torch.ones_like(chroma), chroma)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(grey, torch.zeros_like(h), h)
-    h = torch.remainder(h / 6.0, 1.0)
-    return torch.stack([h, s, maxc], dim=-3)
+    # grey pixels have chroma 0, so every difference below is 0 and the clamp only avoids 0/0
+    safe = chroma.clamp_min(1e-12)
+    s = chroma / maxc.clamp_min(1e-12)
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return torch.stack([torch.remainder(h / 6.0, 1.0), s, maxc], dim=-3)
 
 
 def hsv_to_rgb(image: torch.Tensor) -> torch.Tensor:
-    h, s, v = image.unbind(dim=-3)
-    sector = torch.floor(h * 6.0)
-    f = h * 6.0 - sector
-    sector = (sector.to(torch.int64) % 6).unsqueeze(-3)
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-
-    def by_sector(*values):
-        return torch.stack(values, dim=-3).gather(-3, sector).squeeze(-3)
-
-    return torch.stack([by_sector(v, q, p, p, t, v), by_sector(t, v, v, q, p, p), by_sector(p, p, t, v, v, q)], dim=-3)
+    """The closed form of the HSV cone: channel n in (R, G, B) = (5, 3, 1) is
+    v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6 (equal to torchvision's
+    sector table, in a few passes over the image instead of one per sector)."""
+    h, s, v = image.unsqueeze(-3).unbind(dim=-4)
+    n = torch.tensor([5.0, 3.0, 1.0], device=image.device, dtype=image.dtype).view(3, 1, 1)
+    k = torch.remainder(n + 6.0 * h, 6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)

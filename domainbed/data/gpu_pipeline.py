@@ -76,10 +76,10 @@ class _Source:
     def gather(self, items: torch.Tensor):
         """(inputs, labels) of `items` on the device; host gathers go through pinned memory."""
         if self.resident:
-            inputs = self.inputs.index_select(0, items.to(self.inputs.device, non_blocking=True))
-        else:
-            inputs = _to_device(self.inputs.index_select(0, items), self.device)
-        return inputs, _to_device(self.labels.index_select(0, items), self.device)
+            items = items.to(self.inputs.device, non_blocking=True)
+            return self.inputs.index_select(0, items), self.labels.index_select(0, items)
+        return (_to_device(self.inputs.index_select(0, items), self.device),
+                _to_device(self.labels.index_select(0, items), self.device))
 
 
 class GpuPipeline:
@@ -118,12 +118,14 @@ class GpuPipeline:
     def _make_source(self, environment, mode) -> _Source:
         if mode == "tensor":
             inputs, labels = _tensors(environment)
-            return _Source(_resident(inputs, self.device), labels, None, self.device, True)
+            return _Source(_resident(inputs, self.device), _resident(labels, self.device), None, self.device, True)
         name = self.dataset.environments[self.dataset.datasets.index(environment)]
         size = self.train_size if mode == "train" else self.image_size
         cache = image_cache(environment, mode, size, self.cache_dir, self.workers, name=f"{_name(self.dataset)}-{name}")
-        inputs = _resident(cache.images, self.device) if self.resident else cache.images
-        return _Source(inputs, cache.labels, cache.sizes, self.device, self.resident)
+        if self.resident:
+            return _Source(_resident(cache.images, self.device), _resident(cache.labels, self.device), cache.sizes,
+                           self.device, True)
+        return _Source(cache.images, cache.labels, cache.sizes, self.device, False)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -218,5 +220,6 @@ def _resident(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         return tensor
     key = (id(tensor), str(device))
     if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = tensor.to(device)
-    return _ON_DEVICE[key]
+        # the source stays referenced, so its id cannot be reused by another tensor
+        _ON_DEVICE[key] = (tensor, tensor.to(device))
+    return _ON_DEVICE[key][1]
