@@ -22,10 +22,13 @@ domain, part) triples whose inner product was negative, as the official code log
 
 How: the surgered gradients of each domain are packed into one zero-padded (blocks, 256)
 matrix in which every part occupies whole rows, so all parts of all layers are handled by a
-few dense operations; only the loop over ordered domain pairs stays in Python. Part sums add
-row sums (pairwise-accurate) in float64, so the dot products are as accurate as torch.dot on
-each part. Nothing inside the step waits for the device; the loss and the conflict rate are
-read once at the end of `update`.
+few dense operations; only the loop over ordered domain pairs stays in Python. A part's dot
+product adds its rows' (BLAS) dot products in float64, as accurate as torch.dot on the part.
+Nothing inside the step waits for the device; the loss and the conflict rate are read once at
+the end of `update`. The per-domain gradients come from one forward and one backward per
+domain, as in the official code: that costs the FLOPs of one ERM step, whereas one forward
+over the concatenated batch would need one backward over the whole batch per domain; and it
+keeps per-domain BatchNorm statistics (and dropout draws) when BatchNorm is not frozen.
 
 Differences from the official code, and why:
 - Flags mean what they say and the defaults reproduce the published runs. The official trainer
@@ -43,6 +46,14 @@ Differences from the official code, and why:
   records a mean "change percentage" (sin of the projection angle), which we do not.
 - Norms, means and stds of the outlier rule are computed in float64 from float64 part sums
   (the official code takes float32 norms to numpy float64).
+- A part that the projections cancel (e.g. g_i^j antiparallel to g_p^j, or inside the span of
+  the parts it met) is left with float32 rounding noise whose direction is arbitrary; since a
+  projection does not depend on the length of the vector projected on, later domains would
+  lose a real component along that noise. We set such a part (norm below 1e-5 of its norm
+  before the surgery) to exactly zero, its exact-arithmetic value, so later domains skip it.
+  This happens structurally, not by accident: the gradients of a linear layer just before a
+  C-class head lie in a (C-1)-dimensional subspace for every domain, so with 2 or 3 classes the
+  parts of the MLP's output layer cancel every step; the official code follows the noise there.
 - With two domains the outlier test compares equal magnitudes, so rounding decides it (also in
   the official code); should rounding flag every domain of a tensor, that tensor is left as it
   is instead of averaging over an empty set.
@@ -60,11 +71,16 @@ from domainbed.errors import UsageError
 
 SURGERED_LAYERS = (nn.Conv2d, nn.Linear)
 
+# A part whose squared norm the projections brought below this fraction of its squared norm
+# before the surgery (a norm ratio of 1e-5, some 100 float32 ulps) is rounding noise of a part
+# that cancelled exactly, and is set to zero (see the module docstring).
+CANCELLED = 1e-10
+
 
 class PartLayout:
     """Where each torch.chunk part of a list of tensors lives in a zero-padded (blocks, BLOCK)
-    matrix: every part starts on a new row and fills whole rows, so sums over a part are row
-    sums followed by a short segment sum, and per-part scalars broadcast over rows."""
+    matrix: every part starts on a new row and fills whole rows, so a dot product over a part
+    is a sum of row dot products, and a per-part scalar broadcasts over the part's rows."""
 
     BLOCK = 256
 
@@ -93,6 +109,7 @@ class PartLayout:
         self.part_of_block = torch.repeat_interleave(torch.arange(self.n_parts), torch.tensor(rows_per_part, dtype=torch.long)).to(device)
         self.tensor_of_part = torch.repeat_interleave(torch.arange(len(self.shapes)), torch.tensor(parts_per_tensor, dtype=torch.long)).to(device)
         self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._matrix = None
 
     def _views(self, tensors, matrix):
         """Pairs of (view into `matrix`, view into a tensor) covering every part."""
@@ -109,8 +126,15 @@ class PartLayout:
                 offset += count * length
         return destinations, sources
 
-    def new_matrix(self, *leading, dtype=torch.float32):
-        return torch.zeros(*leading, self.n_blocks, self.BLOCK, dtype=dtype, device=self.device)
+    def matrix(self, n_domains: int) -> torch.Tensor:
+        """A zeroed float32 (n_domains, blocks, BLOCK) matrix to `pack` into, the same memory
+        from step to step (a fresh one would cost page faults on the CPU). It is zeroed every
+        time because a non-finite gradient (fp16 loss scaling makes some) spreads NaN into the
+        padding."""
+        shape = (n_domains, self.n_blocks, self.BLOCK)
+        if self._matrix is None or self._matrix.shape != shape:
+            self._matrix = torch.empty(shape, device=self.device)
+        return self._matrix.zero_()
 
     def pack(self, tensors, matrix) -> None:
         destinations, sources = self._views(tensors, matrix)
@@ -122,11 +146,12 @@ class PartLayout:
         torch._foreach_copy_(sources, destinations)
         return tensors
 
-    def part_sums(self, x) -> torch.Tensor:
-        """(..., blocks, BLOCK) -> (..., parts): the sum over each part, in float64."""
-        row_sums = x.sum(-1, dtype=torch.float64)
-        out = torch.zeros(*x.shape[:-2], self.n_parts, dtype=torch.float64, device=x.device)
-        return out.index_add_(-1, self.part_of_block, row_sums)
+    def part_dots(self, x, y) -> torch.Tensor:
+        """(..., blocks, BLOCK) twice -> (..., parts): <x^j, y^j> for each part j, the rows' dot
+        products (BLAS) added in float64."""
+        row_dots = torch.einsum("...nb,...nb->...n", x, y).double()
+        out = torch.zeros(*row_dots.shape[:-1], self.n_parts, dtype=torch.float64, device=x.device)
+        return out.index_add_(-1, self.part_of_block, row_dots)
 
     def tensor_sums(self, per_part) -> torch.Tensor:
         """(..., parts) -> (..., tensors)."""
@@ -146,33 +171,42 @@ def project_conflicts(G, layout: PartLayout):
     """Step 1 on G (domains, blocks, BLOCK), in place. Returns the number of conflicts (a tensor)
     and the squared norms of the projected parts (domains, parts)."""
     n_domains = G.shape[0]
-    squared_norms = layout.part_sums(G * G)              # ||g_d^j||^2, kept current for each d
+    squared_norms = layout.part_dots(G, G)               # ||g_d^j||^2, kept current for each d
+    squared_norms_before = squared_norms.clone()
     conflicts = torch.zeros((), dtype=torch.long, device=G.device)
     for i in range(n_domains):
         for p in range(n_domains):
             if p == i:
                 continue
-            inner = layout.part_sums(G[i] * G[p])        # <g_i^j, g_p^j>
+            inner = layout.part_dots(G[i], G[p])         # <g_i^j, g_p^j>
             conflict = inner < 0
             coefficient = torch.where(conflict, inner / squared_norms[p], 0.0)
-            G[i].sub_(layout.per_row(coefficient).to(G.dtype) * G[p])
+            G[i].addcmul_(layout.per_row(coefficient).to(G.dtype), G[p], value=-1)
             conflicts += conflict.sum()
-        squared_norms[i] = layout.part_sums(G[i] * G[i])
+        squared_norm = layout.part_dots(G[i], G[i])
+        cancelled = squared_norm <= CANCELLED * squared_norms_before[i]
+        G[i].mul_(layout.per_row(~cancelled).to(G.dtype))
+        squared_norms[i] = torch.where(cancelled, 0.0, squared_norm)
     return conflicts, squared_norms
 
 
-def outlier_rule(G, layout: PartLayout, alpha: float, squared_norms) -> torch.Tensor:
-    """Step 2: G (domains, blocks, BLOCK) with each outlier domain of each tensor replaced by
-    alpha * g_d + (1 - alpha) * M; `squared_norms` (domains, parts) are those of G's parts."""
+def outlier_rule(G, squared_norms, layout: PartLayout, alpha: float) -> None:
+    """Step 2 on G (domains, blocks, BLOCK), in place: in each tensor, each outlier domain
+    becomes alpha * g_d + (1 - alpha) * M; `squared_norms` (domains, parts) are those of G's
+    parts. The arithmetic is the official code's (mean = sum / n_in, then alpha * g_d plus
+    (1 - alpha) * M) so that the rounding matches a plain implementation; Adam magnifies any
+    difference on near-zero gradient entries."""
     norms = layout.tensor_sums(squared_norms).sqrt()                  # n_d per tensor
-    deviation = (norms - norms.mean(0)).abs()
-    outlier = deviation > norms.std(0, correction=0)
+    outlier = (norms - norms.mean(0)).abs() > norms.std(0, correction=0)
     inlier = ~outlier
     n_inliers = inlier.sum(0)
     outlier &= n_inliers > 0
-    inlier_weight = layout.per_row_of_tensor(inlier.to(G.dtype))
-    M = (G * inlier_weight).sum(0) / layout.per_row_of_tensor(n_inliers.clamp(min=1).to(G.dtype))
-    return torch.where(layout.per_row_of_tensor(outlier), alpha * G + (1 - alpha) * M, G)
+    M = (G * layout.per_row_of_tensor(inlier.to(G.dtype))).sum(0)
+    M /= layout.per_row_of_tensor(n_inliers.clamp(min=1).to(G.dtype))
+    outlier_rows = layout.per_row_of_tensor(outlier.to(G.dtype))
+    # multiplying by 1 and adding 0 * x are exact, so the non-outliers stay as they are
+    G.mul_(torch.where(outlier_rows.bool(), alpha, 1.0))
+    G.addcmul_(outlier_rows, (1 - alpha) * M)
 
 
 def gradient_surgery(domain_grads, n_parts: int, alpha: float, use_alpha: bool, layout=None):
@@ -182,14 +216,15 @@ def gradient_surgery(domain_grads, n_parts: int, alpha: float, use_alpha: bool, 
     if layout is None:
         layout = PartLayout([g.shape for g in domain_grads[0]], n_parts, domain_grads[0][0].device)
     n_domains = len(domain_grads)
-    G = layout.new_matrix(n_domains)
+    G = layout.matrix(n_domains)
     for d, grads in enumerate(domain_grads):
         layout.pack(grads, G[d])
     conflicts, squared_norms = project_conflicts(G, layout)
     if use_alpha:
-        G = outlier_rule(G, layout, alpha, squared_norms)
+        outlier_rule(G, squared_norms, layout, alpha)
+    total = G.sum(0)
     comparisons = layout.n_parts * n_domains * (n_domains - 1)
-    return layout.unpack(G.sum(0)), conflicts / max(comparisons, 1)
+    return layout.unpack(total), conflicts / max(comparisons, 1)
 
 
 @register_algorithm("GradSurgery")
@@ -226,12 +261,17 @@ class GradSurgery(ERM):
 
     def domain_gradients(self, minibatches):
         """Per-domain losses and gradients: (losses, [surgered grads per domain], [summed grads
-        per domain]), one forward and one backward per domain as the official code."""
+        per domain]), one forward and one backward per domain as the official code. Under fp16
+        the gradients are all scaled by the same loss scale, which the surgery does not mind
+        (projections and the outlier test are scale-free) and `optimizer_step` removes."""
         params = self.surgered + self.summed
         losses, surgered, summed = [], [], []
         for x, y in minibatches:
             loss = F.cross_entropy(self.predict(x), y)
-            grads = torch.autograd.grad(loss, params, materialize_grads=True)
+            self.backward(loss)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            for p in params:
+                p.grad = None
             losses.append(loss.detach())
             surgered.append(grads[:len(self.surgered)])
             summed.append(grads[len(self.surgered):])
@@ -244,7 +284,7 @@ class GradSurgery(ERM):
             final += [torch.stack(grads).sum(0) for grads in zip(*summed)]
         for p, g in zip(self.surgered + self.summed, final):
             p.grad = g
-        self.optimizer.step()
+        self.optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         loss, conflict_rate = torch.stack([torch.stack(losses).mean(), conflict_rate.to(losses[0].dtype)]).tolist()
         return {"loss": loss, "conflict_rate": conflict_rate}

@@ -107,14 +107,16 @@ class SAM(torch.optim.Optimizer):
         return self.rho / (grad_norm + self.eps)
 
     def combine(self, g: list, g_p: list) -> list:
-        """The gradient handed to the base optimizer, from g (at w) and g_p (at w + e)."""
+        """The gradient handed to the base optimizer, from g (at w) and g_p (at w + e); g_p may
+        be overwritten."""
         return g_p
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """w <- w + e(w), from the gradients g now in `.grad`."""
+        """w <- w + e(w), from the gradients g now in `.grad` (taken over, not copied, when
+        `zero_grad` clears `.grad` for the perturbed backward pass)."""
         params = self._params_with_grad()
-        g = [p.grad.detach().to(torch.float32, copy=True) for p in params]
+        g = [p.grad.detach().to(torch.float32, copy=not zero_grad) for p in params]
         if self.adaptive:
             grad_norm = _global_norm([p.detach().abs().float() * g_i for p, g_i in zip(params, g)])
         else:
@@ -141,7 +143,8 @@ class SAM(torch.optim.Optimizer):
         g = [self.state[p]["g"] for p in params]
         g_p = [p.grad.float() for p in params]
         for p, direction in zip(params, self.combine(g, g_p)):
-            p.grad.copy_(direction)
+            if direction is not p.grad:
+                p.grad.copy_(direction)
         self.state.clear()
         self.base_optimizer.step()
         if zero_grad:
@@ -195,4 +198,5 @@ class SAGM(SAM):
         return self.rho / (grad_norm + self.eps) - self.alpha
 
     def combine(self, g, g_p):
-        return [0.5 * (a + b) for a, b in zip(g, g_p)]
+        # (g_p + g) * 0.5 has the bits of 0.5 * (g + g_p): scaling by 0.5 is exact
+        return [b.add_(a).mul_(0.5) for a, b in zip(g, g_p)]
