@@ -34,7 +34,6 @@ import os
 import random
 import re
 import signal
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -134,25 +133,11 @@ def _load_optimizer(name, optimizer, saved: dict, parameters: dict) -> None:
 
 
 def save(state: dict, path: Path) -> None:
-    """Write `state` to `path` atomically and durably (file and directory entry fsynced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            crash_point("checkpoint")
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Write `state` to `path` atomically and durably (see misc.atomic_open)."""
+    with misc.atomic_open(path) as handle:
+        torch.save(state, handle)
+        handle.flush()
+        crash_point("checkpoint")
 
 
 def _load_latest(out_dir, test_envs) -> dict | None:

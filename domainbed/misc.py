@@ -1,5 +1,6 @@
 """Small shared helpers: hashing seeds, seeding every RNG, atomic writes."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,14 +37,17 @@ def set_deterministic(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader (or a crash) sees the old file or the new one."""
+@contextlib.contextmanager
+def atomic_open(path):
+    """A binary handle whose content replaces `path` only when the block completes: written to a
+    temporary file beside it, fsynced, renamed, and the directory entry fsynced, so a reader (or a
+    crash at any moment) sees the old file or the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -51,6 +55,16 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with atomic_open(path) as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -58,19 +72,8 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)
 
 
 def json_default(value):

@@ -241,8 +241,6 @@ def _meta(erm, layers, bits):
 
 @pytest.mark.parametrize("bits", [2, 4, 7, 8])
 def test_compact_checkpoint_round_trip_and_size(tmp_path, bits):
-    import domainbed.quant.extension  # noqa: F401  (registers the "quant" rebuild)
-
     erm, layers = _trained_quantized_erm(bits)
     meta = _meta(erm, layers, bits)
     compact_path, float_path = tmp_path / "compact.pth", tmp_path / "float.pth"

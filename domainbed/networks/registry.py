@@ -6,22 +6,9 @@ before global pooling) and `pool(z)` (pooling, flattening and dropout), with
 `forward(x) == pool(feature_map(x))`.
 """
 
-from domainbed.errors import unknown_name
+from domainbed.registry import Registry
 
-BACKBONES = {}
-
-
-def register_backbone(name: str):
-    def decorator(builder):
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        BACKBONES[name] = builder
-        return builder
-
-    return decorator
-
-
-def get_backbone(name: str):
-    if name not in BACKBONES:
-        raise unknown_name("backbone", name, sorted(BACKBONES))
-    return BACKBONES[name]
+_BACKBONES = Registry("backbone")
+BACKBONES = _BACKBONES.entries
+register_backbone = _BACKBONES.register
+get_backbone = _BACKBONES.get
