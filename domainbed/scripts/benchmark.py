@@ -171,7 +171,8 @@ def run(args) -> list:
             hparams.update(overrides)
             dataset = dataset_class(str(data_dir), [], hparams)
             configs = [] if args.no_reference else [("classic", "fp32")]
-            configs += [(args.pipeline, args.precision)] if (args.pipeline, args.precision) != ("classic", "fp32") else []
+            if (args.pipeline, args.precision) not in configs:
+                configs.append((args.pipeline, args.precision))
             best = {}
             for _ in range(args.repeats):
                 for config in configs:
