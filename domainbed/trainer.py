@@ -83,7 +83,7 @@ def append_record(path: Path, record: dict) -> None:
     misc.atomic_write_bytes(path, previous + (misc.to_json(record, sort_keys=True) + "\n").encode())
 
 
-def _to_device(batch, device, channels_last):
+def to_device(batch, device, channels_last):
     x, y = batch
     x = x.to(device, non_blocking=True)
     if channels_last and x.dim() == 4:
@@ -160,7 +160,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         f"{'classic' if pipeline is None else 'gpu'} pipeline, {precision.name}")
 
     if pipeline is None:
-        train_minibatches = (tuple(_to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders))
+        train_minibatches = (tuple(to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders))
     else:
         train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
     fold = Fold(settings, hparams, dataset, algorithm, evaluator, train_minibatches, device, log)

@@ -20,6 +20,7 @@ gpu pipeline on CPU tensors.
 """
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -38,7 +39,8 @@ from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import get_dataset_class
 from domainbed.evaluator import Evaluator
 from domainbed.precision import Precision
-from domainbed.trainer import FoldSettings, make_splits, resolve_device
+from domainbed.scripts.timing import fastest, synchronize
+from domainbed.trainer import FoldSettings, make_splits, resolve_device, to_device
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -100,7 +102,7 @@ def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, dev
         workers = num_workers_for(hparams["num_workers"], dataset.N_WORKERS, len(train_splits))
         loaders = [InfiniteDataLoader(split, batch_size, workers, seed, pin_memory=channels_last)
                    for split, seed in zip(train_splits, seeds)]
-        batches = (tuple(_to_device(b, device, channels_last) for b in step) for step in zip(*loaders))
+        batches = (tuple(to_device(b, device, channels_last) for b in step) for step in zip(*loaders))
     else:
         loaders = []
         batches = pipeline.train_minibatches(train_splits, seeds, batch_size)
@@ -120,18 +122,10 @@ def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, dev
         algorithm.on_step_begin(step, warmup + steps)
         with precision.training_step(algorithm):
             algorithm.update(list(minibatches))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
-    evaluator.evaluate(algorithm)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    evaluator.evaluate(algorithm)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    eval_time = time.perf_counter() - start
+    eval_time = fastest(functools.partial(evaluator.evaluate, algorithm), device, repeats=1)
     n_eval = sum(len(split.dataset) for split in evaluator.splits)
     del loaders, batches, evaluator
     step_time = statistics.median(times)
@@ -141,14 +135,6 @@ def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, dev
         "eval_ips": n_eval / eval_time, "setup_s": setup,
         "peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-
-
-def _to_device(batch, device, channels_last):
-    x, y = batch
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
 
 
 def run(args) -> list:

@@ -13,11 +13,11 @@ input size) to normalised float inputs with SWAD's training augmentation:
 """
 
 import argparse
-import time
 
 import torch
 import torchvision.transforms.v2 as T2
 
+from domainbed.scripts.timing import fastest
 from domainbed.data.cache import train_cache_size
 from domainbed.data.gpu_augment import TrainAugment
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -32,18 +32,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _timed(fn, repeats, device) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+
 
 
 def main(argv=None) -> int:
@@ -79,7 +68,7 @@ def main(argv=None) -> int:
     print(f"{args.batch_size} images of {slot} px -> {size} px on {name}")
     reference = None
     for label, fn in rows.items():
-        seconds = _timed(fn, args.repeats, device)
+        seconds = fastest(fn, device, args.repeats)
         reference = reference or seconds
         print(f"{label:>22}: {1000 * seconds:8.1f} ms/batch  {args.batch_size / seconds:9.0f} img/s  "
               f"{seconds / reference:5.2f}x ours")

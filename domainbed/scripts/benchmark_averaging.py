@@ -16,29 +16,16 @@ parameter count, not on the batch or image size, so on a GPU at 224 px the ratio
 import argparse
 import copy
 import sys
-import time
 
 import torch
 
+from domainbed.scripts.timing import fastest
 from domainbed import hparams_registry, swad
 from domainbed.algorithms import get_algorithm_class
 from domainbed.trainer import resolve_device
 
 
-def _timed(function, device, repeats: int) -> float:
-    """The fastest of `repeats` timings of `function()` after one warm-up call: on a shared machine
-    the minimum is what the work costs, the rest is waiting for the cores."""
-    function()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+
 
 
 def build(backbone: str, image_size: int, device):
@@ -76,12 +63,12 @@ def measure(backbone: str, image_size: int, batch_size: int, repeats: int, devic
                     torch.randint(0, 7, (batch_size,), device=device)) for _ in range(3)]
     segment = swad.AveragedModel(algorithm)
     loop = SwadLoopAverage(algorithm, device)
-    step = _timed(lambda: algorithm.update(minibatches), device, repeats)
-    update = _timed(lambda: segment.update_parameters(algorithm, step=0), device, repeats)
-    loop_update = _timed(lambda: loop.update(algorithm), device, repeats)
-    reset = _timed(lambda: swad.AveragedModel(algorithm), device, max(3, repeats // 4))
-    freeze = _timed(lambda: segment.frozen("cpu"), device, max(3, repeats // 4))
-    with_optimizer = _timed(lambda: copy.deepcopy(algorithm), device, max(3, repeats // 4))
+    step = fastest(lambda: algorithm.update(minibatches), device, repeats)
+    update = fastest(lambda: segment.update_parameters(algorithm, step=0), device, repeats)
+    loop_update = fastest(lambda: loop.update(algorithm), device, repeats)
+    reset = fastest(lambda: swad.AveragedModel(algorithm), device, max(3, repeats // 4))
+    freeze = fastest(lambda: segment.frozen("cpu"), device, max(3, repeats // 4))
+    with_optimizer = fastest(lambda: copy.deepcopy(algorithm), device, max(3, repeats // 4))
     return {
         "backbone": backbone,
         "parameters": sum(p.numel() for p in algorithm.parameters()),

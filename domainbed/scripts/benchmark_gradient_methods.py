@@ -12,28 +12,15 @@ given as a fraction of its step.
 
 import argparse
 import statistics
-import time
 
 import torch
 from prettytable import PrettyTable
 
+from domainbed.scripts.timing import timed
 from domainbed import algorithms, hparams_registry
 from domainbed.algorithms.grad_surgery import gradient_surgery
 
 METHODS = ["ERM", "SAM", "GSAM", "SAGM_DG", "GradSurgery"]
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def build(name, input_shape, n_classes, n_domains, args, device):

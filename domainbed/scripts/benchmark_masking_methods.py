@@ -11,10 +11,10 @@ of ERM, since it reuses the backbone's forward and backward.
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from domainbed.scripts.timing import timed
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
 
@@ -49,15 +49,6 @@ def build(algorithm, overrides, args):
     shape = (3, args.image_size, args.image_size)
     return get_algorithm_class(algorithm)(shape, args.classes, args.domains, hparams).to(args.device)
 
-
-def timed(function, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def head_forward_backward(algorithm, minibatches):

@@ -13,10 +13,10 @@ the median times and the overhead of the quantized model.
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from domainbed.scripts.timing import timed
 from domainbed import algorithms, hparams_registry
 from domainbed.quant import quantize_model
 from domainbed.trainer import resolve_device
@@ -34,14 +34,7 @@ def build(args, device, quantized: bool):
     return algorithm
 
 
-def timed(device, function) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+
 
 
 def main(argv=None):
@@ -74,10 +67,10 @@ def main(argv=None):
         batches = minibatches()
         for name, model in models.items():
             model.train()
-            train_time = timed(device, lambda: model.update(batches))
+            train_time = timed(lambda: model.update(batches), device)
             model.eval()
             with torch.no_grad():
-                eval_time = timed(device, lambda: model.predict(eval_x))
+                eval_time = timed(lambda: model.predict(eval_x), device)
             if step >= args.warmup:
                 times[name, "train"].append(train_time)
                 times[name, "eval"].append(eval_time)
