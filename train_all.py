@@ -21,7 +21,7 @@ import torchvision
 
 from domainbed import checkpoint, hparams_registry, misc, report
 from domainbed.algorithms import get_algorithm_class
-from domainbed.config import build_hparams, parse_overrides
+from domainbed.config import build_hparams, flatten, parse_overrides
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.log import RunLog
@@ -167,7 +167,7 @@ def _run(args, hparams, dataset_class, out_dir, log, argv, resuming) -> dict:
     for key, value in sorted(vars(args).items()):
         log(f"\t{key}: {value}")
     log("HParams:")
-    for key, value in sorted(hparams.items()):
+    for key, value in sorted(flatten(hparams).items()):
         log(f"\t{key}: {value}")
     if resuming:
         differences = compare_settings(out_dir, vars(args), hparams, checkpoint.RESUMABLE_HPARAMS)

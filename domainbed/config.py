@@ -4,6 +4,11 @@ Every key must already exist (in the registry's defaults for the algorithm and d
 the base config.yaml): a typo is an error, never a silently ignored setting. Values from the
 command line are parsed by the type of the key's default; booleans accept True/False (any case),
 yes/no and 1/0, and a bare `--flag` means True.
+
+As sconf (SWAD's config library) does, a key inside a nested mapping is set on the command line
+by its dotted path (`--swad_kwargs.tolerance_ratio 0.2`) or by its leaf name alone when that leaf
+is unique (`--tolerance_ratio 0.2`, SWAD's published VLCS line); an ambiguous leaf is an error
+listing its paths. SWAD's own hparam names that we spell differently are aliases (`ALIASES`).
 """
 
 import difflib
@@ -87,6 +92,63 @@ def _check_known(key, valid, source):
         raise UsageError(f"unknown hparam {key!r} from {source}{hint}; valid: {', '.join(sorted(valid))}")
 
 
+def _swad_resnet18(value):
+    return "backbone", "resnet18" if coerce("resnet18", value, False, "the command line") else "resnet50"
+
+
+def _swad_unsupported(name):
+    def translate(value):
+        if coerce(name, value, False, "the command line"):
+            raise UsageError(f"hparam {name} (SWAD's) is not supported here; valid: False")
+        return None, None
+
+    return translate
+
+
+# SWAD's hparam name -> translate(raw value) -> (our key, value), or (None, None) to drop it
+ALIASES = {
+    "resnet18": _swad_resnet18,
+    "class_balanced": _swad_unsupported("class_balanced"),
+    "val_augment": _swad_unsupported("val_augment"),
+    "indomain_test": _swad_unsupported("indomain_test"),
+}
+
+
+def nested_paths(hparams: dict) -> list:
+    """Every dotted path to a key inside a nested mapping, e.g. `swad_kwargs.tolerance_ratio`."""
+    return [f"{top}.{leaf}" for top, value in hparams.items() if isinstance(value, dict) for leaf in value]
+
+
+def resolve_key(key: str, hparams: dict, source: str) -> str:
+    """The hparam (or dotted path) that a command-line `key` names, as sconf resolves it."""
+    if key in hparams:
+        return key
+    paths = nested_paths(hparams)
+    if "." in key:
+        _check_known(key, [*hparams, *paths], source)
+        return key
+    candidates = [path for path in paths if path.rsplit(".", 1)[1] == key]
+    if len(candidates) > 1:
+        raise UsageError(f"hparam {key!r} from {source} is ambiguous; give one of {', '.join(candidates)}")
+    if not candidates:
+        _check_known(key, [*hparams, *paths, *ALIASES], source)
+    return candidates[0]
+
+
+def _set(hparams: dict, key: str, value, source: str) -> None:
+    """Set a top-level hparam or a dotted path, parsed by the type of its default."""
+    top, _, leaf = key.partition(".")
+    if not leaf:
+        if value is True and not isinstance(hparams[key], bool):
+            raise UsageError(f"hparam {key} needs a value ({_type_name(hparams[key])}, like {hparams[key]!r})")
+        hparams[key] = coerce(key, value, hparams[key], source)
+        return
+    default = hparams[top][leaf]
+    if value is True and not isinstance(default, bool):
+        raise UsageError(f"hparam {key} needs a value ({_type_name(default)}, like {default!r})")
+    hparams[top] = {**hparams[top], leaf: coerce(key, value, default, source)}
+
+
 def parse_overrides(tokens) -> list:
     """[(key, raw value)] from `--key value`, `--key=value` and bare `--flag` tokens."""
     overrides = []
@@ -120,8 +182,20 @@ def build_hparams(defaults: dict, base_config, extra_configs=(), overrides=()) -
                 _check_known(key, hparams, source)
             hparams[key] = coerce(key, value, hparams[key], source) if key in hparams else value
     for key, value in overrides:
-        _check_known(key, hparams, "the command line")
-        if value is True and not isinstance(hparams[key], bool):
-            raise UsageError(f"hparam {key} needs a value ({_type_name(hparams[key])}, like {hparams[key]!r})")
-        hparams[key] = coerce(key, value, hparams[key], "the command line")
+        if key in ALIASES and key not in hparams:
+            key, value = ALIASES[key](value)
+            if key is None:
+                continue
+        _set(hparams, resolve_key(key, hparams, "the command line"), value, "the command line")
     return hparams
+
+
+def flatten(hparams: dict) -> dict:
+    """{key or dotted path: value}, nested mappings spelled out as sconf prints them."""
+    flat = {}
+    for key, value in hparams.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{leaf}": inner for leaf, inner in value.items()})
+        else:
+            flat[key] = value
+    return flat

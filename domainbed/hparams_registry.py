@@ -47,6 +47,7 @@ def _common(_hparam, dataset):
     _hparam("nonlinear_classifier", False, lambda r: False)
     _hparam("image_size", 224, lambda r: 224)
     _hparam("optimizer", "adam", lambda r: "adam")
+    _hparam("momentum", 0.0, lambda r: 0.0)
     _hparam("mlp_width", 256, lambda r: int(2 ** r.uniform(6, 10)))
     _hparam("mlp_depth", 3, lambda r: int(r.choice([3, 4, 5])))
     _hparam("mlp_dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])))
@@ -87,6 +88,7 @@ def random_hparams(algorithm: str, dataset: str, seed: int) -> dict:
 def _rsc(_hparam, dataset):
     # official variant (DeLightCMU/RSC); see domainbed/algorithms/rsc.py
     _hparam("rsc_variant", "official", lambda r: "official")
+    _hparam("momentum", 0.9, lambda r: 0.9)  # the official code's SGD momentum, used with --optimizer sgd
     _hparam("rsc_drop_strategy", "gradient", lambda r: "gradient")
     _hparam("rsc_mode", "both", lambda r: "both")
     _hparam("rsc_spatial_drop", 1 / 3, lambda r: float(r.uniform(0.1, 0.5)))
@@ -170,6 +172,7 @@ def _dmg(_hparam, dataset):
     _hparam("resnet_dropout", 0.0, lambda r: 0.0)
     _hparam("mlp_dropout", 0.0, lambda r: 0.0)
     _hparam("mask_layers", "fc", lambda r: "fc")
+    _hparam("momentum", 0.9, lambda r: 0.9)  # the official code's SGD momentum, used with --optimizer sgd
     _hparam("mask_init", "random_uniform", lambda r: "random_uniform")
     _hparam("mask_init_scalar", 1.0, lambda r: 1.0)
     _hparam("overlap_lambda", 0.1, lambda r: float(10 ** r.uniform(-2, 0)))

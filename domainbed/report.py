@@ -1,4 +1,5 @@
-"""The final table: one column per test domain plus `Avg.`, one row per selection rule."""
+"""The final table, as SWAD prints it: `Selection`, one column per test domain (its environment
+folder name), `Avg.`; one row per selection rule in SWAD's order; cells formatted `{:.3%}`."""
 
 from prettytable import PrettyTable
 
@@ -23,9 +24,9 @@ def format_table(table: dict, env_names, rules: dict) -> str:
     pretty = PrettyTable(["Selection", *env_names, "Avg."])
     pretty.align["Selection"] = "l"
     for row, values in table.items():
-        cells = [f"{100 * values[key]:.2f}" if key in values else "-" for key in [*env_names, "Avg."]]
+        cells = [f"{values[key]:.3%}" if key in values else "-" for key in [*env_names, "Avg."]]
         pretty.add_row([row, *cells])
     legend = [f"  {row}: {rules[row]}" for row in table if rules.get(row)]
     notes = [f"  {key}: {text}" for key, text in rules.items() if key not in table and text]
-    return "\n".join([pretty.get_string(), "Accuracy (%) of the model each rule selects:", *legend,
+    return "\n".join([pretty.get_string(), "Test-domain accuracy of the model each rule selects:", *legend,
                       *(["Notes:", *notes] if notes else [])])

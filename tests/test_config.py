@@ -76,3 +76,52 @@ def test_registry_defaults_and_random_draws():
     assert a != hparams_registry.random_hparams("ERM", "PACS", 2)
     with pytest.raises(KeyError, match="unknown algorithm 'Nope'; valid: .*ERM"):
         hparams_registry.default_hparams("Nope", "PACS")
+
+
+NESTED = {**DEFAULTS, "swad_kwargs": {"n_converge": 3, "tolerance_ratio": 0.3}, "other": {"tolerance_ratio": 1.0}}
+
+
+def test_nested_keys_by_dotted_path_as_sconf():
+    hparams = build_hparams(DEFAULTS | {"swad_kwargs": {"n_converge": 3, "tolerance_ratio": 0.3}}, None, (),
+                            parse_overrides(["--swad_kwargs.tolerance_ratio", "0.2", "--swad_kwargs.n_converge", "5"]))
+    assert hparams["swad_kwargs"] == {"n_converge": 5, "tolerance_ratio": 0.2}
+    assert isinstance(hparams["swad_kwargs"]["tolerance_ratio"], float)
+
+
+def test_nested_keys_by_unique_leaf_name_as_sconf():
+    defaults = DEFAULTS | {"swad_kwargs": {"n_converge": 3, "tolerance_ratio": 0.3}}
+    hparams = build_hparams(defaults, None, (), parse_overrides(["--tolerance_ratio", "0.2"]))
+    assert hparams["swad_kwargs"] == {"n_converge": 3, "tolerance_ratio": 0.2}
+    assert defaults["swad_kwargs"]["tolerance_ratio"] == 0.3  # the defaults are not mutated
+
+
+def test_ambiguous_leaf_name_lists_its_paths():
+    with pytest.raises(UsageError, match=r"'tolerance_ratio' .* ambiguous; give one of "
+                                         r"swad_kwargs.tolerance_ratio, other.tolerance_ratio"):
+        build_hparams(NESTED, None, (), [("tolerance_ratio", "0.2")])
+    hparams = build_hparams(NESTED, None, (), [("other.tolerance_ratio", "2")])
+    assert hparams["other"] == {"tolerance_ratio": 2.0} and hparams["swad_kwargs"]["tolerance_ratio"] == 0.3
+
+
+def test_bad_nested_key_or_value_is_one_line_error():
+    with pytest.raises(UsageError, match=r"unknown hparam 'swad_kwargs.nope' .*valid: .*swad_kwargs.n_converge"):
+        build_hparams(NESTED, None, (), [("swad_kwargs.nope", "1")])
+    with pytest.raises(UsageError, match=r"hparam swad_kwargs.n_converge expects int .* but got 'x'"):
+        build_hparams(NESTED, None, (), [("n_converge", "x")])
+    with pytest.raises(UsageError, match="needs a value"):
+        build_hparams(NESTED, None, (), [("n_converge", True)])
+
+
+def test_swad_hparam_names_are_aliases():
+    assert build_hparams(DEFAULTS, None, (), [("resnet18", "True")])["backbone"] == "resnet18"
+    assert build_hparams(DEFAULTS, None, (), [("resnet18", True)])["backbone"] == "resnet18"
+    assert build_hparams(DEFAULTS, None, (), [("resnet18", "False")])["backbone"] == "resnet50"
+    assert build_hparams(DEFAULTS, None, (), [("class_balanced", "False")]) == DEFAULTS
+    with pytest.raises(UsageError, match="class_balanced .* not supported here; valid: False"):
+        build_hparams(DEFAULTS, None, (), [("class_balanced", "True")])
+
+
+def test_flatten_spells_nested_keys_out():
+    from domainbed.config import flatten
+
+    assert flatten({"lr": 1.0, "swad_kwargs": {"n_converge": 3}}) == {"lr": 1.0, "swad_kwargs.n_converge": 3}

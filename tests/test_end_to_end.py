@@ -8,6 +8,7 @@ from domainbed import selection
 
 FAST = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "4", "--checkpoint_freq", "2", "--batch_size", "8"]
 ROWS = ["oracle", "iid", "last", "last (inD)", "iid (inD)"]
+SWAD_ROWS = ["SWAD", "SWAD (inD)"]
 TIMING = {"step_time", "eval_time"}
 
 
@@ -20,7 +21,7 @@ def test_all_folds_table_and_records_agree(run_train_all):
     out_dir = result["out_dir"]
     table = json.loads((out_dir / "table.json").read_text())
     assert table["environments"] == ["d0", "d1", "d2", "d3"]
-    assert list(table["rows"]) == ROWS
+    assert list(table["rows"]) == ROWS + SWAD_ROWS  # SWAD is on by default, as in the seeds' config
     for row in ROWS:
         assert set(table["rows"][row]) == {"d0", "d1", "d2", "d3", "Avg."}
         assert "not a result" in table["rules"]["oracle"]
@@ -37,11 +38,14 @@ def test_all_folds_table_and_records_agree(run_train_all):
         values = [table["rows"][row][n] for n in table["environments"]]
         assert table["rows"][row]["Avg."] == pytest.approx(sum(values) / 4)
     text = (out_dir / "table.txt").read_text()
-    assert all(name in text for name in ["Selection", "d0", "d3", "Avg.", "oracle", "iid (inD)"])
+    header = [cell.strip() for cell in text.splitlines()[1].strip("|").split("|")]
+    assert header == ["Selection", "d0", "d1", "d2", "d3", "Avg."]
+    iid = next(line for line in text.splitlines() if line.startswith("| iid "))
+    assert iid.split("|")[2].strip() == f"{table['rows']['iid']['d0']:.3%}"  # SWAD's cell format
     log = (out_dir / "log.txt").read_text()
     assert "=== Summary ===" in log and text.splitlines()[0] in log
     hparams = json.loads((out_dir / "hparams.json").read_text())
-    assert hparams["batch_size"] == 8 and hparams["swad"] == "False"
+    assert hparams["batch_size"] == 8 and hparams["swad"] == "LossValley"
     assert sorted(p.name for p in (out_dir / "models").iterdir()) == [f"TE{i}_final.pth" for i in range(4)]
 
 
@@ -107,3 +111,16 @@ def test_unknown_backbone_and_missing_data_dir(capsys, tmp_path):
     assert train_all.main([*common, "--data_dir", str(tmp_path), "--backbone", "resnet5000", "--pretrained", "False"]) == 2
     err = capsys.readouterr().err
     assert "unknown backbone 'resnet5000'; valid: " in err and "resnet18" in err
+
+
+def test_swad_false_prints_no_averaging_rows(run_train_all):
+    result = run_train_all("off", *FAST, "--test_envs", "0", "--swad", "False")
+    assert list(result["rows"]) == ROWS
+
+
+def test_swad_tolerance_ratio_by_leaf_name_is_recorded(run_train_all, tmp_path):
+    assert run_train_all("tol", *FAST, "--tolerance_ratio", "0.2", "--show") == {}
+    (run_dir,) = (tmp_path / "out" / "Synthetic").iterdir()
+    hparams = json.loads((run_dir / "hparams.json").read_text())
+    assert hparams["swad_kwargs"]["tolerance_ratio"] == 0.2 and hparams["swad_kwargs"]["n_converge"] == 3
+    assert "\tswad_kwargs.tolerance_ratio: 0.2" in (run_dir / "log.txt").read_text()

@@ -434,7 +434,7 @@ def test_surgery_does_not_touch_its_inputs_or_wait_for_the_device(monkeypatch):
 def reference_grad_surgery_training(network, batches, surgered_names, hparams):
     params = dict(network.named_parameters())
     kind = torch.optim.SGD if hparams.get("optimizer") == "sgd" else torch.optim.Adam
-    extra = dict(momentum=0.9) if kind is torch.optim.SGD else {}
+    extra = dict(momentum=hparams.get("momentum", 0.0)) if kind is torch.optim.SGD else {}
     adam = kind(params.values(), lr=hparams["lr"], weight_decay=hparams["weight_decay"], **extra)
     names = list(params)
     for mbs in batches:

@@ -82,8 +82,9 @@ class Algorithm(nn.Module):
         return {} if optimizer is None else {"optimizer": optimizer}
 
     def new_optimizer(self, params) -> torch.optim.Optimizer:
-        """The base optimizer named by the hparams (`optimizer`, `lr`, `weight_decay`)."""
-        return get_optimizer(self.hparams["optimizer"], params, self.hparams["lr"], self.hparams["weight_decay"])
+        """The base optimizer named by the hparams (`optimizer`, `lr`, `weight_decay`, `momentum`)."""
+        return get_optimizer(self.hparams["optimizer"], params, self.hparams["lr"], self.hparams["weight_decay"],
+                             self.hparams.get("momentum", 0.0))
 
     def add_parameters_to_optimizers(self, params_beside) -> list:
         """Let parameters created after construction learn (quantization's step sizes, say).

@@ -95,8 +95,9 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
                 )
         if not classes:
             raise UsageError(f"domain folder {data_root / domain_dirs[0]} has no class folders")
-        if self.ENVIRONMENTS is None:
-            self.environments = domain_dirs
+        # SWAD names environments (and its table's columns) by their folders; ENVIRONMENTS keeps
+        # DomainBed's short names
+        self.environments = domain_dirs
         self.domain_dirs = domain_dirs
         self.classes = classes
         self.datasets = [DomainFolder(data_root / name, classes) for name in domain_dirs]
