@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# QT-DoG (Javed et al.): ERM + QT-DoG on PACS with five trial seeds, then EoQ (their ensemble).
-set -euo pipefail
-DATA="${1:-DATA}"; shift || true
-OUT=train_output
-runs=()
-for seed in 0 1 2 3 4; do
-    python train_all.py "eoq${seed}" --dataset PACS --data_dir "$DATA" --quant 1 --q_steps 100 \
-        --trial_seed "$seed" --output_dir "$OUT" "$@"
-    runs+=("$(ls -d "$OUT"/PACS/*_eoq${seed} | tail -n 1)")
+# QT-DoG (Javed et al.): ERM + QT-DoG with the published line (saqibjaved1/QT-DoG's README; SWAD is
+# on, as in its config.yaml), trial seeds 0-4, then EoQ: the ensemble of the five quantized runs.
+source "$(dirname "$0")/common.sh"
+parse_arguments PACS VLCS OfficeHome TerraIncognita DomainNet -- "$@"
+for dataset in "${DATASETS[@]}"; do
+    runs=()
+    for trial in 0 1 2 3 4; do
+        run_line "qtdog${trial}" "$dataset" --data_dir "$DATA" --quant 1 --q_steps 100 --trial_seed "$trial"
+        runs+=("$(latest_run "$dataset" "qtdog${trial}")")
+    done
+    "$PYTHON" -m domainbed.scripts.ensemble "${runs[@]}"
 done
-python -m domainbed.scripts.ensemble "${runs[@]}"
