@@ -62,6 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                         help="continue RUN_DIR, or without a value the most recent run of this name and dataset "
                              "under --output_dir (a new run when there is none)")
+    parser.add_argument("--tag", default=None,
+                        help="a name for a family of runs; collect_results groups runs by algorithm and tag")
     parser.add_argument("--keep_best", action="store_true",
                         help="keep the checkpoint of best training-domain validation accuracy besides the last")
     return parser
