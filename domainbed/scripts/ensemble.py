@@ -186,7 +186,10 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Ensemble the final models of several runs (sum of logits)")
+    parser = argparse.ArgumentParser(
+        description="Ensemble the final models of several runs (sum of logits)",
+        epilog="example:\n  python -m domainbed.scripts.ensemble train_output/PACS/*_erm_t0 train_output/PACS/*_erm_t1 "
+               "--output ensemble.json", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories written by train_all.py, same dataset")
     parser.add_argument("--data_dir", default=None, help="where the data is now (default: the first run's data_dir)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

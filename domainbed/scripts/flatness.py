@@ -154,7 +154,10 @@ def flatness(paths, radii=tuple(range(0, 65, 5)), n_directions=100, split="in", 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="SWAD's local flatness of runs' final models: CSV and PNG")
+    parser = argparse.ArgumentParser(
+        description="SWAD's local flatness of runs' final models: CSV and PNG",
+        epilog="example:\n  python -m domainbed.scripts.flatness train_output/PACS/*_erm train_output/PACS/*_swad "
+               "--radii 0 10 20 --n_directions 10 --out flatness", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories written by train_all.py")
     parser.add_argument("--radii", type=float, nargs="+", default=[float(r) for r in range(0, 65, 5)])
     parser.add_argument("--n_directions", type=int, default=100, help="random directions per fold (SWAD: 100)")
