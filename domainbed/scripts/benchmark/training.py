@@ -64,6 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache_dir", default="")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no_reference", action="store_true", help="skip the classic fp32 rows")
+    parser.add_argument("--output", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure the rows in turn this many times and keep each row's best (busy machines)")
 
@@ -191,4 +192,7 @@ def table(rows, device) -> str:
 
 
 def main(args) -> str:
-    return table(run(args), resolve_device(args.device))
+    rows = run(args)
+    if args.output:
+        misc.atomic_write_text(Path(args.output), misc.to_json(rows, indent=2))
+    return table(rows, resolve_device(args.device))
