@@ -401,12 +401,12 @@ def plot_accuracies(results: Results, method: str, dataset: str, path: Path) -> 
         average = results.dataset_average(method, dataset, group)
         x = [position + (index - (len(groups) - 1) / 2) * width for position in range(len(labels))]
         means = [100 * c[0] if c else np.nan for c in cells] + [100 * average if average is not None else np.nan]
-        errors = [100 * c[1] if c else 0.0 for c in cells] + [0.0]
+        errors = [100 * c[1] if c else np.nan for c in cells] + [np.nan]  # Avg: no error bar, as DomainBed
         seeds = results.seeds(method, dataset, group)
         axes.bar(x, means, width, yerr=errors, capsize=3, label=f"{group} (n={seeds})")
-        for position, mean in zip(x, means):
+        for position, mean, error in zip(x, means, errors):
             if not np.isnan(mean):
-                axes.annotate(f"{mean:.1f}", (position, mean), xytext=(0, 2), textcoords="offset points",
+                axes.annotate(f"{mean:.1f}", (position, mean + np.nan_to_num(error)), xytext=(0, 2), textcoords="offset points",
                               ha="center", va="bottom", fontsize=7)
     axes.set_xticks(range(len(labels)), labels)
     axes.set_xlabel("test domain")
@@ -423,7 +423,7 @@ def plot_curves(run: Run, path: Path) -> None:
     """Loss and accuracies against step, one colour per fold; markers on the evaluated steps."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 4), layout="constrained")
+    figure = Figure(figsize=(12, 4), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     for fold, records in sorted(run.records.items()):
         label = run.names.get(fold, "TE" + ",".join(map(str, fold)))
@@ -431,15 +431,15 @@ def plot_curves(run: Run, path: Path) -> None:
         if "loss" in records[0]:
             loss_axes.plot(steps, [record["loss"] for record in records], marker="o", markersize=3, label=label)
         line, = accuracy_axes.plot(steps, [100 * record["test_in"] for record in records], marker="o",
-                                   markersize=3, label=f"{label}: test")
+                                   markersize=3, label=label)
         accuracy_axes.plot(steps, [100 * record["train_out"] for record in records], linestyle="--", marker="s",
-                           markersize=3, color=line.get_color(), label=f"{label}: training-domain validation")
-    loss_axes.set(xlabel="step", ylabel="training loss", title="loss")
-    accuracy_axes.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
+                           markersize=3, color=line.get_color())
+    loss_axes.set(xlabel="step", ylabel="training loss", title="training loss")
+    accuracy_axes.set(xlabel="step", ylabel="accuracy (%)",
+                      title="accuracy: test domain (solid), training-domain validation (dashed)")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
-    loss_axes.legend(title="test domain", fontsize=7)
-    accuracy_axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    accuracy_axes.legend(title="test domain", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.suptitle(f"{run.path.name}: {run.dataset} {run.group}, hparams_seed {run.hparams_seed}, "
                     f"trial_seed {run.trial_seed}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)

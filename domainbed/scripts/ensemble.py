@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from domainbed import misc, model_io, report
 from domainbed.data import num_workers_for
@@ -165,7 +166,8 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
         test, ind = {}, {}
         candidates = [(run.name, model) for run, (model, _) in zip(runs, loaded)]
         candidates.append((ensemble_row, LogitSum([loaded[i][0] for i in order]).to(device)))
-        for name, model in candidates:
+        for name, model in tqdm(candidates, desc=f"TE{test_env}: evaluating models", unit="model", disable=None,
+                                leave=False):
             _, _, summaries = evaluator.evaluate(model)
             test[name], ind[name] = summaries["test_in"], summaries["train_out"]
             log(f"TE{test_env} {name}: test {100 * summaries['test_in']:.2f}%, "
