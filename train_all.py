@@ -21,9 +21,10 @@ import torchvision
 
 from domainbed import checkpoint, hparams_registry, misc, report
 from domainbed.algorithms import get_algorithm_class
-from domainbed.config import build_hparams, flatten, parse_overrides
+from domainbed.config import build_hparams, flatten, load_yaml, parse_overrides
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
+from domainbed.hparams_help import describe
 from domainbed.log import RunLog
 from domainbed.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
 from domainbed.trainer import FoldSettings, train_fold
@@ -31,8 +32,16 @@ from domainbed.trainer import FoldSettings, train_fold
 BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
+EXAMPLE = """examples:
+  python train_all.py PACS0 --dataset PACS --data_dir DATA --algorithm SAGM_DG --alpha 0.001 --swad False
+  python train_all.py demo --dataset Synthetic --steps 20 --checkpoint_freq 10 --resume
+  python train_all.py --algorithm SAGM_DG --help      (lists SAGM_DG's hparams and their defaults)
+"""
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Domain generalization: all leave-one-domain-out folds",
+                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("name", help="name of the run; its directory is OUTPUT_DIR/DATASET/TIMESTAMP_NAME")
     parser.add_argument("configs", nargs="*", help="extra yaml files of hparams, applied in order")
@@ -62,6 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                         help="continue RUN_DIR, or without a value the most recent run of this name and dataset "
                              "under --output_dir (a new run when there is none)")
+    parser.add_argument("--tag", default=None,
+                        help="a name for a family of runs; collect_results groups runs by algorithm and tag")
     parser.add_argument("--keep_best", action="store_true",
                         help="keep the checkpoint of best training-domain validation accuracy besides the last")
     return parser
@@ -69,8 +80,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def split_argv(parser, argv):
     """(argparse tokens, hparam tokens): our flags and positionals go to argparse, every other
-    `--key [value]` is an hparam. Done by hand so hparam values such as -0.5 stay with their key."""
-    known, extra = [], []
+    `--key [value]` is an hparam. Done by hand so hparam values such as -0.5 stay with their key.
+    Positionals come first in the argparse tokens, so flags may stand anywhere; `--resume` takes
+    the next token as its RUN_DIR only when it names a run directory (or a path), so that
+    `--resume NAME ...` resumes the run NAME. With -h/--help, the parser's help also lists the
+    hparams of the chosen algorithm and dataset."""
+    positionals, options, extra = [], [], []
     actions = parser._option_string_actions
     index = 0
     while index < len(argv):
@@ -78,13 +93,16 @@ def split_argv(parser, argv):
         key = token.split("=", 1)[0]
         if token.startswith("-") and key in actions:
             action = actions[key]
-            known.append(token)
+            options.append(token)
             index += 1
             if "=" in token or action.nargs == 0:
                 continue
             wanted = 1 if action.nargs in (None, "?") else len(argv)
+            if action.nargs == "?" and action.dest == "resume" and index < len(argv) \
+                    and not _names_a_run_dir(argv[index]):
+                wanted = 0
             while wanted and index < len(argv) and not argv[index].startswith("--"):
-                known.append(argv[index])
+                options.append(argv[index])
                 index += 1
                 wanted -= 1
         elif token.startswith("--"):
@@ -94,9 +112,55 @@ def split_argv(parser, argv):
                 extra.append(argv[index])
                 index += 1
         else:
-            known.append(token)
+            positionals.append(token)
             index += 1
-    return known, extra
+    if "-h" in options or "--help" in options:
+        parser.epilog = (parser.epilog or "") + "\n" + hparams_help(_flag_value(argv, "--algorithm", "ERM"),
+                                                                    _flag_value(argv, "--dataset", "PACS"))
+    return positionals + options, extra
+
+
+def _names_a_run_dir(token: str) -> bool:
+    return os.sep in token or "/" in token or (Path(token) / "args.json").is_file()
+
+
+def _flag_value(argv, flag, default):
+    for index, token in enumerate(argv):
+        if token == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(flag + "="):
+            return token.split("=", 1)[1]
+    return default
+
+
+def hparams_help(algorithm: str, dataset: str) -> str:
+    """The hparams of `algorithm` on `dataset` with their defaults (registry < config.yaml) and meaning."""
+    try:
+        defaults = build_hparams(hparams_registry.default_hparams(algorithm, dataset), BASE_CONFIG)
+        common = hparams_registry.default_hparams("ERM", dataset)
+    except (KeyError, UsageError) as error:
+        return f"hparams: none listed ({error})"
+    run_settings = set(load_yaml(BASE_CONFIG))
+    sections = {
+        f"hparams of {algorithm}": [key for key in defaults if key not in common and key not in run_settings],
+        "hparams of every algorithm": [key for key in defaults if key in common],
+        "run settings (config.yaml)": [key for key in defaults if key in run_settings],
+    }
+    lines = [f"hparams on {dataset} (set any with --key value; defaults < config.yaml < yaml files < command line):"]
+    for title, keys in sections.items():
+        if not keys:
+            continue
+        lines.append(f"  {title}:")
+        for key in keys:
+            value = defaults[key]
+            flag = f"--{key} {value if value != '' else repr(value)}"
+            meaning = hparams_help_line(key, algorithm)
+            lines.append(f"    {flag:<30} {meaning}" if len(flag) < 30 else f"    {flag}\n    {'':<30} {meaning}")
+    return "\n".join(lines) + "\n"
+
+
+def hparams_help_line(key, algorithm) -> str:
+    return describe(key, algorithm) or "(no description)"
 
 
 def environment_report() -> list:

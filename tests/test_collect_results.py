@@ -12,12 +12,16 @@ TDV, ORACLE = cr.TRAINING_DOMAIN, cr.ORACLE
 SWAD = "SWAD (averaged model), training-domain validation"
 
 
-def make_run(root, name, dataset, algorithm, trial_seed, hparams_seed, folds, names, extra_rows=None, complete=True):
-    """`folds`: {env: [(step, train_out, test_in, test_out), ...]}; `extra_rows`: {env: {row: acc}}."""
+def make_run(root, name, dataset, algorithm, trial_seed, hparams_seed, folds, names, extra_rows=None, complete=True,
+             hparams=None, tag=None):
+    """`folds`: {env: [(step, train_out, test_in, test_out), ...]}; `extra_rows`: {env: {row: acc}};
+    `hparams`: written to hparams.json (none: no hparams.json, as a run from before it was saved)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "args.json").write_text(json.dumps({"dataset": dataset, "algorithm": algorithm, "trial_seed": trial_seed,
-                                                   "hparams_seed": hparams_seed, "test_envs": None}))
+                                                   "hparams_seed": hparams_seed, "test_envs": None, "tag": tag}))
+    if hparams is not None:
+        (run_dir / "hparams.json").write_text(json.dumps(hparams))
     lines, rows = [], {}
     for env, points in folds.items():
         records = [{"test_envs": [env], "step": step, "train_out": val, "test_in": test, "test_out": out,
@@ -89,16 +93,17 @@ def test_report_formats_and_incomplete_runs(sweep_dir):
     text = cr.format_report(results)
     assert "40.0 +/- 7.1" in text and "65.0 +/- 3.5" in text and "52.5 +/- 1.8" in text
     erm_toy = next(line for line in text.splitlines() if "ERM" in line and "40.0" in line)
-    assert erm_toy.split("|")[-2].strip() == "52.5"
+    assert [cell.strip() for cell in erm_toy.split("|")[-3:-1]] == ["52.5", "2"]  # Avg, Seeds
     summary = text.split("Averages over datasets")[1].split("===")[0]
     assert "| SAGM_DG   |" in summary and " X " in summary  # no Other results: no average
+    assert "SAGM_DG: no trial seed 1 of fold A, no trial seed 1 of fold B" in text  # ERM has two trials
     assert "Incomplete runs, left out of every number above (1)" in text
     assert "sweep/job/e_t0_h2: Toy ERM hparams_seed 2 trial_seed 0 (TE0 at step 0)" in text
     assert "99.0" not in text
     markdown = cr.format_report(results, "markdown")
-    assert "| ERM       | 40.0 ± 7.1 | 65.0 ± 3.5 | 52.5 |" in markdown and "### " + SWAD in markdown
+    assert "| ERM       | 40.0 ± 7.1 | 65.0 ± 3.5 | 52.5 |   2   |" in markdown and "### " + SWAD in markdown
     latex = cr.format_report(results, "latex")
-    assert "SAGM\\_DG & 60.0 $\\pm$ 0.0 & 95.0 $\\pm$ 0.0 & 77.5 \\\\" in latex
+    assert "SAGM\\_DG * & 60.0 $\\pm$ 0.0 & 95.0 $\\pm$ 0.0 & 77.5 & 1 \\\\" in latex
 
 
 def test_command_line_writes_the_report_and_plots(sweep_dir, capsys):
@@ -112,3 +117,84 @@ def test_command_line_writes_the_report_and_plots(sweep_dir, capsys):
     assert all((sweep_dir / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
     assert cr.main([str(sweep_dir / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def _drawn(algorithm, dataset, hparams_seed, trial_seed, **chosen):
+    """The hparams.json of a run that set `chosen` on top of the registry's draw and config.yaml."""
+    from domainbed import misc
+
+    run = cr.Run(None, dataset, algorithm, trial_seed, hparams_seed, {})
+    return {**cr._drawn_hparams(run), **{key: json.loads(misc.to_json(v)) for key, v in chosen.items()}}
+
+
+@pytest.fixture
+def methods_dir(tmp_path):
+    """ERM, ERM + SWAD and ERM + QT-DoG on Synthetic, two hparams seeds x two trials each, where
+    QT-DoG lacks trial 1 of fold B."""
+    names = {0: "A", 1: "B"}
+    variants = {"erm": {}, "swad": {"swad": "LossValley"}, "qt": {"quant": True, "q_bits": 4}}
+    for offset, (variant, chosen) in enumerate(variants.items()):
+        for trial in (0, 1):
+            for hseed in (0, 1):
+                base = .1 * offset + .05 * trial + .01 * hseed
+                folds = {0: [(0, .5, base + .3, .5)], 1: [(0, .5, base + .4, .5)]}
+                if variant == "qt" and trial == 1:
+                    folds = {0: folds[0]}
+                make_run(tmp_path, f"{variant}_t{trial}_h{hseed}", "Synthetic", "ERM", trial, hseed, folds, names,
+                         hparams=_drawn("ERM", "Synthetic", hseed, trial, num_workers=0, **chosen))
+    make_run(tmp_path, "tagged", "Synthetic", "ERM", 0, 0, {0: [(0, .5, .9, .5)], 1: [(0, .5, .9, .5)]}, names,
+             hparams=_drawn("ERM", "Synthetic", 0, 0, lr=0.5), tag="mine")
+    return tmp_path
+
+
+def test_runs_are_grouped_by_method_not_by_algorithm(methods_dir):
+    results = cr.collect(methods_dir)
+    assert results.groups() == ["ERM", "ERM [mine]", "ERM q_bits=4 quant=true", "ERM swad=LossValley"]
+    assert results.trial_results(TDV, "Synthetic", "ERM swad=LossValley", (0,)) == pytest.approx({0: .4, 1: .45})
+    assert results.cell(TDV, "Synthetic", "ERM", (1,)) == pytest.approx((.425, .025 / math.sqrt(2)))
+    assert results.seeds(TDV, "Synthetic", "ERM q_bits=4 quant=true", (0,)) == 2
+    assert results.seeds(TDV, "Synthetic", "ERM q_bits=4 quant=true", (1,)) == 1
+    assert results.seeds(TDV, "Synthetic", "ERM q_bits=4 quant=true") == 1  # trials with every fold
+    assert results.missing("Synthetic", "ERM q_bits=4 quant=true") == ["trial seed 1 of fold B"]
+    assert results.missing("Synthetic", "ERM [mine]") == ["trial seed 1 of fold A", "trial seed 1 of fold B"]
+    assert results.missing("Synthetic", "ERM") == []
+    text = cr.format_report(results)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.split("Training-domain validation ===")[1].split("Averages")[0].splitlines()
+            if line.startswith("| ERM")}
+    assert rows["ERM"] == ["32.5 +/- 1.8", "42.5 +/- 1.8", "37.5", "2"]
+    assert rows["ERM swad=LossValley"] == ["42.5 +/- 1.8", "52.5 +/- 1.8", "47.5", "2"]
+    assert rows["ERM q_bits=4 quant=true *"] == ["52.5 +/- 1.8", "60.0 +/- 0.0", "56.2", "1-2"]
+    assert "Synthetic ERM q_bits=4 quant=true: no trial seed 1 of fold B" in text
+
+
+def test_group_by_keys_tag_and_input_dir_spelling(methods_dir, capsys):
+    results = cr.collect(methods_dir, group_by=["algorithm", "swad"])
+    assert results.groups() == ["ERM swad=False", "ERM swad=LossValley"]
+    assert results.seeds(TDV, "Synthetic", "ERM swad=False", (0,)) == 2
+    assert cr.main(["--input_dir", str(methods_dir), "--group_by", "tag"]) == 0
+    out = capsys.readouterr().out
+    assert "| tag=mine " in out and "| tag=null " in out
+    assert (methods_dir / "results.txt").read_text() == out
+    assert cr.main([str(methods_dir), "--input_dir", str(methods_dir)]) == 2
+    assert "give the runs' directory once" in capsys.readouterr().err
+    assert cr.main([]) == 2
+
+
+def test_a_real_sweep_of_erm_swad_and_qtdog_gives_three_rows(tmp_path, capsys):
+    import train_all
+
+    common = ["--dataset", "Synthetic", "--steps", "2", "--checkpoint_freq", "1", "--test_envs", "0", "1",
+              "--batch_size", "8", "--num_workers", "0"]
+    variants = {"erm": [], "swad": ["--swad", "LossValley"], "qt": ["--quant", "1", "--q_steps", "1", "--q_bits", "4"]}
+    for variant, flags in variants.items():
+        for trial in (0, 1):
+            train_all.run([f"{variant}{trial}", *common, "--trial_seed", str(trial),
+                           "--output_dir", str(tmp_path / f"{variant}{trial}"), *flags])
+    capsys.readouterr()
+    assert cr.main([str(tmp_path)]) == 0
+    table = capsys.readouterr().out.split("Training-domain validation ===")[1].split("Averages")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ERM")]
+    assert [row.split("|")[1].strip() for row in rows] == [  # --batch_size 8 is a choice of every run
+        "ERM batch_size=8", "ERM batch_size=8 q_bits=4 q_steps=1 quant=true", "ERM batch_size=8 swad=LossValley"]
+    assert all(row.count("+/-") == 2 and row.split("|")[-2].strip() == "2" for row in rows)

@@ -54,16 +54,20 @@ def test_jobs_are_named_by_a_hash_of_their_arguments(tmp_path):
 
 
 def test_hparams_seed_zero_is_the_defaults_and_others_are_domainbeds_random_draw(tmp_path):
+    # Each call its own output directory: run directories are named by the second, so two calls
+    # into one directory a second apart (a loaded machine) leave two runs there.
     def hparams_of(hparams_seed, trial_seed):
+        output_dir = tmp_path / f"{hparams_seed}_{trial_seed}"
         train_all.run(["h", "--dataset", "Synthetic", "--hparams_seed", str(hparams_seed), "--trial_seed",
-                       str(trial_seed), "--output_dir", str(tmp_path / f"{hparams_seed}_{trial_seed}"), "--show"])
-        (run_dir,) = (tmp_path / f"{hparams_seed}_{trial_seed}" / "Synthetic").iterdir()
+                       str(trial_seed), "--output_dir", str(output_dir), "--show"])
+        (run_dir,) = (output_dir / "Synthetic").iterdir()
         return json.loads((run_dir / "hparams.json").read_text())
 
     assert hparams_of(0, 3)["lr"] == hparams_registry.default_hparams("ERM", "Synthetic")["lr"]
     drawn = hparams_registry.random_hparams("ERM", "Synthetic", misc.seed_hash(4, 3))
-    assert hparams_of(4, 3)["lr"] == drawn["lr"] != hparams_of(4, 2)["lr"]
-    assert hparams_of(4, 3)["batch_size"] == drawn["batch_size"]
+    hparams = hparams_of(4, 3)
+    assert hparams["lr"] == drawn["lr"] != hparams_of(4, 2)["lr"]
+    assert hparams["batch_size"] == drawn["batch_size"]
     with pytest.raises(UsageError, match="--hparams_seed -1 is negative"):
         hparams_of(-1, 0)
 
@@ -91,7 +95,7 @@ def test_status_dry_run_and_bad_arguments(tmp_path, capsys, monkeypatch):
     assert sweep.main(_argv("launch", tmp_path, "--launcher", "pbs")) == 2
 
 
-def test_local_sweep_killed_half_way_and_relaunched_on_two_fake_gpus(tmp_path, monkeypatch):
+def test_local_sweep_killed_half_way_and_relaunched_on_two_fake_gpus(tmp_path, monkeypatch, capsys):
     argv = _argv("launch", tmp_path, n_hparams=3)
     launcher = subprocess.Popen([sys.executable, "-m", "domainbed.scripts.sweep", *argv], cwd=REPO,
                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,8 +110,13 @@ def test_local_sweep_killed_half_way_and_relaunched_on_two_fake_gpus(tmp_path, m
 
     # Relaunched on two "GPUs" (CPU here: train_all.py falls back to it), the rest run in parallel.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    capsys.readouterr()
     result = sweep.run(_argv("launch", tmp_path, "--launcher", "multi_gpu", n_hparams=3))
     assert result["failed"] == [] and result["counts"] == {"done": 3, "incomplete": 0, "not launched": 0}
+    finished = [line for line in capsys.readouterr().out.splitlines() if " done: " in line]
+    assert len(finished) == 3 - counts["done"]  # one line per job run now, with its result and what is left
+    assert all(line.startswith("Synthetic ERM_hp") and "iid " in line and "%" in line for line in finished)
+    assert finished[-1].endswith("; 0 jobs remaining")
     assert _check_done_exactly_once(jobs[0]).count("Command:") == 1  # the finished job never ran again
     for job in jobs[1:]:
         _check_done_exactly_once(job)

@@ -1,11 +1,17 @@
 """Results of many runs: DomainBed's model selection over hparams, tables and plots.
 
-    python -m domainbed.scripts.collect_results DIR [--markdown | --latex] [--plots]
+    python -m domainbed.scripts.collect_results DIR [--markdown | --latex] [--plots] [--group_by KEY ...]
 
-Reads every run under DIR (a directory train_all.py wrote: args.json, results.jsonl, and
-table.json once it finished; sweeps nest them in job directories). A run is one hparams
-candidate for its (dataset, algorithm, trial seed). For each selection method and each test
-domain, as DomainBed's collect_results:
+Reads every run under DIR (a directory train_all.py wrote: args.json, hparams.json, results.jsonl,
+and table.json once it finished; sweeps nest them in job directories). Runs are grouped by
+method: a group is the algorithm plus, with a `--tag`, that tag, and without one every hparam
+that the run set differently from the registry's draw for its hparams seed and config.yaml
+(so ERM, ERM with `--swad LossValley` and ERM with `--quant 1 --q_bits 4` are three rows, while
+the random hparams of a DomainBed search stay inside one group); hparams that change how a run
+is computed, not what (num_workers, pipeline, ...), are left out. `--group_by KEY ...` groups
+by the named keys of args.json or hparams.json instead. A run is one hparams candidate for its
+(dataset, group, trial seed). For each selection method and each test domain, as DomainBed's
+collect_results:
 
 1. every run gets a (validation accuracy, test accuracy) pair for the fold:
    - training-domain validation: the checkpoint of best training-domain validation accuracy
@@ -24,10 +30,12 @@ domain, as DomainBed's collect_results:
    datasets gives, per dataset, the mean +- standard error over trial seeds of each trial's
    average over the domains (only trials with every domain), and their mean.
 
-Runs without table.json are incomplete: listed at the end and left out of every number. The
+A table's `Seeds` column gives the number of trial seeds behind its cells; a group whose folds
+or trial seeds are fewer than the dataset's others is flagged with `*` and listed under
+"Missing folds or seeds". Runs without table.json are incomplete: listed at the end and left out of every number. The
 report is printed and written to DIR/results.{txt,md,tex}; `--plots` writes PNGs under
 DIR/plots: per dataset and selection method, the per-domain accuracy with error bars of every
-algorithm, and per run its training curves (loss, training-domain validation and test accuracy
+group, and per run its training curves (loss, training-domain validation and test accuracy
 against step, one line per fold).
 """
 
@@ -40,8 +48,14 @@ from pathlib import Path
 import numpy as np
 from prettytable import PrettyTable, TableStyle
 
+from domainbed import hparams_registry, misc
+from domainbed.config import build_hparams
 from domainbed.errors import UsageError
 from domainbed.selection import ROWS as RECORD_ROWS
+
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+# Hparams that change how a run is computed, not the method: never part of its group.
+RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize"})
 
 TRAINING_DOMAIN = "Training-domain validation"
 ORACLE = "Test-domain validation (oracle)"
@@ -55,6 +69,9 @@ class Run:
     trial_seed: int
     hparams_seed: int
     records: dict  # fold (tuple of test envs) -> records in step order
+    args: dict = field(default_factory=dict)
+    hparams: dict = field(default_factory=dict)
+    group: str = ""  # the method's name in tables: see method_group()
     rows: dict = field(default_factory=dict)  # fold -> {row: accuracy}, from table.json
     names: dict = field(default_factory=dict)  # fold -> the test domain's name
     complete: bool = False
@@ -74,8 +91,10 @@ def load_run(run_dir: Path) -> Run:
             records.setdefault(_fold(record["test_envs"]), []).append(record)
     for fold_records in records.values():
         fold_records.sort(key=lambda record: record["step"])
+    hparams_path = run_dir / "hparams.json"
+    hparams = json.loads(hparams_path.read_text()) if hparams_path.exists() else {}
     run = Run(run_dir, args["dataset"], args["algorithm"], args.get("trial_seed", 0), args.get("hparams_seed", 0),
-              records)
+              records, args, hparams)
     table_path = run_dir / "table.json"
     if table_path.exists():
         table = json.loads(table_path.read_text())
@@ -87,11 +106,59 @@ def load_run(run_dir: Path) -> Run:
     return run
 
 
-def load_runs(root) -> list:
+def load_runs(root, group_by=None) -> list:
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory; give the output directory of train_all.py or of a sweep")
-    return [load_run(path.parent) for path in sorted(root.rglob("args.json"))]
+    runs = [load_run(path.parent) for path in sorted(root.rglob("args.json"))]
+    for run in runs:
+        run.group = method_group(run) if not group_by else keys_group(run, group_by)
+    return runs
+
+
+def _value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _drawn_hparams(run):
+    """The hparams the run would have had without --key value or extra yaml files, or None when the
+    registry cannot rebuild them (an algorithm or dataset this version does not know)."""
+    try:
+        if run.hparams_seed == 0:
+            drawn = hparams_registry.default_hparams(run.algorithm, run.dataset)
+        else:
+            drawn = hparams_registry.random_hparams(run.algorithm, run.dataset,
+                                                    misc.seed_hash(run.hparams_seed, run.trial_seed))
+    except (KeyError, UsageError):
+        return None
+    return json.loads(misc.to_json(build_hparams(drawn, BASE_CONFIG)))
+
+
+def method_group(run) -> str:
+    """The algorithm, then the run's --tag, or without one every method hparam it chose itself."""
+    tag = run.args.get("tag") or ""
+    if tag:
+        return f"{run.algorithm} [{tag}]"
+    drawn = _drawn_hparams(run)
+    if drawn is None:
+        return run.algorithm
+    chosen = [f"{key}={_value(value)}" for key, value in sorted(run.hparams.items())
+              if key not in RUNTIME_HPARAMS and drawn.get(key, object()) != value]
+    return " ".join([run.algorithm, *chosen])
+
+
+def keys_group(run, keys) -> str:
+    """`--group_by`: the named keys' values, from args.json or else hparams.json."""
+    parts = []
+    for key in keys:
+        if key in run.args:
+            value = run.args[key]
+        elif key in run.hparams:
+            value = run.hparams[key]
+        else:
+            value = None
+        parts.append(_value(value) if key == "algorithm" else f"{key}={_value(value)}")
+    return " ".join(parts)
 
 
 def _training_domain(run, fold):
@@ -139,7 +206,7 @@ def mean_se(values) -> tuple:
 class Results:
     runs: list
     methods: list
-    choices: dict  # (method, dataset, algorithm, trial_seed, fold) -> Choice
+    choices: dict  # (method, dataset, group, trial_seed, fold) -> Choice
     folds: dict  # dataset -> [fold, ...] in order
     names: dict  # (dataset, fold) -> domain name
 
@@ -154,34 +221,58 @@ class Results:
     def datasets(self) -> list:
         return sorted(self.folds)
 
-    def algorithms(self, dataset=None) -> list:
-        return sorted({run.algorithm for run in self.complete if dataset in (None, run.dataset)})
+    def groups(self, dataset=None) -> list:
+        return sorted({run.group for run in self.complete if dataset in (None, run.dataset)})
 
-    def trial_results(self, method, dataset, algorithm, fold) -> dict:
+    def trial_results(self, method, dataset, group, fold) -> dict:
         """{trial seed: selected test accuracy}."""
         return {key[3]: choice.test for key, choice in self.choices.items()
-                if key[:3] == (method, dataset, algorithm) and key[4] == fold}
+                if key[:3] == (method, dataset, group) and key[4] == fold}
 
-    def cell(self, method, dataset, algorithm, fold):
+    def cell(self, method, dataset, group, fold):
         """(mean, standard error) over trial seeds, or None without any."""
-        values = list(self.trial_results(method, dataset, algorithm, fold).values())
+        values = list(self.trial_results(method, dataset, group, fold).values())
         return mean_se(values) if values else None
 
-    def dataset_average(self, method, dataset, algorithm):
+    def dataset_average(self, method, dataset, group):
         """The mean of the domains' means, or None when a domain has no result."""
-        cells = [self.cell(method, dataset, algorithm, fold) for fold in self.folds[dataset]]
+        cells = [self.cell(method, dataset, group, fold) for fold in self.folds[dataset]]
         return None if None in cells else float(np.mean([c[0] for c in cells]))
 
-    def summary_cell(self, method, dataset, algorithm):
-        """(mean, standard error) over the trials that have every domain of the dataset."""
-        per_fold = [self.trial_results(method, dataset, algorithm, fold) for fold in self.folds[dataset]]
+    def _complete_trials(self, method, dataset, group) -> list:
+        per_fold = [self.trial_results(method, dataset, group, fold) for fold in self.folds[dataset]]
         trials = set.intersection(*(set(results) for results in per_fold)) if per_fold else set()
-        averages = [np.mean([results[trial] for results in per_fold]) for trial in sorted(trials)]
+        return [np.mean([results[trial] for results in per_fold]) for trial in sorted(trials)]
+
+    def summary_cell(self, method, dataset, group):
+        """(mean, standard error) over the trials that have every domain of the dataset."""
+        averages = self._complete_trials(method, dataset, group)
         return mean_se(averages) if averages else None
 
+    def seeds(self, method, dataset, group, fold=None) -> int:
+        """The number of trial seeds behind a cell (fold None: behind the dataset's summary cell)."""
+        if fold is None:
+            return len(self._complete_trials(method, dataset, group))
+        return len(self.trial_results(method, dataset, group, fold))
 
-def collect(root) -> Results:
-    runs = load_runs(root)
+    def missing(self, dataset, group) -> list:
+        """What the group lacks that other groups of the dataset have: ['fold B', 'trial seed 2 of fold A']."""
+        runs = [run for run in self.complete if run.dataset == dataset]
+        all_trials = {run.trial_seed for run in runs}
+        lacking = []
+        for fold in self.folds[dataset]:
+            trials = {run.trial_seed for run in runs if run.group == group and fold in run.rows}
+            name = self.names[(dataset, fold)]
+            if not trials:
+                lacking.append(f"fold {name}")
+            elif trials != all_trials:
+                seeds = ", ".join(map(str, sorted(all_trials - trials)))
+                lacking.append(f"trial seed{'s' if len(all_trials - trials) > 1 else ''} {seeds} of fold {name}")
+        return lacking
+
+
+def collect(root, group_by=None) -> Results:
+    runs = load_runs(root, group_by)
     complete = sorted((run for run in runs if run.complete), key=lambda run: (run.hparams_seed, str(run.path)))
     methods = selection_methods(complete)
     choices, folds, names = {}, {}, {}
@@ -195,7 +286,7 @@ def collect(root) -> Results:
                 pair = run_result(run, fold)
                 if pair is None:
                     continue
-                key = (method, run.dataset, run.algorithm, run.trial_seed, fold)
+                key = (method, run.dataset, run.group, run.trial_seed, fold)
                 if key not in choices or pair[0] > choices[key].validation:
                     choices[key] = Choice(run, *pair)
     return Results(runs, list(methods), choices, {d: sorted(f) for d, f in folds.items()}, names)
@@ -215,6 +306,11 @@ def _number(cell, style) -> str:
     mean, se = cell
     plus_minus = {"text": "+/-", "markdown": "±", "latex": "$\\pm$"}[style]
     return f"{100 * mean:.1f} {plus_minus} {100 * se:.1f}"
+
+
+def _seeds(counts) -> str:
+    """'3', or '1-3' when the cells of a row rest on different numbers of trial seeds."""
+    return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
 def _render(title, header, rows, style) -> str:
@@ -249,26 +345,34 @@ def format_report(results: Results, style: str = "text") -> str:
         parts.append(_heading(method, style))
         for dataset in results.datasets():
             folds = results.folds[dataset]
-            header = ["Algorithm", *(results.names[(dataset, fold)] for fold in folds), "Avg"]
+            header = ["Algorithm", *(results.names[(dataset, fold)] for fold in folds), "Avg", "Seeds"]
             rows = []
-            for algorithm in results.algorithms(dataset):
-                cells = [_number(results.cell(method, dataset, algorithm, fold), style) for fold in folds]
-                rows.append([algorithm, *cells, _number(results.dataset_average(method, dataset, algorithm), style)])
+            for group in results.groups(dataset):
+                cells = [_number(results.cell(method, dataset, group, fold), style) for fold in folds]
+                seeds = _seeds([results.seeds(method, dataset, group, fold) for fold in folds])
+                name = group + (" *" if results.missing(dataset, group) else "")
+                rows.append([name, *cells, _number(results.dataset_average(method, dataset, group), style), seeds])
             parts.append(_render(dataset, header, rows, style))
         datasets = results.datasets()
         rows = []
-        for algorithm in results.algorithms():
-            cells = [results.summary_cell(method, dataset, algorithm) for dataset in datasets]
+        for group in results.groups():
+            cells = [results.summary_cell(method, dataset, group) for dataset in datasets]
             average = None if None in cells else float(np.mean([c[0] for c in cells]))
-            rows.append([algorithm, *(_number(c, style) for c in cells), _number(average, style)])
-        parts.append(_render("Averages over datasets", ["Algorithm", *datasets, "Avg"], rows, style))
+            seeds = _seeds([results.seeds(method, dataset, group) for dataset in datasets])
+            rows.append([group, *(_number(c, style) for c in cells), _number(average, style), seeds])
+        parts.append(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style))
+    gaps = [f"  {dataset} {group}: no {', no '.join(lacking)}" for dataset in results.datasets()
+            for group in results.groups(dataset) if (lacking := results.missing(dataset, group))]
+    if gaps:
+        parts.append(_heading("Missing folds or seeds", style) + "\n"
+                     + "Groups marked * lack results that other groups of their dataset have:\n" + "\n".join(gaps))
     incomplete = results.incomplete
     if incomplete:
         lines = [f"Incomplete runs, left out of every number above ({len(incomplete)}):"]
         for run in incomplete:
             progress = ", ".join(f"TE{','.join(map(str, fold))} at step {records[-1]['step']}"
                                  for fold, records in sorted(run.records.items())) or "no records yet"
-            lines.append(f"  {run.path}: {run.dataset} {run.algorithm} hparams_seed {run.hparams_seed} "
+            lines.append(f"  {run.path}: {run.dataset} {run.group} hparams_seed {run.hparams_seed} "
                          f"trial_seed {run.trial_seed} ({progress})")
         parts.append(_heading("Incomplete runs", style) + "\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -282,46 +386,62 @@ def _slug(text: str) -> str:
 
 
 def plot_accuracies(results: Results, method: str, dataset: str, path: Path) -> None:
+    """Grouped bars: one group of bars per test domain and the average, one bar per method group,
+    the mean with its standard error over trial seeds; the legend sits to the right of the axes."""
     from matplotlib.figure import Figure
 
     folds = results.folds[dataset]
-    algorithms = results.algorithms(dataset)
-    figure = Figure(figsize=(1.5 + 1.2 * len(folds) * max(1, len(algorithms)) / 2, 4), layout="constrained")
+    groups = results.groups(dataset)
+    labels = [results.names[(dataset, fold)] for fold in folds] + ["Avg"]
+    width = 0.8 / max(1, len(groups))
+    figure = Figure(figsize=(max(5.0, 2.0 + 0.35 * len(labels) * max(1, len(groups))), 4.2), layout="constrained")
     axes = figure.add_subplot()
-    width = 0.8 / max(1, len(algorithms))
-    for index, algorithm in enumerate(algorithms):
-        cells = [results.cell(method, dataset, algorithm, fold) for fold in folds]
-        x = [position + (index - (len(algorithms) - 1) / 2) * width for position in range(len(folds))]
-        means = [100 * c[0] if c else np.nan for c in cells]
-        errors = [100 * c[1] if c else 0.0 for c in cells]
-        axes.bar(x, means, width, yerr=errors, capsize=3, label=algorithm)
-    axes.set_xticks(range(len(folds)), [results.names[(dataset, fold)] for fold in folds])
-    axes.set_ylabel("test-domain accuracy (%)")
-    axes.set_title(f"{dataset}: {method}", fontsize=9)
-    axes.legend(fontsize=8)
+    for index, group in enumerate(groups):
+        cells = [results.cell(method, dataset, group, fold) for fold in folds]
+        average = results.dataset_average(method, dataset, group)
+        x = [position + (index - (len(groups) - 1) / 2) * width for position in range(len(labels))]
+        means = [100 * c[0] if c else np.nan for c in cells] + [100 * average if average is not None else np.nan]
+        errors = [100 * c[1] if c else np.nan for c in cells] + [np.nan]  # Avg: no error bar, as DomainBed
+        seeds = results.seeds(method, dataset, group)
+        axes.bar(x, means, width, yerr=errors, capsize=3, label=f"{group} (n={seeds})")
+        for position, mean, error in zip(x, means, errors):
+            if not np.isnan(mean):
+                axes.annotate(f"{mean:.1f}", (position, mean + np.nan_to_num(error)), xytext=(0, 2), textcoords="offset points",
+                              ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_xlabel("test domain")
+    axes.set_ylabel("test-domain accuracy (%), mean ± SE over trial seeds")
+    axes.set_ylim(0, 105)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_title(f"{dataset}: {method}", fontsize=10, wrap=True)
+    axes.legend(title="method (trial seeds)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
 
 
 def plot_curves(run: Run, path: Path) -> None:
+    """Loss and accuracies against step, one colour per fold; markers on the evaluated steps."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 3.5), layout="constrained")
+    figure = Figure(figsize=(12, 4), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     for fold, records in sorted(run.records.items()):
-        label = "TE" + ",".join(map(str, fold))
+        label = run.names.get(fold, "TE" + ",".join(map(str, fold)))
         steps = [record["step"] for record in records]
         if "loss" in records[0]:
-            loss_axes.plot(steps, [record["loss"] for record in records], label=label)
-        line, = accuracy_axes.plot(steps, [100 * record["test_in"] for record in records], label=f"{label} test")
-        accuracy_axes.plot(steps, [100 * record["train_out"] for record in records], linestyle="--",
-                           color=line.get_color(), label=f"{label} validation")
-    loss_axes.set(xlabel="step", ylabel="training loss")
-    accuracy_axes.set(xlabel="step", ylabel="accuracy (%)")
+            loss_axes.plot(steps, [record["loss"] for record in records], marker="o", markersize=3, label=label)
+        line, = accuracy_axes.plot(steps, [100 * record["test_in"] for record in records], marker="o",
+                                   markersize=3, label=label)
+        accuracy_axes.plot(steps, [100 * record["train_out"] for record in records], linestyle="--", marker="s",
+                           markersize=3, color=line.get_color())
+    loss_axes.set(xlabel="step", ylabel="training loss", title="training loss")
+    accuracy_axes.set(xlabel="step", ylabel="accuracy (%)",
+                      title="accuracy: test domain (solid), training-domain validation (dashed)")
     for axes in (loss_axes, accuracy_axes):
-        axes.legend(fontsize=7)
-    figure.suptitle(f"{run.dataset} {run.algorithm} hparams_seed {run.hparams_seed} trial_seed {run.trial_seed}",
-                    fontsize=9)
+        axes.grid(alpha=0.3)
+    accuracy_axes.legend(title="test domain", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    figure.suptitle(f"{run.path.name}: {run.dataset} {run.group}, hparams_seed {run.hparams_seed}, "
+                    f"trial_seed {run.trial_seed}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
 
@@ -341,22 +461,40 @@ def write_plots(results: Results, root: Path, out_dir: Path) -> list:
     return paths
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Model selection over hparams and tables of many runs")
-    parser.add_argument("input_dir")
+EXAMPLE = """example:
+  python -m domainbed.scripts.collect_results sweeps/main --markdown --plots
+  python -m domainbed.scripts.collect_results --input_dir sweeps/main --group_by algorithm swad
+"""
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Model selection over hparams and DomainBed-style tables of many runs, grouped by method",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("directory", nargs="?", help="a train_all.py output directory or a sweep's")
+    parser.add_argument("--input_dir", help="the same, in DomainBed's spelling")
     style = parser.add_mutually_exclusive_group()
-    style.add_argument("--markdown", action="store_true")
-    style.add_argument("--latex", action="store_true")
+    style.add_argument("--markdown", action="store_true", help="Markdown tables")
+    style.add_argument("--latex", action="store_true", help="LaTeX tables")
     parser.add_argument("--plots", action="store_true", help="write PNGs under INPUT_DIR/plots")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--group_by", nargs="+", metavar="KEY", default=None,
+                        help="group runs by these keys of args.json or hparams.json (e.g. algorithm swad tag) "
+                             "instead of by method")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        root = Path(args.input_dir)
-        results = collect(root)
+        if (args.directory is None) == (args.input_dir is None):
+            raise UsageError("give the runs' directory once: positionally or as --input_dir DIR")
+        root = Path(args.directory or args.input_dir)
+        results = collect(root, args.group_by)
         style = "latex" if args.latex else "markdown" if args.markdown else "text"
         report = format_report(results, style)
         print(report, end="")
         suffix = {"text": "txt", "markdown": "md", "latex": "tex"}[style]
-        (root / f"results.{suffix}").write_text(report)
+        misc.atomic_write_text(root / f"results.{suffix}", report)
         if args.plots:
             paths = write_plots(results, root, root / "plots")
             print(f"wrote {len(paths)} plots under {root / 'plots'}")

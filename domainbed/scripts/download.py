@@ -24,6 +24,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m domainbed.scripts.download", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python -m domainbed.scripts.download --data_dir DATA --datasets PACS VLCS",
     )
     parser.add_argument("--data_dir", required=True, help="the folder that holds one sub-folder per dataset")
     parser.add_argument("--datasets", nargs="+", metavar="NAME",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from domainbed import misc, model_io, report
 from domainbed.data import num_workers_for
@@ -165,7 +166,8 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
         test, ind = {}, {}
         candidates = [(run.name, model) for run, (model, _) in zip(runs, loaded)]
         candidates.append((ensemble_row, LogitSum([loaded[i][0] for i in order]).to(device)))
-        for name, model in candidates:
+        for name, model in tqdm(candidates, desc=f"TE{test_env}: evaluating models", unit="model", disable=None,
+                                leave=False):
             _, _, summaries = evaluator.evaluate(model)
             test[name], ind[name] = summaries["test_in"], summaries["train_out"]
             log(f"TE{test_env} {name}: test {100 * summaries['test_in']:.2f}%, "
@@ -186,7 +188,10 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Ensemble the final models of several runs (sum of logits)")
+    parser = argparse.ArgumentParser(
+        description="Ensemble the final models of several runs (sum of logits)",
+        epilog="example:\n  python -m domainbed.scripts.ensemble train_output/PACS/*_erm_t0 train_output/PACS/*_erm_t1 "
+               "--output ensemble.json", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories written by train_all.py, same dataset")
     parser.add_argument("--data_dir", default=None, help="where the data is now (default: the first run's data_dir)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

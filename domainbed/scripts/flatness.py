@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from tqdm import tqdm
 
 from domainbed import misc, model_io
 from domainbed.data import num_workers_for
@@ -70,7 +71,8 @@ def local_flatness(model, loss_fn, radii, n_directions: int, seed: int, test_env
     base = loss_fn(model)
     rows = []
     try:
-        for index in range(n_directions):
+        for index in tqdm(range(n_directions), desc=f"TE{test_env}: random directions", unit="direction",
+                          disable=None, leave=False):
             direction = random_direction(theta.numel(), seed, test_env, index).to(theta.device)
             for radius in radii:
                 if radius == 0:
@@ -90,20 +92,20 @@ def plot(rows, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for run in dict.fromkeys(row["run"] for row in rows):
         radii = sorted({row["radius"] for row in rows if row["run"] == run})
         increases = [[row["increase"] for row in rows if row["run"] == run and row["radius"] == r] for r in radii]
         mean = np.array([np.mean(values) for values in increases])
         std = np.array([np.std(values) for values in increases])
         axes.plot(radii, mean, marker="o", label=run)
-        axes.fill_between(radii, mean - std, mean + std, alpha=0.2)
+        axes.fill_between(radii, mean - std, mean + std, alpha=0.2)  # +- one std over directions and folds
     axes.set_xlabel("radius gamma of the random weight perturbation")
     axes.set_ylabel("increase of the training-domain loss")
-    axes.set_title("Local flatness (SWAD): E[L(theta + Delta)] - L(theta)")
+    figure.suptitle("Local flatness (SWAD): E[L(theta + Delta)] - L(theta) at ||Delta|| = gamma\n"
+                    "mean and one standard deviation over random directions and folds", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
+    axes.legend(title="run", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -154,7 +156,10 @@ def flatness(paths, radii=tuple(range(0, 65, 5)), n_directions=100, split="in", 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="SWAD's local flatness of runs' final models: CSV and PNG")
+    parser = argparse.ArgumentParser(
+        description="SWAD's local flatness of runs' final models: CSV and PNG",
+        epilog="example:\n  python -m domainbed.scripts.flatness train_output/PACS/*_erm train_output/PACS/*_swad "
+               "--radii 0 10 20 --n_directions 10 --out flatness", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories written by train_all.py")
     parser.add_argument("--radii", type=float, nargs="+", default=[float(r) for r in range(0, 65, 5)])
     parser.add_argument("--n_directions", type=int, default=100, help="random directions per fold (SWAD: 100)")

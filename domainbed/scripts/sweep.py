@@ -149,11 +149,33 @@ def _summary(counts: dict) -> str:
            f"{counts[NOT_LAUNCHED]} not launched"
 
 
+def job_result(job) -> str:
+    """The finished job's table in one line: each row's mean over the test domains."""
+    tables = sorted(job.directory.glob("*/*/table.json"))
+    if not tables:
+        return "no table.json"
+    rows = json.loads(tables[-1].read_text())["rows"]
+    return ", ".join(f"{row} {100 * sum(values.values()) / len(values):.1f}%"
+                     for row, values in rows.items() if values and not row.endswith("(inD)"))
+
+
+def report_finished(job, returncode: int, remaining: int) -> None:
+    """One line per finished job: what it is, its result or where its output is, what is left."""
+    what = f"{job.train_args['dataset']} {job.name}"
+    if returncode == 0:
+        outcome = f"done: {job_result(job)}"
+    else:
+        outcome = f"FAILED (exit {returncode}, see {job.directory / 'out.txt'})"
+    print(f"{what} {outcome}; {remaining} jobs remaining", flush=True)
+
+
 def local_launcher(jobs, args) -> list:
     failed = []
     for index, job in enumerate(jobs, 1):
-        print(f"[{index}/{len(jobs)}] {job.train_args['dataset']} {job.name}: {job.directory}", flush=True)
-        if job.run(args.data_dir) != 0:
+        print(f"[{index}/{len(jobs)}] running {job.train_args['dataset']} {job.name}: {job.directory}", flush=True)
+        returncode = job.run(args.data_dir)
+        report_finished(job, returncode, len(jobs) - index)
+        if returncode != 0:
             failed.append(job)
     return failed
 
@@ -181,7 +203,9 @@ def multi_gpu_launcher(jobs, args) -> list:
         for gpu, (job, process) in list(running.items()):
             if process.poll() is not None:
                 del running[gpu]
-                if job.finish(process.returncode) != 0:
+                returncode = job.finish(process.returncode)
+                report_finished(job, returncode, len(queue) + len(running))
+                if returncode != 0:
                     failed.append(job)
         time.sleep(1)
     return failed
@@ -201,12 +225,16 @@ def slurm_launcher(jobs, args) -> list:
         print(f"submitted {handle.job_id}: {job.train_args['dataset']} {job.name}: {job.directory}", flush=True)
     if not args.wait:
         return []
+    print(f"waiting for {len(jobs)} submitted jobs (submitit logs under {Path(args.output_dir) / 'submitit'})",
+          flush=True)
     failed = []
-    for job, handle in zip(jobs, submitted):
+    for index, (job, handle) in enumerate(zip(jobs, submitted), 1):
         try:
             handle.result()
+            report_finished(job, 0, len(jobs) - index)
         except Exception:  # submitit re-raises the job's failure here; out.txt has train_all's output
             print(f"failed: {job.directory} (submitit job {handle.job_id})", flush=True)
+            report_finished(job, 1, len(jobs) - index)
             failed.append(job)
     return failed
 
@@ -214,8 +242,19 @@ def slurm_launcher(jobs, args) -> list:
 LAUNCHERS = {"local": local_launcher, "multi_gpu": multi_gpu_launcher, "slurm": slurm_launcher}
 
 
+EXAMPLE = """examples:
+  python -m domainbed.scripts.sweep launch --datasets PACS --algorithms ERM SAGM_DG --n_hparams 5 --n_trials 3 \\
+      --data_dir DATA --output_dir sweeps/main -- --swad LossValley
+  python -m domainbed.scripts.sweep status --datasets PACS --algorithms ERM SAGM_DG --n_hparams 5 --n_trials 3 \\
+      --output_dir sweeps/main
+  python -m domainbed.scripts.collect_results sweeps/main            (the tables, grouped by method)
+Arguments after `--` go to every train_all.py; `-- --tag NAME` names the family in collect_results.
+"""
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Launch, inspect or clean a sweep of train_all.py jobs",
+                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("command", choices=["launch", "status", "delete_incomplete"])
     parser.add_argument("--datasets", nargs="+", required=True)

@@ -1,7 +1,9 @@
 """Training and evaluation speed of an input pipeline and precision against the classic fp32 path.
 
-    python -m domainbed.scripts.benchmark --dataset PACS --data_dir DATA --algorithm ERM SAGM_DG \
+    python -m domainbed.scripts.benchmark training --dataset PACS --data_dir DATA --algorithm ERM SAGM_DG \
         --backbone resnet50 --image_size 224 --batch_size 32 --pipeline gpu --precision bf16
+
+(`training` is the default subcommand: the same line without it runs it too.)
 
 For every algorithm, the classic path (PIL transforms in DataLoader workers, fp32) and then the
 requested pipeline and precision train fold TE0 of the dataset for `--warmup` + `--steps` steps,
@@ -19,7 +21,6 @@ still pays for decoding. Models are built without pretrained weights; `--device 
 gpu pipeline on CPU tensors.
 """
 
-import argparse
 import functools
 import statistics
 import tempfile
@@ -39,14 +40,13 @@ from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import get_dataset_class
 from domainbed.evaluator import Evaluator
 from domainbed.precision import Precision
-from domainbed.scripts.timing import fastest, synchronize
+from domainbed.scripts.timing import device_name, fastest, synchronize
 from domainbed.trainer import FoldSettings, make_splits, resolve_device, to_device
 
-BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+BASE_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default="PACS")
     parser.add_argument("--data_dir", default="datadir/")
     parser.add_argument("--generate", action="store_true", help="use generated images even if the data exists")
@@ -64,9 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--cache_dir", default="")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no_reference", action="store_true", help="skip the classic fp32 rows")
+    parser.add_argument("--output", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure the rows in turn this many times and keep each row's best (busy machines)")
-    return parser.parse_args(argv)
 
 
 def generate_images(root: Path, dataset_class, per_class: int, n_classes: int = 7, size: int = 227) -> None:
@@ -150,8 +150,8 @@ def run(args) -> list:
         directory = getattr(dataset_class, "DIRECTORY", None)
         if hasattr(dataset_class, "DOMAIN_DIRS") and (args.generate or not (data_dir / (directory or "")).is_dir()):
             data_dir = Path(tmp)
+            print(f"generating {args.generated_per_class} images per class and domain in {data_dir}", flush=True)
             generate_images(data_dir, dataset_class, args.generated_per_class)
-            print(f"using generated images in {data_dir} ({args.generated_per_class} per class and domain)")
         for name in args.algorithm:
             hparams = build_hparams(hparams_registry.default_hparams(name, args.dataset), BASE_CONFIG)
             hparams.update(overrides)
@@ -188,16 +188,11 @@ def table(rows, device) -> str:
             "-" if reference is None else f"{row['train_ips'] / reference['train_ips']:.2f}",
             f"{row['step_ms'] / first['step_ms']:.2f}", f"{row['setup_s']:.1f}",
         ])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    return f"device: {name}, torch {torch.__version__}\n{out}"
+    return f"device: {device_name(device)}, torch {torch.__version__}\n{out}"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(args) -> str:
     rows = run(args)
-    print(table(rows, resolve_device(args.device)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if args.output:
+        misc.atomic_write_text(Path(args.output), misc.to_json(rows, indent=2))
+    return table(rows, resolve_device(args.device))

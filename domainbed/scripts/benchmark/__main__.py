@@ -1,0 +1,5 @@
+import sys
+
+from domainbed.scripts.benchmark import main
+
+sys.exit(main())

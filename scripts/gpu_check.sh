@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# One check of the CUDA path, offline, in under eight minutes on one GPU:
+#   1. the tests marked `cuda` (pytest -m cuda);
+#   2. the PACS demo (README: ResNet-50 from scratch, 64 px, 21 steps per fold) on CUDA, with the
+#      gpu input pipeline and with the classic one;
+#   3. the benchmark: training and evaluation img/s of ERM and SAGM_DG, ResNet-50 at 224 px,
+#      32 x 3 domains, fp32 and bf16, gpu pipeline and classic;
+# then one summary table (check, status, seconds, result). Logs stay in $WORK (printed).
+#
+#     scripts/gpu_check.sh                 # DATA_DIR=../shared/data by default
+#     DATA_DIR=/data PYTHON=.venv/bin/python scripts/gpu_check.sh
+#
+# Without real PACS under DATA_DIR the demo runs on generated images in PACS's layout (a check
+# of the code path; its accuracy means nothing); the benchmark always uses generated images, so
+# nothing needs the internet. Pretrained weights are not needed (--pretrained False).
+# Exit status: 0 when every check passed, 1 when one failed or there is no CUDA GPU.
+set -u
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python}"
+DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
+WORK="${WORK:-$(mktemp -d -t gpu_check.XXXXXX)}"
+mkdir -p "$WORK"
+
+if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_check: no CUDA GPU visible to torch ($PYTHON: torch.cuda.is_available() is False); nothing checked" >&2
+    exit 1
+fi
+
+echo "gpu_check: logs and outputs in $WORK"
+STATUS="$WORK/status.tsv"
+: > "$STATUS"
+
+# check NAME RESULT_FILE COMMAND...: runs COMMAND with its output in $WORK/NAME.log, records
+# status and seconds; RESULT_FILE is what the summary reads (or "-").
+check() {
+    local name="$1" result="$2"
+    shift 2
+    echo "gpu_check: running $name (log: $WORK/$name.log)"
+    local start=$SECONDS
+    "$@" > "$WORK/$name.log" 2>&1
+    local rc=$?
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$result" >> "$STATUS"
+    [ "$rc" -eq 0 ] || { echo "gpu_check: $name FAILED (exit $rc); last lines:"; tail -n 5 "$WORK/$name.log"; }
+}
+
+check cuda_tests "$WORK/cuda_tests.log" "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider tests
+
+DEMO_DATA="$DATA_DIR"
+if [ ! -d "$DATA_DIR/PACS" ]; then
+    DEMO_DATA="$WORK/generated"
+    echo "gpu_check: no PACS under $DATA_DIR: generating PACS-layout images in $DEMO_DATA for the demo"
+    "$PYTHON" -c "
+import sys
+from pathlib import Path
+from domainbed.datasets import get_dataset_class
+from domainbed.scripts.benchmark.training import generate_images
+generate_images(Path(sys.argv[1]), get_dataset_class('PACS'), 24)" "$DEMO_DATA"
+fi
+for pipeline in gpu classic; do
+    check "demo_$pipeline" "$WORK/demo_$pipeline" "$PYTHON" train_all.py demo --dataset PACS --data_dir "$DEMO_DATA" \
+        --algorithm ERM --pretrained False --image_size 64 --steps 20 --checkpoint_freq 10 \
+        --device cuda --pipeline "$pipeline" --output_dir "$WORK/demo_$pipeline"
+done
+
+BENCH=(--dataset PACS --generate --algorithm ERM SAGM_DG --backbone resnet50 --image_size 224 --batch_size 32
+       --steps "${BENCH_STEPS:-20}" --warmup 5 --device cuda)
+check bench_gpu_fp32 "$WORK/bench_gpu_fp32.json" "$PYTHON" -m domainbed.scripts.benchmark "${BENCH[@]}" \
+    --pipeline gpu --precision fp32 --output "$WORK/bench_gpu_fp32.json"
+check bench_gpu_bf16 "$WORK/bench_gpu_bf16.json" "$PYTHON" -m domainbed.scripts.benchmark "${BENCH[@]}" \
+    --pipeline gpu --precision bf16 --no_reference --output "$WORK/bench_gpu_bf16.json"
+check bench_classic_bf16 "$WORK/bench_classic_bf16.json" "$PYTHON" -m domainbed.scripts.benchmark "${BENCH[@]}" \
+    --pipeline classic --precision bf16 --no_reference --output "$WORK/bench_classic_bf16.json"
+
+"$PYTHON" - "$STATUS" <<'EOF'
+"""The summary: one row per check; the demo's row gives the mean test accuracy of its `iid` row
+over the folds, the tests' row pytest's last line; then one row per benchmark configuration."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from prettytable import PrettyTable
+
+checks = [line.split("\t") for line in Path(sys.argv[1]).read_text().splitlines()]
+table = PrettyTable(["check", "status", "seconds", "result"], align="l")
+bench = []
+for name, rc, seconds, result in checks:
+    status = "ok" if rc == "0" else f"FAILED ({rc})"
+    if name == "cuda_tests":
+        lines = [line for line in Path(result).read_text().splitlines() if line.strip()]
+        status = "ok" if rc in ("0", "5") else status  # 5: no test is marked cuda
+        text = lines[-1] if lines else ""
+    elif name.startswith("demo_"):
+        tables = sorted(Path(result).glob("PACS/*/table.json"))
+        rows = json.loads(tables[-1].read_text())["rows"] if tables else {}
+        text = ", ".join(f"{row} {100 * sum(v.values()) / len(v):.1f}%" for row, v in rows.items()
+                         if row in ("iid", "oracle") and v) or "no table"
+    else:
+        text = ""
+        if Path(result).exists():
+            bench += json.loads(Path(result).read_text())
+    table.add_row([name, status, seconds, text])
+print(f"\n=== gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) ===")
+print(table)
+reference = {row["algorithm"]: row["train_ips"] for row in bench if (row["pipeline"], row["precision"]) == ("classic", "fp32")}
+erm = {(row["pipeline"], row["precision"]): row["step_ms"] for row in bench if row["algorithm"] == "ERM"}
+speed = PrettyTable(["algorithm", "pipeline", "precision", "train img/s", "eval img/s", "step ms",
+                     "x classic fp32", "step x ERM", "peak GiB"], align="r")
+for row in sorted(bench, key=lambda r: (r["algorithm"], r["pipeline"], r["precision"])):
+    base, erm_step = reference.get(row["algorithm"]), erm.get((row["pipeline"], row["precision"]))
+    speed.add_row([row["algorithm"], row["pipeline"], row["precision"], f"{row['train_ips']:.0f}",
+                   f"{row['eval_ips']:.0f}", f"{row['step_ms']:.1f}", f"{row['train_ips'] / base:.2f}" if base else "-",
+                   f"{row['step_ms'] / erm_step:.2f}" if erm_step else "-",
+                   "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f}"])
+print("ResNet-50, 224 px, 32 x 3 domains, generated PACS-layout images:")
+print(speed)
+sys.exit(0 if all(rc == "0" or (name == "cuda_tests" and rc == "5") for name, rc, _, _ in checks) else 1)
+EOF

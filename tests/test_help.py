@@ -1,0 +1,73 @@
+"""Help: every hparam has a line of meaning, `--help` lists the chosen algorithm's hparams with
+their defaults, `--resume NAME` before the name resumes, flags in any order, every script's
+--help has an example."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import train_all
+from domainbed import algorithms, datasets, hparams_help, hparams_registry
+from domainbed.config import load_yaml
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("algorithm", sorted(algorithms.ALGORITHMS))
+def test_every_hparam_of_every_algorithm_and_config_key_has_a_description(algorithm):
+    keys = set(load_yaml(train_all.BASE_CONFIG))
+    for dataset in sorted(datasets.DATASETS):
+        keys |= set(hparams_registry.default_hparams(algorithm, dataset))
+    missing = sorted(key for key in keys if not hparams_help.describe(key, algorithm))
+    assert missing == [], f"add a line to domainbed/hparams_help.py for {missing}"
+    assert hparams_help.describe("no_such_hparam") is None
+
+
+def _help(*argv, capsys):
+    parser = train_all.make_parser()
+    known, _ = train_all.split_argv(parser, list(argv))
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(known)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_the_chosen_algorithms_hparams_with_defaults(capsys):
+    text = _help("--algorithm", "SAGM_DG", "--help", capsys=capsys)
+    own = text.split("hparams of SAGM_DG:")[1].split("hparams of every algorithm:")[0]
+    assert "--rho 0.05 " in own and "--alpha 0.001 " in own and "radius of the sharpness-aware" in own
+    assert "--lr 3e-05 " in text.split("hparams of every algorithm:")[1]  # SAGM's PACS lr
+    assert "--swad False " in text and "--q_bits 7 " in text and "examples:" in text
+    assert "--alpha 0.6 " in _help("--dataset", "VLCS", "--algorithm", "GradSurgery", "-h", capsys=capsys)
+    assert "unknown algorithm 'Nope'" in _help("--algorithm", "Nope", "--help", capsys=capsys)
+
+
+def test_resume_before_the_name_and_flags_in_any_order(tmp_path):
+    parser = train_all.make_parser()
+    known, extra = train_all.split_argv(parser, ["--resume", "demo", "--dataset", "Synthetic", "--lr", "-0.5"])
+    args = parser.parse_args(known)
+    assert (args.name, args.resume, args.dataset, extra) == ("demo", True, "Synthetic", ["--lr", "-0.5"])
+    known, _ = train_all.split_argv(parser, ["--resume", str(tmp_path), "demo"])
+    assert parser.parse_args(known).resume == str(tmp_path)  # a path is the run directory
+    known, _ = train_all.split_argv(parser, ["--dataset", "Synthetic", "demo", "--tag", "x", "extra.yaml"])
+    args = parser.parse_args(known)
+    assert (args.name, args.configs, args.tag) == ("demo", ["extra.yaml"], "x")
+
+    common = ["--dataset", "Synthetic", "--steps", "1", "--checkpoint_freq", "1", "--test_envs", "0",
+              "--batch_size", "4", "--num_workers", "0", "--output_dir", str(tmp_path)]
+    first = train_all.run(["demo", *common])
+    second = train_all.run(["--resume", "demo", *common])
+    assert second["out_dir"] == first["out_dir"]
+    assert "[TE0] finished earlier: skipped" in (first["out_dir"] / "log.txt").read_text()
+    assert json.loads((first["out_dir"] / "args.json").read_text())["tag"] is None
+
+
+@pytest.mark.parametrize("module", ["domainbed.scripts.sweep", "domainbed.scripts.collect_results",
+                                    "domainbed.scripts.ensemble", "domainbed.scripts.flatness",
+                                    "domainbed.scripts.download", "domainbed.scripts.benchmark"])
+def test_every_script_help_has_an_example(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "example" in result.stdout and f"python -m {module}" in result.stdout
