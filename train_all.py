@@ -27,6 +27,7 @@ from domainbed.errors import UsageError
 from domainbed.log import RunLog
 from domainbed.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
 from domainbed.trainer import FoldSettings, train_fold
+from domainbed.validation import check_run_settings
 
 BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
@@ -120,6 +121,7 @@ def run(argv) -> dict:
     hparams = build_hparams(registry_hparams(args), BASE_CONFIG, args.configs, parse_overrides(extra))
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
+    check_run_settings(args, hparams)
 
     out_dir = run_directory(args)
     resuming = args.resume is not None and (out_dir / "args.json").is_file() and (out_dir / "hparams.json").is_file()
