@@ -93,7 +93,6 @@ FLAG_RULES = {
     "holdout_fraction": fraction(low_open=True),  # 0 would leave every out-split empty
     "model_save": optional(int_at_least(0)),
     "tb_freq": int_at_least(0),
-    "hparams_seed": int_at_least(0),
 }
 
 HPARAM_RULES = {
