@@ -28,6 +28,7 @@ from domainbed.hparams_help import describe
 from domainbed.log import RunLog
 from domainbed.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
 from domainbed.trainer import FoldSettings, train_fold
+from domainbed.validation import check_run_settings
 
 BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
@@ -184,6 +185,7 @@ def run(argv) -> dict:
     hparams = build_hparams(registry_hparams(args), BASE_CONFIG, args.configs, parse_overrides(extra))
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
+    check_run_settings(args, hparams)
 
     out_dir = run_directory(args)
     resuming = args.resume is not None and (out_dir / "args.json").is_file() and (out_dir / "hparams.json").is_file()

@@ -4,7 +4,9 @@ Split names are `env{i}_in` / `env{i}_out`. Summaries average over environments:
 `train_out`, `test_in`, `test_out` (accuracies) and `tr_outloss`, the training-domain validation
 loss SWAD's averaging watches. In `fast` mode the training domains' `in` splits, which no
 selection row uses, are skipped. All splits share one loader (one pool of workers), and inputs
-of a training domain are predicted with `env=` that domain's index.
+of a training domain are predicted with `env=` that domain's index. An empty split (a tiny
+environment's holdout) is absent from the results and from the summaries' averages: missing,
+never 0.0.
 """
 
 import contextlib
@@ -78,19 +80,22 @@ class Evaluator:
                 loss_sum[index] += F.cross_entropy(logits, ys, reduction="sum")
             offset += len(x)
         algorithm.train(was_training)
-        sizes = [max(1, end - begin) for begin, end in self._boundaries]
+        sizes = [end - begin for begin, end in self._boundaries]
         correct, loss_sum = correct.tolist(), loss_sum.tolist()
         accuracies, losses = {}, {}
         for index, split in enumerate(self.splits):
-            accuracies[split.name] = correct[index] / sizes[index]
-            losses[split.name] = loss_sum[index] / sizes[index]
+            if sizes[index]:  # an empty split has no accuracy: absent, never 0.0
+                accuracies[split.name] = correct[index] / sizes[index]
+                losses[split.name] = loss_sum[index] / sizes[index]
         return accuracies, losses, self._summaries(accuracies, losses)
 
     def _summaries(self, accuracies, losses):
+        """Averages over the non-empty splits; a summary whose splits are all empty is absent."""
         groups = {}
         for split in self.splits:
             side = "test" if split.train_domain is None else "train"
-            groups.setdefault(f"{side}_{split.inout}", []).append(split.name)
+            if split.name in accuracies:
+                groups.setdefault(f"{side}_{split.inout}", []).append(split.name)
         summaries = {key: sum(accuracies[n] for n in names) / len(names) for key, names in sorted(groups.items())}
         if "train_out" in groups:
             summaries["tr_outloss"] = sum(losses[n] for n in groups["train_out"]) / len(groups["train_out"])

@@ -14,7 +14,7 @@ import importlib
 EXTENSION_FACTORIES = []
 
 # Modules that register extensions; imported when the first run builds its extensions.
-EXTENSION_MODULES = ("domainbed.quant.extension", "domainbed.averaging")
+EXTENSION_MODULES = ("domainbed.finite_loss", "domainbed.quant.extension", "domainbed.averaging")
 
 
 def register_extension(order: int):
@@ -50,7 +50,7 @@ class Extension:
         """Before `algorithm.update` at `step`."""
 
     def after_step(self, fold, step: int) -> None:
-        """After `algorithm.update` at `step`."""
+        """After `algorithm.update` at `step`; `fold.stats` holds the dict it returned."""
 
     def at_checkpoint(self, fold, step: int, record: dict) -> None:
         """After the evaluation at `step`; `record` is the checkpoint's record, which the

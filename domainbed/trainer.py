@@ -65,6 +65,7 @@ class Fold:
     final_model: torch.nn.Module | None = None
     row_rules: dict = field(default_factory=dict)
     model_transforms: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # the last `algorithm.update`'s, for after_step hooks
 
     @property
     def name(self) -> str:
@@ -185,7 +186,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
             extension.before_step(fold, step)
         fold.algorithm.on_step_begin(step, settings.n_steps)
         with precision.training_step(fold.algorithm):
-            stats = fold.algorithm.update(list(minibatches))
+            stats = fold.stats = fold.algorithm.update(list(minibatches))
         for extension in extensions:
             extension.after_step(fold, step)
         for key, value in stats.items():

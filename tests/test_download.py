@@ -349,12 +349,12 @@ def test_google_drive_sources_go_through_gdown(monkeypatch, tmp_path):
 
 
 def test_mnist_from_a_mirror_folder(mnist_data, tmp_path):
-    """The real MNIST files: torchvision's sizes and md5s are of differently gzipped files, so the
-    table refuses ours (and leaves them be); with their own checksums they build a complete folder."""
+    """The real MNIST files: torchvision's sizes and md5s are of differently gzipped files, but the
+    uncompressed md5s (those --verify checks) match, so the table accepts ours as --verify does;
+    with their own checksums they build a complete folder too."""
     raw = mnist_data / "MNIST" / "raw"
-    outcome = install(catalog.DATASETS["MNIST"], tmp_path, mirror=str(raw), log=lambda _: None)
-    assert outcome.status == "failed" and "sources table says" in outcome.message
-    assert "left it untouched" in outcome.message
+    outcome = install(catalog.DATASETS["MNIST"], tmp_path / "by_content", mirror=str(raw), log=lambda _: None)
+    assert outcome.status == "installed" and outcome.ok  # re-gzipped: accepted by the uncompressed md5s
     sources = tuple(Source(s.filename, s.urls, None, sha256((raw / s.filename).read_bytes()), "test")
                     for s in catalog.SOURCES["MNIST"])
     mnist = Dataset("MNIST", catalog.LAYOUTS["MNIST"], sources, catalog.DATASETS["MNIST"].build)
@@ -419,3 +419,79 @@ def test_catalog_matches_the_dataset_classes_and_states_every_source():
     assert {d: sum(c.values()) for d, c in pacs.class_counts.items()} == dict(pacs.domain_counts)
     assert sum(catalog.LAYOUTS["DomainNet"].domain_counts.values()) == 586575
     assert sum(catalog.LAYOUTS["TerraIncognita"].domain_counts.values()) == 24788
+
+
+def test_empty_200_response_is_a_one_line_failure(server, tmp_path):
+    server.files["toy.zip"] = b""
+    dataset = toy_dataset(f"{server.url}/toy.zip", b"", size=False, checksum=False)
+    outcome = install(dataset, tmp_path, options=FAST, log=lambda _: None)
+    assert outcome.status == "failed" and "empty body" in outcome.message and "\n" not in outcome.message
+    assert not (tmp_path / "Toy").exists() and leftovers(tmp_path) == []
+
+
+def test_truncated_install_is_detected_and_reinstalled(server, tmp_path):
+    dataset = served_toy(server)
+    assert install(dataset, tmp_path, options=FAST, log=lambda _: None).status == "installed"
+    image = tmp_path / "Toy" / "d2" / "a" / "2.png"
+    image.write_bytes(image.read_bytes()[:20])
+    messages = []
+    outcome = install(dataset, tmp_path, options=FAST, log=messages.append)
+    assert outcome.status == "installed"
+    assert any("truncated" in line and "d2" in line for line in messages), messages
+    assert image.read_bytes() == png_bytes(2)
+    [aside] = tmp_path.glob("Toy.incomplete-*")
+    assert len((aside / "d2" / "a" / "2.png").read_bytes()) == 20
+    assert install(dataset, tmp_path, options=FAST, log=lambda _: None).status == "skipped"
+
+
+def test_symlink_to_outside_the_dataset_is_refused(server, tmp_path):
+    members = {**toy_members(), "elsewhere/secret.png": png_bytes(7)}
+    data = tar_bytes(members, links=[("toy_root/d1/a/link.png", "../../../elsewhere/secret.png")])
+    server.files["toy.tar.gz"] = data
+    dataset = toy_dataset(f"{server.url}/toy.tar.gz", data, filename="toy.tar.gz")
+    outcome = install(dataset, tmp_path, options=FAST, log=lambda _: None)
+    assert outcome.status == "failed" and "symbolic link" in outcome.message and "link.png" in outcome.message
+    assert not (tmp_path / "Toy").exists() and not list(tmp_path.glob(".Toy*"))
+
+
+def test_regzipped_file_is_accepted_by_its_uncompressed_md5(tmp_path):
+    import gzip
+
+    from domainbed.download.errors import ChecksumError
+    from domainbed.download.fetch import Fetched, check_file
+
+    content = bytes(range(256)) * 40
+    published = gzip.compress(content, compresslevel=9, mtime=0)
+    regzipped = tmp_path / "idx.gz"
+    regzipped.write_bytes(gzip.compress(content, compresslevel=1, mtime=12345))
+    md5 = hashlib.md5(published).hexdigest()
+    table = Source("idx.gz", ("x",), len(published), f"md5:{md5}", "test",
+                   content_md5=hashlib.md5(content).hexdigest())
+    fetched = Fetched(regzipped, owned=False, origin="mirror")
+    assert check_file(fetched, table) == hashlib.sha256(regzipped.read_bytes()).hexdigest()
+    other = Source("idx.gz", ("x",), len(published), f"md5:{md5}", "test", content_md5=hashlib.md5(b"x").hexdigest())
+    with pytest.raises(ChecksumError, match="left it untouched"):
+        check_file(fetched, other)
+
+
+def test_offline_fails_at_once_and_names_every_missing_file_once(tmp_path, monkeypatch):
+    import socket
+
+    from domainbed.download import fetch
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: every connection is refused, as offline
+    sleeps = []
+    monkeypatch.setattr(fetch.time, "sleep", sleeps.append)
+    names = ["a.zip", "b.zip", "c.zip"]
+    sources = tuple(Source(name, (f"http://127.0.0.1:{port}/{name}", f"http://127.0.0.1:{port}/m/{name}"),
+                           None, None, "test") for name in names)
+    dataset = Dataset("Toy", TOY_LAYOUT, sources, build.archive_root("a.zip", "toy_root"))
+    outcome = install(dataset, tmp_path, options=FetchOptions(), log=lambda _: None)
+    assert outcome.status == "failed" and "could not reach" in outcome.message
+    assert sleeps == []  # no retry, no back-off: a refused connection fails at once
+    listed = outcome.message.split(" (first:")[0]
+    assert "3 files could not be fetched" in listed and all(listed.count(name) == 1 for name in names)
+    assert not (tmp_path / CACHE).exists()  # no empty .downloads left behind

@@ -1,8 +1,10 @@
 """Datasets stored as one folder per domain and one sub-folder per class (DomainBed's layout)."""
 
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
@@ -18,30 +20,74 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB, whatever its mode: 16-bit and 32-bit grey are scaled to 8 bits
+    (not clipped, which would turn a 16-bit photograph white), float grey in [0, 1] is scaled by
+    255 (other floats are clipped to [0, 255]), and transparent pixels (RGBA, LA, PA, palettes
+    with a transparent index) are composited onto white, as a viewer shows them."""
+    if image.mode in _SIXTEEN_BIT:
+        grey = np.asarray(image, dtype=np.float64) * (255 / 65535)
+        return Image.fromarray(np.round(grey).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        finite = grey[np.isfinite(grey)]
+        high = finite.max() if finite.size else 0
+        if image.mode == "I" and high > 255:
+            grey = grey * (255 / 65535)  # 16-bit files that Pillow opened as 32-bit
+        elif image.mode == "F" and finite.size and finite.min() >= 0 and high <= 1:
+            grey = grey * 255
+        grey = np.clip(np.nan_to_num(grey), 0, 255)
+        return Image.fromarray(np.round(grey).astype(np.uint8), "L").convert("RGB")
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_rgb(path) -> Image.Image:
-    """The image at `path` as RGB; an unreadable or truncated file is an error naming it."""
+    """The image at `path` as RGB (see `to_rgb`); an unreadable or truncated file is an error naming it."""
     try:
         with open(path, "rb") as handle:
             image = Image.open(handle)
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         raise UsageError(f"cannot read image {path}: {error}") from None
 
 
 class DomainFolder(torch.utils.data.Dataset):
-    """One domain: `root/<class>/<image>`, classes indexed in the order of `classes`."""
+    """One domain: `root/<class>/<image>`, classes indexed in the order of `classes`.
 
-    def __init__(self, root: Path, classes):
+    With `skip_bad_images`, every image is decoded once here and the unreadable ones are left
+    out (listed in `skipped`, as (path, reason)); otherwise an unreadable image is an error
+    naming it when it is loaded."""
+
+    def __init__(self, root: Path, classes, skip_bad_images: bool = False):
         self.root = root
         self.classes = list(classes)
         self.samples = []
+        self.skipped = []
         for label, name in enumerate(self.classes):
             files = sorted(f for f in os.listdir(root / name) if _is_image(f))
             if not files:
                 raise UsageError(f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             self.samples.extend((root / name / f, label) for f in files)
+        if skip_bad_images:
+            self.samples = [sample for sample in self.samples if self._readable(sample[0])]
         self.targets = [label for _, label in self.samples]
+
+    def _readable(self, path) -> bool:
+        try:
+            load_rgb(path)
+        except UsageError as error:
+            self.skipped.append((path, str(error)))
+            return False
+        return True
 
     def __getitem__(self, index):
         path, label = self.samples[index]
@@ -100,7 +146,17 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
         self.environments = domain_dirs
         self.domain_dirs = domain_dirs
         self.classes = classes
-        self.datasets = [DomainFolder(data_root / name, classes) for name in domain_dirs]
+        skip = hparams.get("skip_bad_images", False)
+        self.datasets = [DomainFolder(data_root / name, classes, skip) for name in domain_dirs]
+        self.skipped_images = [item for dataset in self.datasets for item in dataset.skipped]
+        if self.skipped_images:
+            first, reason = self.skipped_images[0]
+            # the run's log is not ours to reach; stderr keeps the count visible beside it
+            print(f"warning: skip_bad_images: skipped {len(self.skipped_images)} unreadable images "
+                  f"(first: {reason})", file=sys.stderr)
+            for env, dataset in zip(domain_dirs, self.datasets):
+                if not len(dataset):
+                    raise UsageError(f"domain folder {data_root / env} has no readable images")
         image_size = hparams["image_size"]
         self.input_shape = (3, image_size, image_size)
         self.num_classes = len(classes)

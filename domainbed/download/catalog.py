@@ -34,6 +34,14 @@ _MNIST_GZ = {
     MNIST_FILES["test_images"]: (1648877, "9fb629c4189551a2d022fa330f9573f3"),
     MNIST_FILES["test_labels"]: (4542, "ec29112dd5afa0611ce80d1b7f02629c"),
 }
+# md5 of the uncompressed IDX bytes (../shared/data/MNIST/MD5SUMS_uncompressed.txt): re-gzipped
+# mirrors of MNIST differ in size and md5 from torchvision's files but hold the same bytes.
+_MNIST_CONTENT_MD5 = {
+    MNIST_FILES["train_images"]: "6bbc9ace898e44ae57da46a324031adb",
+    MNIST_FILES["train_labels"]: "a25bea736e30d166cdddb491f175f624",
+    MNIST_FILES["test_images"]: "2646ac647ad5339dbf082846283269ea",
+    MNIST_FILES["test_labels"]: "27ae3e4e09519cfbb04c329615203637",
+}
 _TERRA_CATEGORIES = ("bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel")
 
 SOURCES = {
@@ -67,7 +75,8 @@ SOURCES = {
     ),
     "MNIST": tuple(
         Source(f"{name}.gz", tuple(f"{mirror}/{name}.gz" for mirror in _MNIST_MIRRORS), size, f"md5:{md5}",
-               "size and md5 as torchvision's MNIST class publishes them")
+               "size and md5 as torchvision's MNIST class publishes them; the uncompressed md5 as --verify's",
+               content_md5=_MNIST_CONTENT_MD5[name])
         for name, (size, md5) in _MNIST_GZ.items()
     ),
 }
@@ -110,12 +119,11 @@ LAYOUTS = {
                     "real": 172947, "sketch": 69128},
         classes=345,
     ),
-    # Uncompressed md5s as in ../shared/data/MNIST/MD5SUMS_uncompressed.txt, which our copy matches.
     "MNIST": IdxLayout("MNIST", (
-        IdxFile(MNIST_FILES["train_images"], 60000, "6bbc9ace898e44ae57da46a324031adb"),
-        IdxFile(MNIST_FILES["train_labels"], 60000, "a25bea736e30d166cdddb491f175f624"),
-        IdxFile(MNIST_FILES["test_images"], 10000, "2646ac647ad5339dbf082846283269ea"),
-        IdxFile(MNIST_FILES["test_labels"], 10000, "27ae3e4e09519cfbb04c329615203637"),
+        IdxFile(MNIST_FILES["train_images"], 60000, _MNIST_CONTENT_MD5[MNIST_FILES["train_images"]]),
+        IdxFile(MNIST_FILES["train_labels"], 60000, _MNIST_CONTENT_MD5[MNIST_FILES["train_labels"]]),
+        IdxFile(MNIST_FILES["test_images"], 10000, _MNIST_CONTENT_MD5[MNIST_FILES["test_images"]]),
+        IdxFile(MNIST_FILES["test_labels"], 10000, _MNIST_CONTENT_MD5[MNIST_FILES["test_labels"]]),
     )),
 }
 

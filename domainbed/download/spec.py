@@ -10,13 +10,16 @@ class Source:
     """One file to fetch. `urls` are tried in order; a "gdrive:<id>" URL goes through gdown.
 
     `size` (bytes) and `checksum` ("sha256:<hex>" or "md5:<hex>") are None where nothing was
-    published; `provenance` says where the known values come from, or why they are unknown."""
+    published; `provenance` says where the known values come from, or why they are unknown.
+    `content_md5`, for a .gz file, is the md5 of its uncompressed bytes: a copy gzipped anew
+    (other size and checksum, same content) is accepted by it, as `--verify` accepts it."""
 
     filename: str
     urls: tuple
     size: Optional[int]
     checksum: Optional[str]
     provenance: str
+    content_md5: Optional[str] = None
 
 
 @dataclass(frozen=True)

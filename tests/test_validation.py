@@ -1,0 +1,139 @@
+"""Every bad flag or hparam value is one line on stderr, exit 2, no traceback, no run directory;
+a non-finite training loss stops the run and keeps the checkpoints written before it."""
+
+import math
+
+import pytest
+import torch
+
+import train_all
+from domainbed import algorithms
+from domainbed.errors import UsageError
+from domainbed.validation import HPARAM_RULES, check_run_settings
+
+TINY = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2", "--checkpoint_freq", "1",
+        "--test_envs", "0", "--swad", "False", "--num_workers", "0"]
+
+BAD_VALUES = [
+    (["--test_envs", "0", "0"], "--test_envs"),
+    (["--test_envs", "1", "2", "1"], "--test_envs"),
+    (["--test_envs", "-1"], "--test_envs"),
+    (["--lr", "nan"], "lr"),
+    (["--lr", "-1"], "lr"),
+    (["--lr", "inf"], "lr"),
+    (["--lr", "0"], "lr"),
+    (["--batch_size", "0"], "batch_size"),
+    (["--batch_size", "-3"], "batch_size"),
+    (["--image_size", "0"], "image_size"),
+    (["--image_size", "-8"], "image_size"),
+    (["--holdout_fraction", "1.5"], "--holdout_fraction"),
+    (["--holdout_fraction", "1.0"], "--holdout_fraction"),
+    (["--holdout_fraction", "-0.2"], "--holdout_fraction"),
+    (["--holdout_fraction", "0"], "--holdout_fraction"),
+    (["--holdout_fraction", "nan"], "--holdout_fraction"),
+    (["--device", "bogus"], "--device"),
+    (["--device", "cuda:99"], "--device"),
+    (["--test_batchsize", "0"], "test_batchsize"),
+    (["--steps", "0"], "--steps"),
+    (["--steps", "-5"], "--steps"),
+    (["--checkpoint_freq", "0"], "--checkpoint_freq"),
+    (["--resnet_dropout", "1.5"], "resnet_dropout"),
+    (["--mlp_dropout", "-0.1"], "mlp_dropout"),
+    (["--weight_decay", "-1e-4"], "weight_decay"),
+    (["--weight_decay", "inf"], "weight_decay"),
+    (["--optimizer", "lion"], "optimizer"),
+    (["--precision", "fp8"], "precision"),
+    (["--num_workers", "-2"], "num_workers"),
+    (["--tolerance_ratio", "-0.3"], "tolerance_ratio"),
+    (["--swad_kwargs.n_converge", "0"], "n_converge"),
+    (["--q_bits", "1"], "q_bits"),
+    (["--model_save", "-1"], "--model_save"),
+]
+
+
+def _run_cli(tmp_path, capsys, argv):
+    out = tmp_path / "out"
+    code = train_all.main(["bad", *TINY, *argv, "--output_dir", str(out)])
+    captured = capsys.readouterr()
+    return code, captured.err, out
+
+
+def _no_run_directory(out):
+    return not out.exists() or not any(path.is_dir() for path in out.rglob("*") if path.parent != out)
+
+
+@pytest.mark.parametrize("argv, named", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_value_is_one_line_exit_2(tmp_path, capsys, argv, named):
+    code, err, out = _run_cli(tmp_path, capsys, argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and named in lines[0] and "valid" in lines[0]
+    assert "Traceback" not in err
+    assert _no_run_directory(out), sorted(out.rglob("*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    code, err, out = _run_cli(tmp_path, capsys, ["--device", "cuda"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no CUDA device" in err and "valid: auto, cpu" in err
+    assert _no_run_directory(out)
+
+
+@pytest.mark.parametrize("hparam, bad", [("momentum", 1.0), ("n_parts", 0), ("rho", -0.05), ("mixstyle_p", 1.5),
+                                         ("rsc_batch_percent", 2.0), ("mask_lr", math.nan)])
+def test_algorithm_hparams_have_ranges(hparam, bad):
+    args = train_all.make_parser().parse_args(["x", "--dataset", "Synthetic"])
+    with pytest.raises(UsageError, match=f"hparam {hparam} .* out of range; valid"):
+        check_run_settings(args, {hparam: bad})
+
+
+def test_unknown_hparams_are_left_alone():
+    args = train_all.make_parser().parse_args(["x", "--dataset", "Synthetic"])
+    check_run_settings(args, {"some_new_methods_knob": -1e9, "lr": 1e-3})
+    assert "some_new_methods_knob" not in HPARAM_RULES
+
+
+def test_defaults_of_every_algorithm_are_valid():
+    from domainbed import hparams_registry
+    from domainbed.config import build_hparams
+
+    args = train_all.make_parser().parse_args(["x", "--dataset", "PACS"])
+    for name in algorithms.ALGORITHMS:
+        for dataset in ("PACS", "Synthetic"):
+            hparams = build_hparams(hparams_registry.default_hparams(name, dataset), train_all.BASE_CONFIG, [], {})
+            check_run_settings(args, hparams)
+
+
+def test_steps_below_checkpoint_freq_warns(capsys):
+    args = train_all.make_parser().parse_args(["x", "--dataset", "Synthetic", "--steps", "3", "--checkpoint_freq", "5"])
+    check_run_settings(args, {})
+    assert "warning: --steps 3 is smaller than the checkpoint frequency 5" in capsys.readouterr().err
+    args = train_all.make_parser().parse_args(["x", "--dataset", "Synthetic", "--steps", "30"])
+    check_run_settings(args, {})
+    assert "warning" not in capsys.readouterr().err
+
+
+class _NaNFromStep3(algorithms.get_algorithm_class("ERM")):
+    """ERM whose loss is NaN from step 3 on."""
+
+    def update(self, minibatches):
+        stats = super().update(minibatches)
+        self.calls = getattr(self, "calls", 0) + 1
+        return {**stats, "loss": math.nan} if self.calls > 3 else stats
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_earlier_checkpoints(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(algorithms.ALGORITHMS, "ERM", _NaNFromStep3)
+    out = tmp_path / "out"
+    argv = ["nan", "--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "6", "--checkpoint_freq", "2",
+            "--test_envs", "0", "--swad", "False", "--num_workers", "0", "--output_dir", str(out)]
+    code = train_all.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "training loss is nan at step 3" in err[0], err
+    (run_dir,) = (out / "Synthetic").iterdir()
+    checkpoints = sorted(path.name for path in (run_dir / "resume").glob("*.pth"))
+    assert checkpoints and all("step0" in name or "step2" in name for name in checkpoints), checkpoints
+    steps = [line for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(steps) == 2  # the records of steps 0 and 2, none after the NaN
