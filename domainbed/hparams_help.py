@@ -17,6 +17,7 @@ DESCRIPTIONS = {
     "nonlinear_classifier": "a two-layer MLP head instead of one linear layer",
     "image_size": "side of the square crops fed to the backbone, pixels",
     "optimizer": "the base optimizer: adam, adamw or sgd",
+    "momentum": "SGD momentum (0: plain SGD, as SWAD's; RSC and DMG use their official 0.9)",
     "mlp_width": "hidden units of the MLP featurizer (1-d inputs)",
     "mlp_depth": "layers of the MLP featurizer (1-d inputs)",
     "mlp_dropout": "dropout between the MLP featurizer's layers (1-d inputs)",

@@ -186,7 +186,8 @@ def test_a_real_sweep_of_erm_swad_and_qtdog_gives_three_rows(tmp_path, capsys):
 
     common = ["--dataset", "Synthetic", "--steps", "2", "--checkpoint_freq", "1", "--test_envs", "0", "1",
               "--batch_size", "8", "--num_workers", "0"]
-    variants = {"erm": [], "swad": ["--swad", "LossValley"], "qt": ["--quant", "1", "--q_steps", "1", "--q_bits", "4"]}
+    variants = {"erm": ["--swad", "False"], "swad": [],
+                "qt": ["--quant", "1", "--q_steps", "1", "--q_bits", "4", "--swad", "False"]}
     for variant, flags in variants.items():
         for trial in (0, 1):
             train_all.run([f"{variant}{trial}", *common, "--trial_seed", str(trial),

@@ -38,7 +38,7 @@ def test_help_lists_the_chosen_algorithms_hparams_with_defaults(capsys):
     own = text.split("hparams of SAGM_DG:")[1].split("hparams of every algorithm:")[0]
     assert "--rho 0.05 " in own and "--alpha 0.001 " in own and "radius of the sharpness-aware" in own
     assert "--lr 3e-05 " in text.split("hparams of every algorithm:")[1]  # SAGM's PACS lr
-    assert "--swad False " in text and "--q_bits 7 " in text and "examples:" in text
+    assert "--swad LossValley " in text and "--q_bits 7 " in text and "examples:" in text
     assert "--alpha 0.6 " in _help("--dataset", "VLCS", "--algorithm", "GradSurgery", "-h", capsys=capsys)
     assert "unknown algorithm 'Nope'" in _help("--algorithm", "Nope", "--help", capsys=capsys)
 

@@ -131,7 +131,19 @@ def _drawn_hparams(run):
                                                     misc.seed_hash(run.hparams_seed, run.trial_seed))
     except (KeyError, UsageError):
         return None
-    return json.loads(misc.to_json(build_hparams(drawn, BASE_CONFIG)))
+    hparams = json.loads(misc.to_json(build_hparams(drawn, BASE_CONFIG)))
+    # averaging is part of the method's name even where it is config.yaml's default (SWAD's
+    # LossValley): "ERM" is plain ERM, "ERM swad=LossValley" is ERM + SWAD
+    hparams["swad"] = NO_AVERAGING
+    return hparams
+
+
+NO_AVERAGING = "False"
+_OFF = {"false", "none", "off", "no", "0", ""}
+
+
+def _normalised(key, value):
+    return NO_AVERAGING if key == "swad" and str(value).strip().lower() in _OFF else value
 
 
 def method_group(run) -> str:
@@ -143,7 +155,7 @@ def method_group(run) -> str:
     if drawn is None:
         return run.algorithm
     chosen = [f"{key}={_value(value)}" for key, value in sorted(run.hparams.items())
-              if key not in RUNTIME_HPARAMS and drawn.get(key, object()) != value]
+              if key not in RUNTIME_HPARAMS and drawn.get(key, object()) != _normalised(key, value)]
     return " ".join([run.algorithm, *chosen])
 
 
