@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from domainbed.data.gpu_pipeline import PIPELINES
+from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.optim.factory import OPTIMIZERS
 from domainbed.precision import DTYPES
@@ -171,15 +172,19 @@ def check_run_settings(args, hparams: dict) -> None:
     negative = [env for env in test_envs if env < 0]
     if negative:
         raise UsageError(f"--test_envs {negative[0]} is negative; valid: environment indices 0, 1, ...")
+    environments = get_dataset_class(args.dataset).ENVIRONMENTS  # None: read from the data folder
+    beyond = [env for env in test_envs if environments and env >= len(environments)]
+    if beyond:
+        raise UsageError(f"--test_envs {beyond[0]} is out of range; valid for {args.dataset}: "
+                         + ", ".join(f"{i}={name}" for i, name in enumerate(environments)))
     repeated = sorted({env for env in test_envs if test_envs.count(env) > 1})
     if repeated:
         raise UsageError(f"--test_envs {' '.join(map(str, test_envs))} repeats {', '.join(map(str, repeated))}; "
                          "valid: each environment at most once")
 
     if args.steps is not None:
-        from domainbed.datasets import get_dataset_class
-
         checkpoint_freq = args.checkpoint_freq or get_dataset_class(args.dataset).CHECKPOINT_FREQ
         if args.steps < checkpoint_freq:
             print(f"warning: --steps {args.steps} is smaller than the checkpoint frequency {checkpoint_freq}: "
-                  "as SWAD, steps are rounded down to a multiple of it plus one, so the run trains 1 step", file=sys.stderr)
+                  "as SWAD, steps are rounded down to a multiple of it plus one, so the run trains 1 step",
+                  file=sys.stderr)

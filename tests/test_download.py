@@ -343,6 +343,7 @@ def test_google_drive_sources_go_through_gdown(monkeypatch, tmp_path):
         return output
 
     monkeypatch.setattr("gdown.download", fake_download)
+    monkeypatch.setattr("domainbed.download.fetch.open_connection", lambda *args: io.BytesIO())
     dataset = toy_dataset("gdrive:FILE_ID", data)
     assert install(dataset, tmp_path, options=FAST, log=lambda _: None).status == "installed"
     assert calls == [("FILE_ID", (FAST.connect_timeout, FAST.timeout), FAST.retries, True)]
@@ -495,3 +496,20 @@ def test_offline_fails_at_once_and_names_every_missing_file_once(tmp_path, monke
     listed = outcome.message.split(" (first:")[0]
     assert "3 files could not be fetched" in listed and all(listed.count(name) == 1 for name in names)
     assert not (tmp_path / CACHE).exists()  # no empty .downloads left behind
+
+
+def test_google_drive_offline_fails_at_once_without_gdown(monkeypatch, tmp_path):
+    import socket
+
+    calls = []
+    monkeypatch.setattr("gdown.download", lambda **kwargs: calls.append(kwargs))
+
+    def no_dns(host, port, timeout):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr("domainbed.download.fetch.open_connection", no_dns)
+    sources = tuple(Source(name, ("gdrive:ID1", "gdrive:ID2"), None, None, "test") for name in ("a.zip", "b.zip"))
+    dataset = Dataset("Toy", TOY_LAYOUT, sources, build.archive_root("a.zip", "toy_root"))
+    outcome = install(dataset, tmp_path, options=FetchOptions(), log=lambda _: None)
+    assert outcome.status == "failed" and "could not reach drive.google.com" in outcome.message
+    assert calls == [] and "2 files could not be fetched: a.zip, b.zip" in outcome.message

@@ -109,6 +109,19 @@ def test_skip_bad_images_leaves_them_out_and_counts_them(tmp_path, capsys):
         get_dataset_class("ImageFolder")(root, [], {**hparams, "skip_bad_images": False})[0][3]
 
 
+def test_corrupt_held_out_image_ends_the_run_with_one_line(tmp_path, capsys):
+    import train_all
+
+    root = _domain_tree(tmp_path / "data", corrupt="d1/b/2.png")
+    code = train_all.main(["corrupt", "--dataset", "ImageFolder", "--data_dir", str(root), "--algorithm", "ERM",
+                           "--steps", "1", "--checkpoint_freq", "1", "--test_envs", "1", "--num_workers", "2",
+                           "--pretrained", "False", "--backbone", "resnet18", "--image_size", "32",
+                           "--swad", "False", "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(root / "d1/b/2.png") in err[0], err
+    assert "Traceback" not in err[0]
+
+
 class _Constant(torch.nn.Module):
     def predict(self, x, env=None):
         return torch.tensor([[1.0, 0.0]]).expand(len(x), 2)

@@ -18,6 +18,7 @@ BAD_VALUES = [
     (["--test_envs", "0", "0"], "--test_envs"),
     (["--test_envs", "1", "2", "1"], "--test_envs"),
     (["--test_envs", "-1"], "--test_envs"),
+    (["--test_envs", "4"], "--test_envs"),
     (["--lr", "nan"], "lr"),
     (["--lr", "-1"], "lr"),
     (["--lr", "inf"], "lr"),

@@ -56,7 +56,10 @@ def load_rgb(path) -> Image.Image:
             image = Image.open(handle)
             image.load()
             return to_rgb(image)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        raise UsageError(f"cannot read image {path}: not an image Pillow can decode (corrupt, truncated "
+                         "or of an unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise UsageError(f"cannot read image {path}: {error}") from None
 
 

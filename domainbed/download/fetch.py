@@ -10,6 +10,7 @@ and resume settings. A `--mirror` folder is read in place and never written to o
 import gzip
 import hashlib
 import os
+import socket
 import time
 import urllib.parse
 import zlib
@@ -30,6 +31,7 @@ CHUNK = 1 << 20
 GDRIVE = "gdrive:"
 # Statuses worth another attempt; any other 4xx means the link itself is wrong or dead.
 TRANSIENT_4XX = (408, 425, 429)
+NO_DNS = "no DNS answer: offline?"
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,11 @@ def _fetch_http(url: str, dest: Path, size: Optional[int], options: FetchOptions
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             last = f"timed out: no answer within {options.connect_timeout:g} s or no data for {options.timeout:g} s"
         except requests.ConnectionError as error:
-            if _unreachable(error):
+            unreachable = _unreachable(error)
+            if unreachable:
                 # no address or refused: offline or a dead host, which retrying does not change
                 raise DownloadError(f"could not reach {urllib.parse.urlparse(url).netloc} for {url} "
-                                    f"({_reason(error)})") from None
+                                    f"({unreachable})") from None
             last = _reason(error)
         except (requests.RequestException, urllib3.exceptions.HTTPError, _Retry) as error:
             last = _reason(error)
@@ -234,6 +237,17 @@ def _restart(part: Path) -> int:
 
 def _fetch_gdrive(file_id: str, dest: Path, options: FetchOptions) -> None:
     url = human_url(GDRIVE + file_id)
+    # gdown retries a refused connection with back-off (half a minute per file offline); one
+    # connect first tells offline from a flaky link at once.
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        open_connection(host, 443, options.connect_timeout).close()
+    except socket.gaierror:
+        raise DownloadError(f"could not reach {host} for {url} ({NO_DNS})") from None
+    except ConnectionRefusedError:
+        raise DownloadError(f"could not reach {host} for {url} (connection refused)") from None
+    except OSError:
+        pass  # slow or flaky rather than absent: gdown's own retries deal with it
     try:
         gdown.download(
             id=file_id, output=str(dest), quiet=False, resume=True,
@@ -246,11 +260,20 @@ def _fetch_gdrive(file_id: str, dest: Path, options: FetchOptions) -> None:
         raise DownloadError(f"could not download {url} (gdown wrote no file)")
 
 
-def _unreachable(error: requests.ConnectionError) -> bool:
-    """Whether no connection could be opened at all (no DNS answer, refused), as opposed to one
-    that broke or stalled."""
+def _unreachable(error: requests.ConnectionError) -> Optional[str]:
+    """Why no connection could be opened at all (no DNS answer, refused), or None for one that
+    broke or stalled."""
     cause = error.args[0] if error.args else None
-    return isinstance(getattr(cause, "reason", cause), urllib3.exceptions.NewConnectionError)
+    reason = getattr(cause, "reason", cause)
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return NO_DNS
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return "connection refused or no route: offline, or the host is down"
+    return None
+
+
+def open_connection(host: str, port: int, timeout: float) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def _reason(error) -> str:
