@@ -155,13 +155,9 @@ def hparams_help(algorithm: str, dataset: str) -> str:
         for key in keys:
             value = defaults[key]
             flag = f"--{key} {value if value != '' else repr(value)}"
-            meaning = hparams_help_line(key, algorithm)
+            meaning = describe(key, algorithm) or "(no description)"
             lines.append(f"    {flag:<30} {meaning}" if len(flag) < 30 else f"    {flag}\n    {'':<30} {meaning}")
     return "\n".join(lines) + "\n"
-
-
-def hparams_help_line(key, algorithm) -> str:
-    return describe(key, algorithm) or "(no description)"
 
 
 def environment_report() -> list:

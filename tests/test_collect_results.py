@@ -199,3 +199,21 @@ def test_a_real_sweep_of_erm_swad_and_qtdog_gives_three_rows(tmp_path, capsys):
     assert [row.split("|")[1].strip() for row in rows] == [  # --batch_size 8 is a choice of every run
         "ERM batch_size=8", "ERM batch_size=8 q_bits=4 q_steps=1 quant=true", "ERM batch_size=8 swad=LossValley"]
     assert all(row.count("+/-") == 2 and row.split("|")[-2].strip() == "2" for row in rows)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_erm_swad_and_qtdog_launched_by_sweep_py_gives_three_rows(tmp_path, capsys):
+    from domainbed.scripts import sweep
+
+    base = ["launch", "--datasets", "Synthetic", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "2",
+            "--output_dir", str(tmp_path), "--steps", "2", "--checkpoint_freq", "1", "--skip_confirmation", "--",
+            "--test_envs", "0", "1", "--batch_size", "8", "--num_workers", "0"]
+    for flags in ([], ["--swad", "LossValley"], ["--quant", "1", "--q_steps", "1", "--q_bits", "4"]):
+        assert sweep.run(base + flags)["failed"] == []
+    capsys.readouterr()
+    assert cr.main([str(tmp_path)]) == 0
+    table = capsys.readouterr().out.split("Training-domain validation ===")[1].split("Averages")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ERM")]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "ERM batch_size=8", "ERM batch_size=8 q_bits=4 q_steps=1 quant=true", "ERM batch_size=8 swad=LossValley"]
+    assert all(row.count("+/-") == 2 and row.split("|")[-2].strip() == "2" for row in rows)
