@@ -72,6 +72,7 @@ DESCRIPTIONS = {
     "q_bits": "bits of QT-DoG's weight quantization",
     "q_linear": "quantize Linear layers too (else Conv2d only)",
     "q_exclude": "comma-separated module names QT-DoG keeps in float",
+    "skip_bad_images": "drop images that cannot be decoded (counted) instead of stopping with an error",
 }
 
 PER_ALGORITHM = {

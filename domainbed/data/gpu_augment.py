@@ -27,7 +27,7 @@ kernel launches per image (about 1,500 per step of 96 images, against about 150 
 the loop is bound by launch overhead; not measured in this session, which had no GPU); kornia
 0.9's ColorJitter draws one order of the four colour operations per batch, not per image, which
 changes the joint distribution of what the model sees, and it would be a new dependency. On
-the CPU none is clearly faster (`python -m domainbed.scripts.benchmark_augment`, 1 thread, 96
+the CPU none is clearly faster (`python -m domainbed.scripts.benchmark augment`, 1 thread, 96
 images from 256 px cache slots): 64 px ours 253 ms, v2 loop 265 ms, kornia 171 ms; 112 px ours
 474 ms, v2 loop 380 ms, kornia 433 ms. Ours does more arithmetic when a crop shrinks (it
 averages up to ceil(s)^2 samples per output pixel where kornia takes one bilinear sample). The
