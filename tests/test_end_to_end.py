@@ -83,7 +83,7 @@ def test_show_prints_and_exits_without_training(run_train_all):
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "Nope"], "unknown dataset 'Nope'; valid: "),
     (["--algorithm", "Nope"], "unknown algorithm 'Nope'; valid: "),
-    (["--test_envs", "4"], "--test_envs 4 is out of range; Synthetic has environments 0-3"),
+    (["--test_envs", "4"], "--test_envs 4 is out of range; valid for Synthetic: 0=d0, 1=d1, 2=d2, 3=d3"),
     (["--lr", "fast"], "hparam lr expects float"),
     (["--no_such_hparam", "1"], "unknown hparam 'no_such_hparam'"),
     (["--batch_size"], "hparam batch_size needs a value"),
