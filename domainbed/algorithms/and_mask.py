@@ -72,7 +72,8 @@ class ANDMask(GradientMask):
 @register_algorithm("SANDMask")
 class SANDMask(GradientMask):
     def mask(self, grads):
-        variance = grads.var(0)
+        # one domain: no variance (DomainBed's nan, without torch's warning)
+        variance = grads.var(0) if len(grads) > 1 else torch.full_like(grads[0], float("nan"))
         if self.loss_scaler is not None:
             # the gradients carry the loss scale s; the mask is defined on the unscaled ones
             variance = variance / self.loss_scaler.scaler.get_scale() ** 2

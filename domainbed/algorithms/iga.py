@@ -7,9 +7,8 @@ With R_e the cross-entropy of domain e, g_e = grad_theta R_e and g_bar = grad_th
 the trace of the covariance of the per-domain gradients, differentiated through g_e (double
 back-propagation).
 
-DomainBed quirk reproduced (it changes the gradient, hence the published numbers): g_bar is
-computed without `create_graph`, so it enters the penalty as a constant and only the g_e are
-differentiated.
+As DomainBed, g_bar is computed without `create_graph` (a constant in the penalty); this costs
+nothing in exactness, since the penalty's derivative in g_bar, -2 sum_e (g_e - g_bar), is zero.
 
 Differences from DomainBed's code: the final backward goes through `self.backward` (fp16 loss
 scaling); the per-domain gradients g_e are taken unscaled with `torch.autograd.grad`, as
