@@ -456,3 +456,13 @@ def test_state_dict_and_optimizers_continue_bit_identically(name):
             algorithm.update(minibatches(step + 1))
     for (k, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_fish_under_fp16_is_a_one_line_usage_error():
+    from domainbed.errors import UsageError
+    from domainbed.precision import Precision
+
+    algorithm = make("Fish")
+    Precision("fp16", "cpu").attach(algorithm)
+    with pytest.raises(UsageError, match="fp16.*bf16 or fp32"):
+        algorithm.update(minibatches())

@@ -23,7 +23,7 @@ weights reloaded from the network at every update, instead of a new network and 
 loaded with the saved state each step: the same computation, without rebuilding. Under
 `--precision fp16` one update steps the inner optimizer once per domain, which the base class's
 single loss-scaler step per update does not allow yet (GradScaler raises on the second step):
-Fish runs under fp32 and bf16.
+Fish runs under fp32 and bf16, and under fp16 its first update raises a one-line UsageError.
 """
 
 import copy
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.errors import UsageError
 
 
 @register_algorithm("Fish")
@@ -47,6 +48,9 @@ class Fish(ERM):
         return {"meta_optimizer": self.optimizer, "inner_optimizer": self.inner_optimizer}
 
     def update(self, minibatches):
+        if self.loss_scaler is not None:
+            raise UsageError("--precision fp16: Fish steps its inner optimizer once per domain in an update, which "
+                             "fp16 loss scaling does not support yet; use --precision bf16 or fp32")
         self.network_inner.load_state_dict(self.network.state_dict())
         for x, y in minibatches:
             loss = F.cross_entropy(self.network_inner(x), y)
