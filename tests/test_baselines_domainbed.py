@@ -278,7 +278,8 @@ def test_eqrm_after_burn_in_descends_the_kde_quantile_of_the_domain_risks():
     algorithm, batches = make("EQRM", eqrm_quantile=alpha, eqrm_burnin_iters=0, eqrm_lr=LR), minibatches()
     risks = torch.stack(per_domain_ce(algorithm.network, batches)).detach()
     value, fraction = kde_quantile_reference(risks, alpha)
-    cdf = (0.5 * (1 + torch.erf((value - risks.double()) / (1.06 * risks.double().std() * 3 ** -0.2 * math.sqrt(2))))).mean()
+    h = 1.06 * risks.double().std() * 3 ** -0.2
+    cdf = (0.5 * (1 + torch.erf((value - risks.double()) / (h * math.sqrt(2))))).mean()
     assert float(cdf) == pytest.approx(alpha, abs=1e-6)
 
     def objective(network):
@@ -466,3 +467,16 @@ def test_fish_under_fp16_is_a_one_line_usage_error():
     Precision("fp16", "cpu").attach(algorithm)
     with pytest.raises(UsageError, match="fp16.*bf16 or fp32"):
         algorithm.update(minibatches())
+
+
+def test_selfreg_quantization_step_sizes_of_the_frozen_projection_stay_frozen():
+    from domainbed.quant.swap import quantize_model
+
+    algorithm = make("SelfReg")
+    layers = quantize_model(algorithm, 8, q_linear=True)
+    assert algorithm.add_parameters_to_optimizers([(m.step_size, m.weight) for m in layers.values()]) == []
+    optimized = {id(p) for group in algorithm.optimizer.param_groups for p in group["params"]}
+    trainable = [p for p in algorithm.parameters() if p.requires_grad]
+    assert all(id(p) in optimized for p in trainable)
+    assert not any(m.step_size.requires_grad for m in algorithm.cdpl.modules() if hasattr(m, "step_size"))
+    assert any(m.step_size.requires_grad for m in algorithm.network.modules() if hasattr(m, "step_size"))

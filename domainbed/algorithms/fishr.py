@@ -37,9 +37,10 @@ from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 
 
-def per_sample_gradients(module, z, y):
-    """(n x P): row i is the flattened gradient of CE(module(z_i), y_i) in `module`'s parameters."""
-    params = {name: p for name, p in module.named_parameters()}
+def per_sample_gradients(module, z, y, names=None):
+    """(n x P): row i is the flattened gradient of CE(module(z_i), y_i) in `module`'s parameters
+    (those of `names`, all when None)."""
+    params = {name: p for name, p in module.named_parameters() if names is None or name in names}
 
     def loss(params, z_i, y_i):
         return F.cross_entropy(functional_call(module, params, (z_i.unsqueeze(0),)), y_i.unsqueeze(0))
@@ -57,11 +58,14 @@ def gradient_variances(grads, sizes):
 class Fishr(ERM):
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
+        # the parameters of the penalty, fixed here: a quantization swap adds step sizes to the
+        # classifier, which stay out of it (and the averages keep their shape)
+        self.penalised = tuple(name for name, _ in self.classifier.named_parameters())
         n_params = sum(p.numel() for p in self.classifier.parameters())
         self.register_buffer("variance_ema", torch.zeros(num_domains, n_params))
 
     def penalty(self, z, y, sizes):
-        v = gradient_variances(per_sample_gradients(self.classifier, z, y), sizes)
+        v = gradient_variances(per_sample_gradients(self.classifier, z, y, self.penalised), sizes)
         ema = self.hparams["ema"]
         a = ema * self.variance_ema + (1 - ema) * v
         self.variance_ema.copy_(a.detach())
@@ -84,5 +88,6 @@ class Fishr(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(objective)
         self.optimizer_step(self.optimizer)
-        objective, nll, penalty = torch.stack([objective.detach(), nll.detach(), penalty.detach().to(nll.dtype)]).tolist()
+        stats = torch.stack([objective.detach(), nll.detach(), penalty.detach().to(nll.dtype)])
+        objective, nll, penalty = stats.tolist()
         return {"loss": objective, "nll": nll, "penalty": penalty}

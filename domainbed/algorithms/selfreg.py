@@ -18,7 +18,8 @@ DomainBed quirks reproduced (both change the published numbers), named:
   partners (MSE(z, p')), as DomainBed and the official code write it;
 - `proj` is built after ERM's optimizer, so DomainBed never trains it (only its BatchNorm running
   statistics move). Here its parameters are frozen (`requires_grad=False`): the same training,
-  and no parameter sits outside every optimizer.
+  and no trainable parameter sits outside every optimizer (a quantization step size added to a
+  projection layer is frozen likewise).
 
 Differences from DomainBed's code: the within-class permutations are drawn by sorting random
 keys inside each class (one vectorised draw, no python loop over samples) and lam comes from
@@ -54,6 +55,15 @@ class SelfReg(ERM):
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.cdpl = projection(self.featurizer.n_outputs).requires_grad_(False)
+
+    def add_parameters_to_optimizers(self, params_beside):
+        """A parameter added beside one of the frozen projection's (a quantization step size)
+        is frozen with it; the others join the optimizer as in the base class."""
+        frozen = {id(p) for p in self.cdpl.parameters()}
+        for new, existing in params_beside:
+            if id(existing) in frozen:
+                new.requires_grad_(False)
+        return super().add_parameters_to_optimizers([(n, e) for n, e in params_beside if id(e) not in frozen])
 
     def update(self, minibatches):
         all_x = torch.cat([x for x, _ in minibatches])
