@@ -231,7 +231,7 @@ def test_selfreg_step():
     lam = float(torch.distributions.Beta(0.5, 0.5).sample())
     perms = []
     for _ in range(2):  # a uniformly random order inside each class block
-        key = y.double() + torch.rand(len(y), dtype=torch.float64)
+        key = y.float() + torch.rand(len(y))
         perms.append(torch.argsort(key))
     for pi in perms:
         assert torch.equal(y[pi], y)

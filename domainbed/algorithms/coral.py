@@ -62,10 +62,9 @@ def gaussian_mmd(z_i, z_j):
 
 
 class FeatureMatching(ERM):
-    """ERM plus `mmd_gamma` times `penalty(features)`; subclasses set `distance` and may
-    redefine which samples `penalty` compares (default: every pair of domains, averaged)."""
-
-    distance = staticmethod(coral_distance)
+    """ERM plus `mmd_gamma` times `penalty(features)`; subclasses set `distance` (a staticmethod
+    of two feature matrices) and may redefine which samples `penalty` compares (here: every pair
+    of domains, averaged)."""
 
     def penalty(self, features):
         pairs = list(itertools.combinations(features, 2))

@@ -46,7 +46,7 @@ def projection(width: int) -> nn.Module:
 
 def within_class_permutation(y):
     """Indices pi with y[pi] == y and pi uniformly random inside each class, for y sorted."""
-    keys = y.to(torch.float64) + torch.rand(len(y), dtype=torch.float64).to(y.device)
+    keys = y.float() + torch.rand(len(y), device=y.device)
     return torch.argsort(keys)
 
 
