@@ -194,3 +194,55 @@ def _mixstyle(_hparam, dataset):
     # SWAD's resnet*_mixstyle_L234_p0d5_a0d1; see domainbed/algorithms/mixstyle.py
     _hparam("mixstyle_p", 0.5, lambda r: 0.5)
     _hparam("mixstyle_alpha", 0.1, lambda r: float(r.choice([0.1, 0.2, 0.3])))
+
+
+# --- DomainBed baselines (MMD ... CausIRL) ---
+# DomainBed's own names, defaults and random-search ranges (facebookresearch/DomainBed,
+# hparams_registry.py); see domainbed/algorithms/{mmd,causirl,sd,iga,and_mask,selfreg,eqrm,fish,fishr}.py.
+# SelfReg has no hparams of its own.
+
+
+@_algorithm_hparams("MMD", "CausIRL_CORAL", "CausIRL_MMD")
+def _feature_matching(_hparam, dataset):
+    _hparam("mmd_gamma", 1.0, lambda r: float(10 ** r.uniform(-1, 1)))
+
+
+@_algorithm_hparams("SD")
+def _sd(_hparam, dataset):
+    _hparam("sd_reg", 0.1, lambda r: float(10 ** r.uniform(-5, -1)))
+
+
+@_algorithm_hparams("IGA")
+def _iga(_hparam, dataset):
+    _hparam("penalty", 1000, lambda r: float(10 ** r.uniform(1, 5)))
+
+
+@_algorithm_hparams("ANDMask")
+def _and_mask(_hparam, dataset):
+    _hparam("tau", 1, lambda r: float(r.uniform(0.5, 1.0)))
+
+
+@_algorithm_hparams("SANDMask")
+def _sand_mask(_hparam, dataset):
+    _hparam("tau", 1.0, lambda r: float(r.uniform(0.0, 1.0)))
+    _hparam("k", 1e1, lambda r: float(10 ** r.uniform(-3, 5)))
+
+
+@_algorithm_hparams("EQRM")
+def _eqrm(_hparam, dataset):
+    _hparam("eqrm_quantile", 0.75, lambda r: float(r.uniform(0.5, 0.99)))
+    # a float draw, as DomainBed's: see the exact-equality reset quirk in eqrm.py
+    _hparam("eqrm_burnin_iters", 2500, lambda r: float(10 ** r.uniform(2.5, 3.5)))
+    _hparam("eqrm_lr", 1e-6, lambda r: float(10 ** r.uniform(-7, -5)))
+
+
+@_algorithm_hparams("Fish")
+def _fish(_hparam, dataset):
+    _hparam("meta_lr", 0.5, lambda r: float(r.choice([0.05, 0.1, 0.5])))
+
+
+@_algorithm_hparams("Fishr")
+def _fishr(_hparam, dataset):
+    _hparam("lambda", 1000.0, lambda r: float(10 ** r.uniform(1.0, 4.0)))
+    _hparam("penalty_anneal_iters", 1500, lambda r: int(r.uniform(0.0, 5000.0)))
+    _hparam("ema", 0.95, lambda r: float(r.uniform(0.90, 0.99)))

@@ -1,15 +1,24 @@
-"""Deep CORAL (Sun & Saenko, ECCV-W 2016) as DomainBed runs it: ERM plus a penalty that aligns
-the first and second moments of the features of every pair of training domains.
+"""Feature-distribution matching between domains, and Deep CORAL on it.
 
-For features z_i of domain i (n_i x d), mean mu_i and unbiased covariance C_i:
+One penalty implementation serves four methods: CORAL and MMD (here and in `mmd.py`) match the
+features of every pair of training domains, CausIRL_CORAL and CausIRL_MMD (`causirl.py`) match
+two random halves of the pooled minibatch. They differ only in the distance `d` between two
+samples of features and in which samples are compared:
 
-    penalty = mean over pairs i < j of  mean_k (mu_i - mu_j)_k^2 + mean_kl (C_i - C_j)_kl^2
-    loss    = mean_i CE(classifier(z_i), y_i) + mmd_gamma * penalty
+    loss = mean_i CE(classifier(z_i), y_i) + mmd_gamma * penalty(z_1, ..., z_m)
 
-This is DomainBed's `CORAL` (its `AbstractMMD` with the "mean_cov" kernel), also the baseline
-QT-DoG combines with quantization. As in DomainBed each domain's minibatch goes through the
-featurizer on its own, so BatchNorm layers that do train see per-domain statistics, and the
-reported `loss` is the classification term alone (the penalty is reported beside it).
+`coral_distance` (DomainBed's "mean_cov" kernel): for features z (n x d) with mean mu and
+unbiased covariance C,  d(z, z') = mean_k (mu - mu')_k^2 + mean_kl (C - C')_kl^2.
+
+`gaussian_mmd` (DomainBed's "gaussian" kernel): the biased estimate of the squared MMD with the
+sum of seven RBF kernels k(a, b) = sum_g exp(-g ||a - b||^2), g in 1e-3 ... 1e3,
+d(z, z') = mean K(z, z) + mean K(z', z') - 2 mean K(z, z').
+
+Deep CORAL: Sun & Saenko, "Deep CORAL: Correlation Alignment for Deep Domain Adaptation",
+ECCV-W 2016, as DomainBed's `CORAL` (its `AbstractMMD`), also the baseline QT-DoG combines with
+quantization. As in DomainBed each domain's minibatch goes through the featurizer on its own, so
+BatchNorm layers that do train see per-domain statistics, and the reported `loss` is the
+classification term alone (the penalty is reported beside it).
 
 Differences from DomainBed's code: none in the computation; the update returns the penalty as a
 python float even when there is a single training domain (DomainBed returns the int 0 there).
@@ -23,6 +32,8 @@ import torch.nn.functional as F
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 
+RBF_GAMMAS = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
+
 
 def coral_distance(z_i, z_j):
     """mean squared difference of the means plus that of the (unbiased) covariances."""
@@ -33,16 +44,47 @@ def coral_distance(z_i, z_j):
     return (mu_i - mu_j).pow(2).mean() + (cov_i - cov_j).pow(2).mean()
 
 
-@register_algorithm("CORAL")
-class CORAL(ERM):
+def _squared_distances(a, b):
+    # ||a||^2 + ||b||^2 - 2 a.b, floored at 1e-30 as DomainBed's `my_cdist` (the floor, not an
+    # exact zero, is what the diagonal of K(z, z) back-propagates through)
+    sq = a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1, keepdim=True).t() - 2 * a @ b.t()
+    return sq.clamp_min(1e-30)
+
+
+def _rbf_sum(a, b):
+    d2 = _squared_distances(a, b)
+    return sum(torch.exp(-gamma * d2) for gamma in RBF_GAMMAS)
+
+
+def gaussian_mmd(z_i, z_j):
+    """biased squared MMD under the sum of RBF kernels of bandwidths `RBF_GAMMAS`."""
+    return _rbf_sum(z_i, z_i).mean() + _rbf_sum(z_j, z_j).mean() - 2 * _rbf_sum(z_i, z_j).mean()
+
+
+class FeatureMatching(ERM):
+    """ERM plus `mmd_gamma` times `penalty(features)`; subclasses set `distance` (a staticmethod
+    of two feature matrices) and may redefine which samples `penalty` compares (here: every pair
+    of domains, averaged)."""
+
+    def penalty(self, features):
+        pairs = list(itertools.combinations(features, 2))
+        if not pairs:
+            return features[0].new_zeros(())
+        return sum(self.distance(z_i, z_j) for z_i, z_j in pairs) / len(pairs)
+
     def update(self, minibatches):
         features = [self.featurizer(x) for x, _ in minibatches]
         objective = sum(F.cross_entropy(self.classifier(z), y) for z, (_, y) in zip(features, minibatches))
         objective = objective / len(minibatches)
-        pairs = list(itertools.combinations(features, 2))
-        penalty = sum(coral_distance(z_i, z_j) for z_i, z_j in pairs) / max(1, len(pairs))
+        penalty = self.penalty(features)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(objective + self.hparams["mmd_gamma"] * penalty)
         self.optimizer_step(self.optimizer)
-        return {"loss": objective.item(), "penalty": float(penalty.detach()) if torch.is_tensor(penalty) else 0.0}
+        loss, penalty = torch.stack([objective.detach(), penalty.detach().to(objective.dtype)]).tolist()
+        return {"loss": loss, "penalty": penalty}
+
+
+@register_algorithm("CORAL")
+class CORAL(FeatureMatching):
+    distance = staticmethod(coral_distance)

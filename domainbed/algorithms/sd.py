@@ -1,0 +1,30 @@
+"""Spectral decoupling: Pezeshki et al., "Gradient Starvation: A Learning Proclivity in Neural
+Networks", NeurIPS 2021, equation 25, as DomainBed's `SD`: ERM plus an L2 penalty on the logits
+y_hat of the pooled minibatch,
+
+    loss = CE(y_hat, y) + sd_reg * mean(y_hat ** 2)
+
+Differences from DomainBed's code: none.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from domainbed.algorithms.erm import ERM
+from domainbed.algorithms.registry import register_algorithm
+
+
+@register_algorithm("SD")
+class SD(ERM):
+    def update(self, minibatches):
+        all_x = torch.cat([x for x, _ in minibatches])
+        all_y = torch.cat([y for _, y in minibatches])
+        y_hat = self.predict(all_x)
+        loss = F.cross_entropy(y_hat, all_y)
+        penalty = y_hat.pow(2).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss + self.hparams["sd_reg"] * penalty)
+        self.optimizer_step(self.optimizer)
+        loss, penalty = torch.stack([loss.detach(), penalty.detach().to(loss.dtype)]).tolist()
+        return {"loss": loss, "penalty": penalty}
