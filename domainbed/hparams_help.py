@@ -75,7 +75,22 @@ DESCRIPTIONS = {
     "skip_bad_images": "drop images that cannot be decoded (counted) instead of stopping with an error",
 }
 
+DESCRIPTIONS.update({
+    # DomainBed baselines (hparams_registry, "DomainBed baselines")
+    "sd_reg": "SD: weight of the squared-logits penalty (spectral decoupling)",
+    "penalty": "IGA: weight of the variance of the domains' gradients",
+    "tau": "AND-mask / SAND-mask: agreement threshold of the gradient signs",
+    "k": "SAND-mask: steepness of the smooth agreement mask",
+    "eqrm_quantile": "EQRM: the quantile of the per-domain risks that is minimised",
+    "eqrm_burnin_iters": "EQRM: steps of plain ERM before the quantile risk (then the optimizer restarts)",
+    "eqrm_lr": "EQRM: learning rate after the burn-in",
+    "meta_lr": "Fish: step size of the meta update towards the inner loop's weights",
+    "ema": "Fishr: moving-average factor of the per-domain gradient variances",
+    "penalty_anneal_iters": "steps before the penalty weight switches from 1 to its full value",
+})
+
 PER_ALGORITHM = {
+    ("Fishr", "lambda"): "Fishr: weight of the distance between the domains' gradient variances",
     ("SAGM_DG", "alpha"): "weight of SAGM's gradient-alignment term (perturbed minus clean loss gradient)",
     ("GSAM", "alpha"): "weight of GSAM's surrogate-gap step, orthogonal to the loss gradient",
     ("GradSurgery", "alpha"): "outlier rule: an outlier gradient becomes alpha * g_d + (1 - alpha) * mean",

@@ -214,12 +214,12 @@ def _sd(_hparam, dataset):
 
 @_algorithm_hparams("IGA")
 def _iga(_hparam, dataset):
-    _hparam("penalty", 1000, lambda r: float(10 ** r.uniform(1, 5)))
+    _hparam("penalty", 1000.0, lambda r: float(10 ** r.uniform(1, 5)))  # DomainBed: int 1000; float so --penalty 1e3 parses
 
 
 @_algorithm_hparams("ANDMask")
 def _and_mask(_hparam, dataset):
-    _hparam("tau", 1, lambda r: float(r.uniform(0.5, 1.0)))
+    _hparam("tau", 1.0, lambda r: float(r.uniform(0.5, 1.0)))  # DomainBed: int 1
 
 
 @_algorithm_hparams("SANDMask")

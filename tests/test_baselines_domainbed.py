@@ -21,7 +21,7 @@ INPUT = (8,)
 def make(name, **overrides):
     """The method on an MLP featurizer, with first-step-exact SGD (lr 0.1, no weight decay)."""
     hparams = hparams_registry.default_hparams(name, "Synthetic")
-    hparams.update(mlp_width=16, mlp_depth=3, mlp_dropout=0.0, optimizer="sgd", lr=LR, weight_decay=0.0)
+    hparams.update(mlp_width=16, mlp_depth=3, mlp_dropout=0.0, optimizer="sgd", momentum=0.9, lr=LR, weight_decay=0.0)
     hparams.update(overrides)
     torch.manual_seed(0)
     return algorithms.get_algorithm_class(name)(INPUT, N_CLASSES, N_DOMAINS, hparams)
