@@ -62,8 +62,9 @@ class Algorithm(nn.Module):
         `step_size` Parameter per layer; the trainer hands those to
         `add_parameters_to_optimizers`, which puts each into the param group of its layer's
         weight. Nothing else changes, but a swapped layer is a new module object: a method that
-        keeps references to, or hooks on, individual Conv2d/Linear layers loses them; hooks go
-        on stages (the featurizer's `mask_sites()` / `style_sites()`), which are never swapped.
+        keeps references to, or hooks on, individual Conv2d/Linear layers loses them, so hooks
+        go on containers (ResNet stages from `mask_sites()` / `style_sites()`). Known limit:
+        DMG's masks on AlexNet's fc6/fc7 are hooks on Linear layers, lost under `--q_linear`.
 
     A method that needs something else from the trainer gets a new hook here, with a default
     that keeps every existing method as it is.
