@@ -196,6 +196,68 @@ def _mixstyle(_hparam, dataset):
     _hparam("mixstyle_alpha", 0.1, lambda r: float(r.choice([0.1, 0.2, 0.3])))
 
 
+# --- SWAD-harness baselines (IRM ... Mixstyle2) ---
+# DomainBed's names, defaults and random-search ranges (facebookresearch/DomainBed,
+# hparams_registry.py); SWAD's own where it differs (khanrc/swad). See docs/methods_baselines_swad.md.
+
+
+@_algorithm_hparams("IRM")
+def _irm(_hparam, dataset):
+    _hparam("irm_lambda", 1e2, lambda r: float(10 ** r.uniform(-1, 5)))
+    _hparam("irm_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)))
+
+
+@_algorithm_hparams("VREx")
+def _vrex(_hparam, dataset):
+    _hparam("vrex_lambda", 1e1, lambda r: float(10 ** r.uniform(-1, 5)))
+    _hparam("vrex_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)))
+
+
+@_algorithm_hparams("GroupDRO")
+def _group_dro(_hparam, dataset):
+    _hparam("groupdro_eta", 1e-2, lambda r: float(10 ** r.uniform(-3, -1)))
+
+
+@_algorithm_hparams("Mixup", "OrgMixup")
+def _mixup(_hparam, dataset):
+    _hparam("mixup_alpha", 0.2, lambda r: float(10 ** r.uniform(-1, 1)))
+
+
+@_algorithm_hparams("CutMix")
+def _cutmix(_hparam, dataset):
+    # SWAD's fixed values (DomainBed has no CutMix)
+    _hparam("beta", 1.0, lambda r: 1.0)
+    _hparam("cutmix_prob", 1.0, lambda r: 1.0)
+
+
+@_algorithm_hparams("MLDG")
+def _mldg(_hparam, dataset):
+    _hparam("mldg_beta", 1.0, lambda r: float(10 ** r.uniform(-1, 1)))
+
+
+@_algorithm_hparams("DANN", "CDANN")
+def _dann(_hparam, dataset):
+    _hparam("lambda", 1.0, lambda r: float(10 ** r.uniform(-2, 2)))
+    _hparam("weight_decay_d", 0.0, lambda r: float(10 ** r.uniform(-6, -2)))
+    _hparam("d_steps_per_g_step", 1, lambda r: int(2 ** r.uniform(0, 3)))
+    _hparam("grad_penalty", 0.0, lambda r: float(10 ** r.uniform(-2, 1)))
+    _hparam("beta1", 0.5, lambda r: float(r.choice([0.0, 0.5])))
+    if dataset in SMALL_IMAGES:
+        _hparam("lr_g", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)))
+        _hparam("lr_d", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)))
+        _hparam("weight_decay_g", 0.0, lambda r: 0.0)
+    else:
+        _hparam("lr_g", 5e-5, lambda r: float(10 ** r.uniform(-5, -3.5)))
+        _hparam("lr_d", 5e-5, lambda r: float(10 ** r.uniform(-5, -3.5)))
+        _hparam("weight_decay_g", 0.0, lambda r: float(10 ** r.uniform(-6, -2)))
+
+
+@_algorithm_hparams("MTL")
+def _mtl(_hparam, dataset):
+    _hparam("mtl_ema", 0.99, lambda r: float(r.choice([0.5, 0.9, 0.99, 1.0])))
+    _hparam("mtl_noise_quirk", False, lambda r: False)
+
+
 # --- DomainBed baselines (MMD ... CausIRL) ---
 # DomainBed's own names, defaults and random-search ranges (facebookresearch/DomainBed,
 # hparams_registry.py); see domainbed/algorithms/{mmd,causirl,sd,iga,and_mask,selfreg,eqrm,fish,fishr}.py.

@@ -11,10 +11,11 @@ through two hooks of `Algorithm` (algorithms/base.py): `self.backward(loss)` and
 `self.optimizer_step(optimizer)`, plain `loss.backward()` and `optimizer.step()` unless
 fp16 is on, when they are torch.amp.GradScaler's `scale(loss).backward()` and `step(optimizer)`
 (which unscales, and skips the step when a gradient is inf or nan). The scale is updated once
-per training step, after `update`. A method that back-propagates or steps without the hooks
-(the SAM family, whose second half-step needs the unscaled gradient of the first) cannot be
-scaled generically: under fp16 its first step raises a UsageError pointing to bf16, which has
-the range of float32 and needs no scaling.
+per training step, after `update`. A method that needs the true gradient before stepping (the
+SAM family's perturbation is computed from the first gradient) calls
+`self.unscale_gradients(optimizer)` (GradScaler.unscale_), which says whether that gradient is
+finite. Every registered method goes through these hooks (tests/test_contract.py); a method
+that calls `backward()` or `step()` directly is refused under fp16 with a UsageError.
 """
 
 import contextlib
@@ -54,6 +55,16 @@ class LossScaler:
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         self.scaler.step(optimizer)
         self.steps += 1
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> bool:
+        """GradScaler.unscale_(optimizer), then whether every gradient it holds is finite. A step
+        abandoned on False counts as a (skipped) step."""
+        self.scaler.unscale_(optimizer)
+        self.steps += 1
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 class Precision:

@@ -92,7 +92,7 @@ def test_fp16_scales_the_loss_and_skips_steps_with_inf_gradients():
 
 
 class _DirectBackward(Algorithm):
-    """A method that steps without the hooks, as the SAM family does."""
+    """A method that steps without the hooks."""
 
     def __init__(self):
         super().__init__((4,), 2, 1, {})
@@ -121,15 +121,32 @@ def test_fp16_refuses_methods_that_bypass_the_hooks():
             algorithm.update([(torch.randn(3, 4), torch.tensor([0, 1, 0]))])
 
 
-def test_fp16_is_a_clear_error_for_sam():
-    if "SAM" not in algorithms.ALGORITHMS:
-        pytest.skip("SAM is not registered in this checkout")
-    algorithm = _build("SAM")
+@pytest.mark.parametrize("name", ["SAM", "GSAM", "SAGM_DG"])
+def test_sam_family_under_fp16_perturbs_with_the_unscaled_gradient_and_skips_on_inf(name):
+    algorithm = _build(name)
     precision = Precision("fp16", "cpu")
     precision.attach(algorithm)
-    with pytest.raises(UsageError, match="SAM.update calls backward.*bf16"):
-        with precision.training_step(algorithm):
-            algorithm.update(_minibatches())
+    scaler = precision.loss_scaler.scaler
+    initial_scale = scaler.get_scale()
+    reference = _build(name)
+    reference.load_state_dict(algorithm.state_dict())
+    reference.optimizer.load_state_dict(algorithm.optimizer.state_dict())
+    with precision.training_step(algorithm):
+        algorithm.update(_minibatches())
+    reference.update(_minibatches())
+    # SAGM's alpha term and GSAM's combination would see g 65536 times too large if not unscaled
+    for p, q in zip(algorithm.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
+    assert scaler.get_scale() == initial_scale
+
+    frozen = [p.detach().clone() for p in algorithm.parameters()]
+    minibatches = _minibatches(2)
+    minibatches[0][0][0, 0] = float("inf")
+    with precision.training_step(algorithm):
+        algorithm.update(minibatches)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, algorithm.parameters()))
+    assert scaler.get_scale() == initial_scale / 2
+    assert not algorithm.perturbation.state  # no half-step left behind
 
 
 def test_bf16_on_a_cpu_without_bf16_units_warns():
@@ -146,8 +163,6 @@ def test_unknown_precision_names_the_valid_ones():
 
 @pytest.mark.parametrize("name", ["SAM", "SAGM_DG"])
 def test_sam_family_state_stays_float32_under_bf16(name, monkeypatch):
-    if name not in algorithms.ALGORITHMS:
-        pytest.skip(f"{name} is not registered in this checkout")
     algorithm = _build(name)
     precision = Precision("bf16", "cpu")
     precision.attach(algorithm)

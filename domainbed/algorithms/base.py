@@ -13,18 +13,61 @@ from domainbed.optim import get_optimizer
 
 
 class Algorithm(nn.Module):
-    """A domain-generalization method, as DomainBed defines it.
+    """A domain-generalization method, as DomainBed defines it. This docstring is the contract
+    every registered method keeps; tests/test_contract.py runs every name in `ALGORITHMS`
+    through it.
 
-    Args:
-        input_shape: shape of one input, e.g. (3, 224, 224), (2, 28, 28) or (16,).
-        num_classes: number of classes.
-        num_domains: number of training domains; `update` receives one minibatch per domain.
-        hparams: a plain dict of hyperparameters (see `domainbed.hparams_registry`).
+    Construction: `Algorithm(input_shape, num_classes, num_domains, hparams)`. `input_shape` is
+    one input's shape ((16,): MLP, (C, 28, 28): MNIST CNN, larger images: `hparams["backbone"]`),
+    `num_domains` the number of training domains, `hparams` a plain dict (hparams_registry).
+    Methods with a featurizer and a head expose `featurizer`, `classifier` and `network`.
 
-    Resumable runs (domainbed/checkpoint.py) save the state dict, every optimizer of
-    `optimizers()` and the RNG states, and set `step` through `on_step_begin`. Any other state
-    that changes during training (a counter, a scheduler, a memory bank that is not a buffer)
-    belongs in `nn.Module.get_extra_state()` / `set_extra_state()`, which the state dict carries.
+    update(minibatches) -> dict
+        One training step. `minibatches` is a list of (x, y), one pair per training domain, in
+        environment order (all on the algorithm's device). Returns python floats, at least
+        `loss`, all finite for finite inputs. The step changes trainable parameters (fp16 may
+        skip a step whose gradients are inf or nan, as GradScaler does).
+
+    predict(x, env=None) -> logits
+        `env` is a training domain's index (its position in `update`'s list) for in-domain
+        validation; None for an unseen domain. In eval mode, predict is a deterministic function
+        of the parameters, buffers and x (no sampling, no state change).
+
+    optimizers() -> {name: torch.optim.Optimizer}
+        Every optimizer `update` steps. Every trainable parameter of the module is in exactly one
+        of them (one param group), so checkpoints, quantization and averaging see them all.
+
+    State round trip
+        `load_state_dict(state_dict(), strict=True)` plus each optimizer's `load_state_dict`
+        on a fresh instance built with the same arguments continues bit-identically for the same
+        minibatches and RNG state. Counters, schedules and memory banks that change in training
+        are buffers or go through `get_extra_state()` / `set_extra_state()`; `step` and
+        `n_steps` are set by the trainer through `on_step_begin`. Resumable runs
+        (domainbed/checkpoint.py) save exactly this plus the RNG states.
+
+    Precision (domainbed/precision.py)
+        The trainer runs `update` and evaluation inside `torch.autocast` (bf16 or fp16), so every
+        forward pass is autocast with no work from the method; parameters and optimizer state stay
+        float32. Every backward goes through `self.backward(loss)` and every optimizer step through
+        `self.optimizer_step(optimizer)`: plain calls under fp32/bf16, GradScaler's scaled
+        backward and unscale-then-step (skipped on inf/nan) under fp16. A method that needs the
+        true gradient between backward and step (the SAM family's perturbation) calls
+        `self.unscale_gradients(optimizer)` first, which returns False when a gradient is inf or
+        nan. `torch.autograd.grad` on a loss inside `update` (penalties on gradients) is not
+        scaled; such methods keep the gradient graph in the autocast dtype's range themselves.
+
+    Quantization (domainbed/quant/swap.py)
+        `quantize_model` may swap Conv2d/Linear modules in place for quantized ones that keep the
+        same weight and bias Parameters (same identity, same optimizer entries) and add a
+        `step_size` Parameter per layer; the trainer hands those to
+        `add_parameters_to_optimizers`, which puts each into the param group of its layer's
+        weight. Nothing else changes, but a swapped layer is a new module object: a method that
+        keeps references to, or hooks on, individual Conv2d/Linear layers loses them, so hooks
+        go on containers (ResNet stages from `mask_sites()` / `style_sites()`). Known limit:
+        DMG's masks on AlexNet's fc6/fc7 are hooks on Linear layers, lost under `--q_linear`.
+
+    A method that needs something else from the trainer gets a new hook here, with a default
+    that keeps every existing method as it is.
     """
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
@@ -66,6 +109,14 @@ class Algorithm(nn.Module):
             loss.backward()
         else:
             self.loss_scaler.backward(loss)
+
+    def unscale_gradients(self, optimizer) -> bool:
+        """Make the `.grad` of `optimizer`'s parameters the true gradients now (under fp16 they
+        are divided by the loss scale, GradScaler.unscale_; at most once per optimizer and step)
+        and say whether they are all finite. Plain True, with no work, under fp32 and bf16."""
+        if self.loss_scaler is None:
+            return True
+        return self.loss_scaler.unscale(optimizer)
 
     def optimizer_step(self, optimizer) -> None:
         """`optimizer.step()`; under fp16 the gradients are unscaled first and the step is

@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError, unknown_choice
-from domainbed.networks.resnet import ResNet
 
 HEAD = "fc"
 MASK_INITS = ("random_uniform", "scalar")
@@ -60,13 +59,9 @@ SMOOTH = 1e-6  # official supermasks.SMOOTH
 
 
 def backbone_sites(featurizer) -> dict:
-    """name -> (module whose input can be masked, width of that input) inside `featurizer`."""
-    if hasattr(featurizer, "mask_sites"):
-        return featurizer.mask_sites()
-    if isinstance(featurizer, ResNet):
-        net = featurizer.network
-        return {name: (getattr(net, name), getattr(net, name)[0].conv1.in_channels) for name in ("layer3", "layer4")}
-    return {}
+    """name -> (module whose input can be masked, width of that input) inside `featurizer`,
+    from its `mask_sites()` (domainbed/networks/registry.py); none: only `fc` can be masked."""
+    return featurizer.mask_sites() if hasattr(featurizer, "mask_sites") else {}
 
 
 def _mean_pair_iou(p):
@@ -211,9 +206,9 @@ class DMG(ERM):
         loss = ce + self.hparams["overlap_lambda"] * overlap + self.hparams["sparsity_lambda"] * sparsity
         self.optimizer.zero_grad(set_to_none=True)
         self.mask_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.mask_optimizer.step()
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
+        self.optimizer_step(self.mask_optimizer)
         values = torch.stack([loss, ce, overlap, sparsity]).detach().tolist()
         return dict(zip(("loss", "ce", "overlap", "sparsity"), values))
 

@@ -279,7 +279,10 @@ class GradSurgery(ERM):
 
     def update(self, minibatches):
         losses, surgered, summed = self.domain_gradients(minibatches)
-        with torch.no_grad():
+        # the surgery's dot products are float32 arithmetic on gradients: under the trainer's
+        # autocast, einsum would run in fp16 (overflowing on loss-scaled gradients) or bf16
+        device_type = self.surgered[0].device.type if self.surgered else "cpu"
+        with torch.no_grad(), torch.autocast(device_type, enabled=False):
             final, conflict_rate = gradient_surgery(surgered, self.n_parts, self.alpha, self.use_alpha, self.layout())
             final += [torch.stack(grads).sum(0) for grads in zip(*summed)]
         for p, g in zip(self.surgered + self.summed, final):

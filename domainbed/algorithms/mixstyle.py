@@ -30,8 +30,6 @@ import torch.nn as nn
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError
-from domainbed.networks.mnist_cnn import MNIST_CNN
-from domainbed.networks.resnet import ResNet
 
 
 class MixStyle(nn.Module):
@@ -62,14 +60,12 @@ class MixStyle(nn.Module):
 
 
 def mixstyle_sites(featurizer) -> list:
-    """The modules MixStyle follows: ResNet's layer1-3, or the MNIST CNN's first three blocks."""
-    if isinstance(featurizer, ResNet):
-        net = featurizer.network
-        return [net.layer1, net.layer2, net.layer3]
-    if isinstance(featurizer, MNIST_CNN):
-        return [featurizer.bn0, featurizer.bn1, featurizer.bn2]
-    raise UsageError(f"Mixstyle needs a ResNet backbone (resnet18/34/50/101) or 28x28 inputs, "
-                     f"not {type(featurizer).__name__}")
+    """The modules MixStyle follows: the featurizer's `style_sites()` (ResNet's layer1-3, the
+    MNIST CNN's first three blocks; domainbed/networks/registry.py)."""
+    if not hasattr(featurizer, "style_sites"):
+        raise UsageError(f"Mixstyle needs a ResNet backbone (resnet18/34/50/101) or 28x28 inputs (a featurizer "
+                         f"with style_sites()), not {type(featurizer).__name__}")
+    return featurizer.style_sites()
 
 
 @register_algorithm("Mixstyle")

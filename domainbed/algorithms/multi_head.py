@@ -63,8 +63,8 @@ class MultiHead(Algorithm):
         logits = torch.cat([self.classifier(f, env=d) for d, f in enumerate(features)])
         loss = F.cross_entropy(logits, all_y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
         return {"loss": loss.item()}
 
     def predict(self, x, env=None):

@@ -157,8 +157,8 @@ class RSC(ERM):
         else:
             loss, stats = self._official_loss(all_x, all_y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
         values = torch.stack([loss.detach(), *stats.values()]).tolist()
         return dict(zip(["loss", *stats], values))
 

@@ -42,12 +42,18 @@ class SAM(ERM):
 
         loss = F.cross_entropy(self.predict(all_x), all_y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
+        # e is computed from g: under fp16 it must be the true gradient, and a step whose g
+        # overflowed is skipped before w moves (GradScaler then lowers the scale)
+        if not self.unscale_gradients(self.perturbation):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": loss.item()}
         self.perturbation.first_step(zero_grad=True)
 
         with optim.frozen_running_stats(self.network):
-            F.cross_entropy(self.predict(all_x), all_y).backward()
-        self.perturbation.second_step(zero_grad=True)
+            self.backward(F.cross_entropy(self.predict(all_x), all_y))
+        self.unscale_gradients(self.optimizer)  # g_p; an inf/nan here skips the base step
+        self.perturbation.second_step(zero_grad=True, base_step=self.optimizer_step)
 
         return {"loss": loss.item()}
 

@@ -31,6 +31,10 @@ class MNIST_CNN(nn.Module):
         x = self.bn2(F.relu(self.conv3(x)))
         return self.bn3(F.relu(self.conv4(x)))
 
+    def style_sites(self) -> list:
+        """The first three blocks' normalisations, after which MixStyle mixes statistics."""
+        return [self.bn0, self.bn1, self.bn2]
+
     def pool(self, z):
         return self.avgpool(z).flatten(1)
 

@@ -4,6 +4,15 @@ A builder takes `(input_shape, hparams)` and returns a featurizer module with `n
 (features per sample). Featurizers with a spatial map also offer `feature_map(x)` (the last map
 before global pooling) and `pool(z)` (pooling, flattening and dropout), with
 `forward(x) == pool(feature_map(x))`.
+
+What algorithms may ask a featurizer, instead of testing its class (each method optional; an
+algorithm that needs one a backbone lacks raises a UsageError):
+
+- `feature_map(x)`, `pool(z)`: as above (RSC).
+- `mask_sites()`: {name: (module, width)}, the modules whose input DMG may mask per unit
+  (channel for maps), with that input's width.
+- `style_sites()`: [module, ...], the modules after whose output feature statistics may be
+  mixed (MixStyle: ResNet's layer1-3, the MNIST CNN's first three blocks).
 """
 
 from domainbed.registry import Registry

@@ -45,6 +45,15 @@ class ResNet(nn.Module):
     def forward(self, x):
         return self.pool(self.feature_map(x))
 
+    def mask_sites(self) -> dict:
+        """layer3 and layer4, whose input channels DMG masks."""
+        net = self.network
+        return {name: (getattr(net, name), getattr(net, name)[0].conv1.in_channels) for name in ("layer3", "layer4")}
+
+    def style_sites(self) -> list:
+        """layer1-3, after which MixStyle mixes channel statistics (Zhou et al.'s placement)."""
+        return [self.network.layer1, self.network.layer2, self.network.layer3]
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_bn:

@@ -25,6 +25,11 @@ perturbed one with `frozen_running_stats`):
         criterion(model(x), y).backward()                  # g_p
     optimizer.second_step(zero_grad=True)                  # w <- w - e, then the base step
 
+Under fp16 loss scaling both gradients must be unscaled before use: the first before
+`first_step` (the perturbation depends on its norm), the second before `second_step`; the SAM
+algorithm does this through `Algorithm.unscale_gradients` and passes `optimizer_step` as
+`base_step`.
+
 or `optimizer.step(closure)` with a closure that zeroes the gradients, runs forward and
 backward and returns the loss. The wrapper shares `param_groups` with the base optimizer (an lr
 schedule on either moves both) and keeps g and e in float32 only between the two half-steps, so
@@ -133,8 +138,10 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """w <- w - e, then one base-optimizer step on combine(g, g_p), g_p being in `.grad`."""
+    def second_step(self, zero_grad: bool = False, base_step=None) -> None:
+        """w <- w - e, then one base-optimizer step on combine(g, g_p), g_p being in `.grad`.
+        `base_step(base_optimizer)` takes that step (default `base_optimizer.step()`); an
+        algorithm passes its `optimizer_step` so that fp16 loss scaling can skip it."""
         params = [p for group in self.param_groups for p in group["params"] if "e" in self.state.get(p, {})]
         for p in params:
             p.sub_(self.state[p]["e"].to(p.dtype))
@@ -146,7 +153,10 @@ class SAM(torch.optim.Optimizer):
             if direction is not p.grad:
                 p.grad.copy_(direction)
         self.state.clear()
-        self.base_optimizer.step()
+        if base_step is None:
+            self.base_optimizer.step()
+        else:
+            base_step(self.base_optimizer)
         if zero_grad:
             self.zero_grad(set_to_none=True)
 

@@ -1,0 +1,106 @@
+"""DANN and CDANN: domain-adversarial training.
+
+DANN: Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016. CDANN: Li et
+al., "Deep Domain Generalization via Conditional Invariant Adversarial Networks", ECCV 2018.
+A discriminator D predicts the domain d from the features z = f(x) (CDANN: from z + E[y], a
+learned class embedding, with each sample weighted by 1 / (n_classes * count of its class) in
+the batch). The steps alternate as DomainBed's: of every `d_steps_per_g_step` + 1 updates,
+`d_steps_per_g_step` minimise the discriminator loss
+
+    L_D = CE(D(z), d) + grad_penalty * mean_i ||grad_{z_i} sum CE(D(z), d)||^2
+
+over D (and E), and one minimises CE(h(z), y) - lambda * L_D over f and the head h.
+
+Departures from DomainBed's code (algorithms.AbstractDANN):
+- Reproduced: the alternation by an update counter (a buffer, so resumption keeps the phase;
+  with the default 1, odd-numbered updates, the first included, are generator steps), the two
+  Adam optimizers with betas (beta1, 0.9), lr_d / lr_g and weight_decay_d / weight_decay_g, and
+  the generator's loss including the gradient penalty term of L_D, as DomainBed's does.
+- Both optimizers are in `optimizers()` (checkpoints save and restore both).
+- Returned stats always include `loss`: the discriminator loss on a discriminator step, the
+  generator loss on a generator step (DomainBed returns `disc_loss` or `gen_loss`, also given).
+- Devices follow the inputs (DomainBed hard-codes none here, but builds labels with `.cuda()`
+  in older versions).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from domainbed import networks
+from domainbed.algorithms.base import Algorithm
+from domainbed.algorithms.registry import register_algorithm
+
+
+class AbstractDANN(Algorithm):
+    conditional = False
+    class_balance = False
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.register_buffer("update_count", torch.tensor([0]))
+        self.featurizer = networks.Featurizer(input_shape, hparams)
+        self.classifier = networks.Classifier(self.featurizer.n_outputs, num_classes, hparams["nonlinear_classifier"])
+        self.network = nn.Sequential(self.featurizer, self.classifier)
+        self.discriminator = networks.MLP(self.featurizer.n_outputs, num_domains, hparams)
+        self.class_embeddings = nn.Embedding(num_classes, self.featurizer.n_outputs)
+        betas = (hparams["beta1"], 0.9)
+        self.disc_optimizer = torch.optim.Adam(
+            [*self.discriminator.parameters(), *self.class_embeddings.parameters()],
+            lr=hparams["lr_d"], weight_decay=hparams["weight_decay_d"], betas=betas)
+        self.gen_optimizer = torch.optim.Adam(
+            [*self.featurizer.parameters(), *self.classifier.parameters()],
+            lr=hparams["lr_g"], weight_decay=hparams["weight_decay_g"], betas=betas)
+
+    def optimizers(self):
+        return {"disc_optimizer": self.disc_optimizer, "gen_optimizer": self.gen_optimizer}
+
+    def discriminator_loss(self, z, y, d):
+        disc_input = z + self.class_embeddings(y) if self.conditional else z
+        disc_out = self.discriminator(disc_input)
+        if self.class_balance:
+            counts = F.one_hot(y, self.num_classes).sum(0)
+            weights = 1.0 / (counts[y] * counts.shape[0]).float()
+            loss = (weights * F.cross_entropy(disc_out, d, reduction="none")).sum()
+        else:
+            loss = F.cross_entropy(disc_out, d)
+        (input_grad,) = torch.autograd.grad(F.cross_entropy(disc_out, d, reduction="sum"), [disc_input],
+                                            create_graph=True)
+        penalty = (input_grad ** 2).sum(dim=1).mean(dim=0)
+        return loss + self.hparams["grad_penalty"] * penalty
+
+    def update(self, minibatches):
+        self.update_count += 1
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        d = torch.cat([torch.full_like(y, i) for i, (_, y) in enumerate(minibatches)])
+        z = self.featurizer(x)
+        disc_loss = self.discriminator_loss(z, y, d)
+        k = self.hparams["d_steps_per_g_step"]
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        self.gen_optimizer.zero_grad(set_to_none=True)
+        if self.update_count.item() % (1 + k) < k:
+            self.backward(disc_loss)
+            self.optimizer_step(self.disc_optimizer)
+            return {"loss": disc_loss.item(), "disc_loss": disc_loss.item()}
+        gen_loss = F.cross_entropy(self.classifier(z), y) - self.hparams["lambda"] * disc_loss
+        self.backward(gen_loss)
+        self.optimizer_step(self.gen_optimizer)
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        return {"loss": gen_loss.item(), "gen_loss": gen_loss.item()}
+
+    def predict(self, x, env=None):
+        return self.network(x)
+
+
+@register_algorithm("DANN")
+class DANN(AbstractDANN):
+    """Unconditional: D sees z; every sample weighs the same."""
+
+
+@register_algorithm("CDANN")
+class CDANN(AbstractDANN):
+    """Conditional: D sees z + E[y]; samples weighted to balance the classes."""
+
+    conditional = True
+    class_balance = True

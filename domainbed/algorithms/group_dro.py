@@ -1,0 +1,37 @@
+"""GroupDRO (Sagawa, Koh, Hashimoto, Liang, "Distributionally Robust Neural Networks for Group
+Shifts", ICLR 2020), Algorithm 1 with domains as groups:
+
+    q_e <- q_e * exp(eta * R^e) ; q <- q / sum(q) ; loss = sum_e q_e * R^e
+
+with the risks R^e detached in the q update. Hparam `groupdro_eta` (1e-2), DomainBed's.
+
+Departures from DomainBed's code (algorithms.GroupDRO): q is a buffer of length
+`num_domains` created at construction (DomainBed creates it at the first update, so a state
+dict of a fresh model has an empty q and cannot be loaded strictly); ones, as DomainBed's, give
+the same first step.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from domainbed.algorithms.erm import ERM
+from domainbed.algorithms.registry import register_algorithm
+
+
+@register_algorithm("GroupDRO")
+class GroupDRO(ERM):
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.register_buffer("q", torch.ones(num_domains))
+
+    def update(self, minibatches):
+        # one forward per domain, as DomainBed (BatchNorm statistics per domain)
+        risks = torch.stack([F.cross_entropy(self.predict(x), y) for x, y in minibatches])
+        with torch.no_grad():
+            self.q.mul_(torch.exp(self.hparams["groupdro_eta"] * risks.float()))
+            self.q.div_(self.q.sum())
+        loss = torch.dot(risks.float(), self.q)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
+        return {"loss": loss.item()}

@@ -1,0 +1,82 @@
+"""IRM: Invariant Risk Minimization (Arjovsky, Bottou, Gulrajani, Lopez-Paz, 2019), IRMv1.
+
+    loss = mean_e R^e(w) + lambda_t * mean_e ||grad_{s | s=1} R^e(s * w)||^2
+
+with the squared gradient estimated without bias from two halves of each domain's batch:
+grad R^e(s * w) on the even samples times that on the odd samples (the paper's Section 3.2 /
+DomainBed's `_irm_penalty`). lambda_t is 1 for the first `irm_penalty_anneal_iters` updates and
+`irm_lambda` after.
+
+Departures from DomainBed's code (facebookresearch/DomainBed, algorithms.IRM):
+- Reproduced quirk: when the anneal ends (update number `irm_penalty_anneal_iters`) DomainBed
+  throws the Adam optimizer away and builds a new one, so the moments restart at the jump of
+  lambda; we clear the optimizer's state instead, which is the same step but keeps the param
+  groups (quantization's step sizes, a resumed optimizer) intact.
+- The dummy scale s lives on the logits' device (DomainBed hard-codes `.cuda()`).
+- The update counter is a buffer, as DomainBed's, so checkpoints resume it.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from domainbed.algorithms.erm import ERM
+from domainbed.algorithms.registry import register_algorithm
+
+
+def irm_penalty(logits, y):
+    """grad_s CE(s * logits[::2]) * grad_s CE(s * logits[1::2]) at s = 1 (differentiable)."""
+    s = torch.tensor(1.0, device=logits.device, requires_grad=True)
+    loss_even = F.cross_entropy(logits[::2] * s, y[::2])
+    loss_odd = F.cross_entropy(logits[1::2] * s, y[1::2])
+    (grad_even,) = torch.autograd.grad(loss_even, [s], create_graph=True)
+    (grad_odd,) = torch.autograd.grad(loss_odd, [s], create_graph=True)
+    return grad_even * grad_odd
+
+
+class PenaltyAnneal(ERM):
+    """ERM plus a penalty whose weight is 1 until `<prefix>_penalty_anneal_iters` updates, then
+    `<prefix>_lambda`, with DomainBed's optimizer reset at that update (IRM, VREx)."""
+
+    prefix = None
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.register_buffer("update_count", torch.tensor([0]))
+
+    def penalty_weight(self) -> float:
+        anneal = self.hparams[f"{self.prefix}_penalty_anneal_iters"]
+        return self.hparams[f"{self.prefix}_lambda"] if self.update_count.item() >= anneal else 1.0
+
+    def objective(self, minibatches, lambda_t):
+        """(loss, {name: 0-dim tensor}) for this step's penalty weight `lambda_t`."""
+        raise NotImplementedError
+
+    def update(self, minibatches):
+        lambda_t = self.penalty_weight()
+        loss, stats = self.objective(minibatches, lambda_t)
+        if self.update_count.item() == self.hparams[f"{self.prefix}_penalty_anneal_iters"]:
+            self.optimizer.state.clear()  # DomainBed's fresh Adam at the end of the anneal
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.optimizer_step(self.optimizer)
+        self.update_count += 1
+        values = torch.stack([loss.detach(), *[v.detach() for v in stats.values()]]).tolist()
+        return dict(zip(["loss", *stats], values))
+
+
+@register_algorithm("IRM")
+class IRM(PenaltyAnneal):
+    """Hparams: `irm_lambda` (1e2), `irm_penalty_anneal_iters` (500), DomainBed's."""
+
+    prefix = "irm"
+
+    def objective(self, minibatches, lambda_t):
+        all_logits = self.predict(torch.cat([x for x, _ in minibatches]))
+        nll, penalty, start = 0.0, 0.0, 0
+        for _, y in minibatches:
+            logits = all_logits[start:start + len(y)]
+            start += len(y)
+            nll = nll + F.cross_entropy(logits, y)
+            penalty = penalty + irm_penalty(logits, y)
+        nll, penalty = nll / len(minibatches), penalty / len(minibatches)
+        return nll + lambda_t * penalty, {"nll": nll, "penalty": penalty}
