@@ -69,9 +69,17 @@ def initial_step_size(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class _RoundStraightThrough(torch.autograd.Function):
+    # forward/setup_context split and a generated vmap rule so torch.func (Fishr's per-sample
+    # gradients) can run through quantized layers
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x):
+    def forward(x):
         return torch.round(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, grad):
@@ -79,10 +87,15 @@ class _RoundStraightThrough(torch.autograd.Function):
 
 
 class _ScaleGradient(torch.autograd.Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
+    def forward(x, scale):
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.scale = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
