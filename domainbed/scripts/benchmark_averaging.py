@@ -20,7 +20,8 @@ import sys
 import torch
 
 from domainbed.scripts.timing import fastest
-from domainbed import hparams_registry, swad
+from domainbed import hparams_registry
+from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.algorithms import get_algorithm_class
 from domainbed.trainer import resolve_device
 
@@ -61,12 +62,12 @@ def measure(backbone: str, image_size: int, batch_size: int, repeats: int, devic
     algorithm, input_shape = build(backbone, image_size, device)
     minibatches = [(torch.randn(batch_size, *input_shape, device=device),
                     torch.randint(0, 7, (batch_size,), device=device)) for _ in range(3)]
-    segment = swad.AveragedModel(algorithm)
+    segment = AveragedModel(algorithm)
     loop = SwadLoopAverage(algorithm, device)
     step = fastest(lambda: algorithm.update(minibatches), device, repeats)
     update = fastest(lambda: segment.update_parameters(algorithm, step=0), device, repeats)
     loop_update = fastest(lambda: loop.update(algorithm), device, repeats)
-    reset = fastest(lambda: swad.AveragedModel(algorithm), device, max(3, repeats // 4))
+    reset = fastest(lambda: AveragedModel(algorithm), device, max(3, repeats // 4))
     freeze = fastest(lambda: segment.frozen("cpu"), device, max(3, repeats // 4))
     with_optimizer = fastest(lambda: copy.deepcopy(algorithm), device, max(3, repeats // 4))
     return {
