@@ -1,8 +1,8 @@
 """One leave-domains-out fold: splits, loaders, the training loop, evaluation, records.
 
 The flow follows SWAD's trainer: every environment is split into `in` and `out` (holdout)
-parts seeded by `trial_seed`; the training domains' `in` parts feed one infinite loader each;
-every `checkpoint_freq` steps the evaluator measures every split and one record is appended
+parts seeded by `trial_seed`; the training domains' `in` parts feed the input pipeline
+(domainbed/data/pipeline.py: the classic DataLoaders or the gpu pipeline, one interface); every `checkpoint_freq` steps the evaluator measures every split and one record is appended
 to results.jsonl; the selection rows come from those records at the end. Run-level features
 (weight averaging, quantization) hook in as `Extension`s, never as branches here.
 """
@@ -67,7 +67,7 @@ class Fold:
 
     @property
     def name(self) -> str:
-        return "TE" + ",".join(map(str, self.settings.test_envs))
+        return checkpoint.fold_tag(self.settings.test_envs)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -155,6 +155,47 @@ def select(fold: Fold, extensions) -> dict:
     return rows
 
 
+def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_step: int, steps_per_epoch: float,
+                records_path: Path | None) -> None:
+    """The training loop from `start_step`: an update per step; at every checkpoint a record, its
+    line in results.jsonl, the `--model_save` snapshot and the resume checkpoint."""
+    interval = collections.defaultdict(list)
+    end_step = start_step if fold.stop else fold.settings.n_steps  # an extension stopped it before the crash
+    bar = tqdm(total=fold.settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
+               disable=None, leave=False)
+    for step in range(start_step, end_step):
+        start = time.perf_counter()
+        minibatches = next(fold.train_minibatches)
+        for extension in extensions:
+            extension.before_step(fold, step)
+        fold.algorithm.on_step_begin(step, fold.settings.n_steps)
+        with precision.training_step(fold.algorithm):
+            stats = fold.algorithm.update(list(minibatches))
+        for extension in extensions:
+            extension.after_step(fold, step)
+        for key, value in stats.items():
+            interval[key].append(value)
+        interval["step_time"].append(time.perf_counter() - start)
+        scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
+
+        if step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1:
+            record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch)
+            fold.records.append(record)
+            if records_path is not None:
+                append_record(records_path, record)
+            fold.log(f"[{fold.name}] " + _format_record(record))
+            save_model_snapshot(fold, step)
+            scalars.checkpoint(step, record)
+            checkpoints.save(fold, extensions, step)
+            if fold.stop:
+                fold.log(f"[{fold.name}] stopping early at step {step}")
+                break
+    bar.close()
+    scalars.close()
+
+
 def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path: Path | None = None):
     """Train and evaluate one fold; returns (selection rows, row rules, records, final model)."""
     # build
@@ -173,8 +214,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
                           settings.evalmode, make_loader=pipeline.eval_batches, autocast=precision.autocast)
     steps_per_epoch = min(len(split) / hparams["batch_size"] for split in train_splits)
     algorithm = build_algorithm(settings, dataset, len(train_splits), hparams, device, precision)
-    fold_name = "TE" + ",".join(map(str, settings.test_envs))
-    log(f"[{fold_name}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
+    log(f"[{checkpoint.fold_tag(settings.test_envs)}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
         f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {device}, "
         f"{pipeline.name} pipeline, {precision.name}")
     train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
@@ -190,41 +230,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         log(f"[{fold.name}] resumed after step {saved['step']} from {saved['path']}")
 
     # loop, evaluating at every checkpoint
-    interval = collections.defaultdict(list)
-    end_step = start_step if fold.stop else settings.n_steps  # an extension stopped it before the crash
-    bar = tqdm(total=settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
-               disable=None, leave=False)
-    for step in range(start_step, end_step):
-        start = time.perf_counter()
-        minibatches = next(fold.train_minibatches)
-        for extension in extensions:
-            extension.before_step(fold, step)
-        fold.algorithm.on_step_begin(step, settings.n_steps)
-        with precision.training_step(fold.algorithm):
-            stats = fold.algorithm.update(list(minibatches))
-        for extension in extensions:
-            extension.after_step(fold, step)
-        for key, value in stats.items():
-            interval[key].append(value)
-        interval["step_time"].append(time.perf_counter() - start)
-        scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
-
-        if step % settings.checkpoint_freq == 0 or step == settings.n_steps - 1:
-            record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch)
-            fold.records.append(record)
-            if records_path is not None:
-                append_record(records_path, record)
-            log(f"[{fold.name}] " + _format_record(record))
-            save_model_snapshot(fold, step)
-            scalars.checkpoint(step, record)
-            checkpoints.save(fold, extensions, step)
-            if fold.stop:
-                log(f"[{fold.name}] stopping early at step {step}")
-                break
-    bar.close()
-    scalars.close()
+    train_steps(fold, extensions, precision, checkpoints, scalars, start_step, steps_per_epoch, records_path)
 
     # select and save
     rows = select(fold, extensions)
