@@ -20,20 +20,11 @@ of (stream seed, t), see domainbed/data/sampling.py, so the resumed loaders star
 Only the newest checkpoint of a fold is kept, plus, with `keep_best`, the one of best
 training-domain validation accuracy. A finished fold leaves `OUT/resume/TE{envs}_done.json` with
 its selection rows (a resumed run skips it) and deletes its checkpoints but the best.
-
-`crash_point(name)` is a test hook: with DOMAINBED_TEST_CRASH_AT=name:n in the environment the
-process kills itself with SIGKILL the n-th time it passes that point: `step` (after an update),
-`eval` (after an evaluation, before its record), `record` (after a record was appended, before
-its checkpoint), `checkpoint` (a checkpoint written but not yet renamed into place), `finish`
-(a fold's final model saved, its finished-marker not yet written).
 """
 
-import collections
 import json
-import os
 import random
 import re
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -42,22 +33,10 @@ import torch
 from domainbed import misc, model_io
 from domainbed.errors import UsageError
 
-CRASH_ENV = "DOMAINBED_TEST_CRASH_AT"
 FORMAT = 1
 # Hparams that change speed, never results: a run may resume with other values.
 RESUMABLE_HPARAMS = {"num_workers"}
 
-_crash_counts = collections.Counter()
-
-
-def crash_point(name: str) -> None:
-    spec = os.environ.get(CRASH_ENV, "")
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _crash_counts[name] += 1
-    if _crash_counts[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fold_tag(test_envs) -> str:
@@ -136,8 +115,6 @@ def save(state: dict, path: Path) -> None:
     """Write `state` to `path` atomically and durably (see misc.atomic_open)."""
     with misc.atomic_open(path) as handle:
         torch.save(state, handle)
-        handle.flush()
-        crash_point("checkpoint")
 
 
 def _load_latest(out_dir, test_envs) -> dict | None:

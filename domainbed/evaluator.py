@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
+from tqdm import tqdm
 
 from domainbed.data import eval_loader
 
@@ -64,7 +65,7 @@ class Evaluator:
         correct = torch.zeros(n, dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
         offset = 0
-        for x, y in self.loader:
+        for x, y in tqdm(self.loader, desc="evaluating", leave=False, dynamic_ncols=True, disable=None):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and x.dim() == 4:

@@ -1,8 +1,8 @@
 """One leave-domains-out fold: splits, loaders, the training loop, evaluation, records.
 
 The flow follows SWAD's trainer: every environment is split into `in` and `out` (holdout)
-parts seeded by `trial_seed`; the training domains' `in` parts feed one infinite loader each;
-every `checkpoint_freq` steps the evaluator measures every split and one record is appended
+parts seeded by `trial_seed`; the training domains' `in` parts feed the input pipeline
+(domainbed/data/pipeline.py: the classic DataLoaders or the gpu pipeline, one interface); every `checkpoint_freq` steps the evaluator measures every split and one record is appended
 to results.jsonl; the selection rows come from those records at the end. Run-level features
 (weight averaging, quantization) hook in as `Extension`s, never as branches here.
 """
@@ -19,7 +19,6 @@ from tqdm import tqdm
 from domainbed import checkpoint, misc, model_io, selection
 from domainbed.algorithms import get_algorithm_class
 from domainbed.compiling import compile_featurizer
-from domainbed.data import InfiniteDataLoader, num_workers_for
 from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import split_dataset
 from domainbed.evaluator import EvalSplit, Evaluator
@@ -69,7 +68,7 @@ class Fold:
 
     @property
     def name(self) -> str:
-        return "TE" + ",".join(map(str, self.settings.test_envs))
+        return checkpoint.fold_tag(self.settings.test_envs)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -82,14 +81,6 @@ def append_record(path: Path, record: dict) -> None:
     """Append one JSON line, atomically: a crash leaves the file with or without it, whole."""
     previous = path.read_bytes() if path.exists() else b""
     misc.atomic_write_bytes(path, previous + (misc.to_json(record, sort_keys=True) + "\n").encode())
-
-
-def to_device(batch, device, channels_last):
-    x, y = batch
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
 
 
 def make_splits(dataset, settings: FoldSettings):
@@ -114,56 +105,120 @@ def _format_record(record: dict) -> str:
     return " | ".join(f"{key} {record[key]:.4g}" for key in keys if key in record)
 
 
+def build_algorithm(settings: FoldSettings, dataset, n_domains: int, hparams: dict, device, precision):
+    algorithm = get_algorithm_class(settings.algorithm)(
+        dataset.input_shape, dataset.num_classes, n_domains, hparams).to(device)
+    if device.type == "cuda":
+        algorithm = algorithm.to(memory_format=torch.channels_last)
+    precision.attach(algorithm)
+    if hparams["compile"]:
+        compile_featurizer(algorithm)
+    return algorithm
+
+
+def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps_per_epoch: float) -> dict:
+    """The record of the checkpoint at `step`: the interval's training means, every split's
+    accuracy and loss, and what the extensions add."""
+    record = {"test_envs": list(fold.settings.test_envs), "step": step, "epoch": step / steps_per_epoch}
+    record.update({key: float(np.mean(values)) for key, values in interval.items()})
+    interval.clear()
+    eval_start = time.perf_counter()
+    accuracies, losses, summaries = fold.evaluator.evaluate(fold.algorithm)
+    record["eval_time"] = time.perf_counter() - eval_start
+    record.update(summaries)
+    record.update(accuracies)
+    record.update({f"{name}_loss": value for name, value in losses.items()})
+    for extension in extensions:
+        extension.at_checkpoint(fold, step, record)
+    return record
+
+
+def save_model_snapshot(fold: Fold, step: int) -> None:
+    """`--model_save N`: the algorithm's weights at every checkpoint from step N on."""
+    settings = fold.settings
+    if settings.model_save is None or step < settings.model_save or not settings.out_dir:
+        return
+    misc.atomic_torch_save(
+        {"test_envs": settings.test_envs, "step": step, "hparams": fold.hparams,
+         "model_dict": fold.algorithm.state_dict()},
+        Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth",
+    )
+
+
+def select(fold: Fold, extensions) -> dict:
+    """The selection rows from the records, then the extensions' rows (weight averages)."""
+    rows = selection.select(fold.records)
+    fold.row_rules = {row: selection.describe(row) for row in rows}
+    for extension in extensions:
+        extension.finish(fold, rows)
+    for row, accuracy in rows.items():
+        fold.log(f"[{fold.name}] {row} = {100 * accuracy:.2f}%")
+    return rows
+
+
+def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_step: int, steps_per_epoch: float,
+                records_path: Path | None) -> None:
+    """The training loop from `start_step`: an update per step; at every checkpoint a record, its
+    line in results.jsonl, the `--model_save` snapshot and the resume checkpoint."""
+    interval = collections.defaultdict(list)
+    end_step = start_step if fold.stop else fold.settings.n_steps  # an extension stopped it before the crash
+    bar = tqdm(total=fold.settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
+               disable=None, leave=False)
+    for step in range(start_step, end_step):
+        start = time.perf_counter()
+        minibatches = next(fold.train_minibatches)
+        for extension in extensions:
+            extension.before_step(fold, step)
+        fold.algorithm.on_step_begin(step, fold.settings.n_steps)
+        with precision.training_step(fold.algorithm):
+            stats = fold.stats = fold.algorithm.update(list(minibatches))
+        for extension in extensions:
+            extension.after_step(fold, step)
+        for key, value in stats.items():
+            interval[key].append(value)
+        interval["step_time"].append(time.perf_counter() - start)
+        scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
+
+        if step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1:
+            record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch)
+            fold.records.append(record)
+            if records_path is not None:
+                append_record(records_path, record)
+            fold.log(f"[{fold.name}] " + _format_record(record))
+            save_model_snapshot(fold, step)
+            scalars.checkpoint(step, record)
+            checkpoints.save(fold, extensions, step)
+            if fold.stop:
+                fold.log(f"[{fold.name}] stopping early at step {step}")
+                break
+    bar.close()
+    scalars.close()
+
+
 def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path: Path | None = None):
     """Train and evaluate one fold; returns (selection rows, row rules, records, final model)."""
-    misc.set_seed(misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs))
-    device = resolve_device(settings.device)
-    channels_last = device.type == "cuda"
-    train_splits, eval_splits = make_splits(dataset, settings)
-
-    workers = num_workers_for(hparams["num_workers"], dataset.N_WORKERS, len(train_splits))
+    # build
     fold_seed = misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs)
+    misc.set_seed(fold_seed)
+    device = resolve_device(settings.device)
+    train_splits, eval_splits = make_splits(dataset, settings)
     stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
-    pipeline = build_pipeline(hparams, dataset, device)  # None: the classic DataLoaders
+    pipeline = build_pipeline(hparams, dataset, device, eval_seed=misc.seed_hash(fold_seed, "eval"))
     precision = Precision(hparams["precision"], device)
     meta = model_io.model_meta(settings.algorithm, dataset, len(train_splits), hparams, settings.test_envs)
     checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
     saved = checkpoints.load_latest() if settings.resume else None
     start_step = saved["step"] + 1 if saved else 0
-    loaders = [
-        InfiniteDataLoader(split, hparams["batch_size"], workers, seed, pin_memory=device.type == "cuda",
-                           start_step=start_step)
-        for split, seed in zip(train_splits, stream_seeds)
-    ] if pipeline is None else []
-    evaluator = Evaluator(
-        eval_splits,
-        settings.test_envs,
-        hparams["test_batchsize"],
-        num_workers_for(hparams["num_workers"], dataset.N_WORKERS, 1),
-        device,
-        settings.evalmode,
-        make_loader=None if pipeline is None else pipeline.eval_batches,
-        autocast=precision.autocast,
-    )
+    evaluator = Evaluator(eval_splits, settings.test_envs, hparams["test_batchsize"], 0, device,
+                          settings.evalmode, make_loader=pipeline.eval_batches, autocast=precision.autocast)
     steps_per_epoch = min(len(split) / hparams["batch_size"] for split in train_splits)
-
-    algorithm = get_algorithm_class(settings.algorithm)(
-        dataset.input_shape, dataset.num_classes, len(train_splits), hparams
-    ).to(device)
-    if channels_last:
-        algorithm = algorithm.to(memory_format=torch.channels_last)
-    precision.attach(algorithm)
-    if hparams["compile"]:
-        compile_featurizer(algorithm)
-    fold_name = "TE" + ",".join(map(str, settings.test_envs))
-    log(f"[{fold_name}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
-        f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {workers} workers per loader, {device}, "
-        f"{'classic' if pipeline is None else 'gpu'} pipeline, {precision.name}")
-
-    if pipeline is None:
-        train_minibatches = (tuple(to_device(b, device, channels_last) for b in batches) for batches in zip(*loaders))
-    else:
-        train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
+    algorithm = build_algorithm(settings, dataset, len(train_splits), hparams, device, precision)
+    log(f"[{checkpoint.fold_tag(settings.test_envs)}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
+        f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {device}, "
+        f"{pipeline.name} pipeline, {precision.name}")
+    train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
     fold = Fold(settings, hparams, dataset, algorithm, evaluator, train_minibatches, device, log)
     extensions = build_extensions(hparams)
     for extension in extensions:
@@ -175,70 +230,14 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         checkpoints.restore(fold, extensions, saved)  # last: it also sets the RNG states
         log(f"[{fold.name}] resumed after step {saved['step']} from {saved['path']}")
 
-    interval = collections.defaultdict(list)
-    end_step = start_step if fold.stop else settings.n_steps  # an extension stopped it before the crash
-    bar = tqdm(total=settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
-               disable=None, leave=False)
-    for step in range(start_step, end_step):
-        start = time.perf_counter()
-        minibatches = next(fold.train_minibatches)
-        for extension in extensions:
-            extension.before_step(fold, step)
-        fold.algorithm.on_step_begin(step, settings.n_steps)
-        with precision.training_step(fold.algorithm):
-            stats = fold.stats = fold.algorithm.update(list(minibatches))
-        for extension in extensions:
-            extension.after_step(fold, step)
-        for key, value in stats.items():
-            interval[key].append(value)
-        interval["step_time"].append(time.perf_counter() - start)
-        checkpoint.crash_point("step")
-        scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
+    # loop, evaluating at every checkpoint
+    train_steps(fold, extensions, precision, checkpoints, scalars, start_step, steps_per_epoch, records_path)
 
-        if step % settings.checkpoint_freq == 0 or step == settings.n_steps - 1:
-            record = {"test_envs": list(settings.test_envs), "step": step, "epoch": step / steps_per_epoch}
-            record.update({key: float(np.mean(values)) for key, values in interval.items()})
-            interval.clear()
-            eval_start = time.perf_counter()
-            accuracies, losses, summaries = evaluator.evaluate(fold.algorithm)
-            checkpoint.crash_point("eval")
-            record["eval_time"] = time.perf_counter() - eval_start
-            record.update(summaries)
-            record.update(accuracies)
-            record.update({f"{name}_loss": value for name, value in losses.items()})
-            for extension in extensions:
-                extension.at_checkpoint(fold, step, record)
-            fold.records.append(record)
-            if records_path is not None:
-                append_record(records_path, record)
-                checkpoint.crash_point("record")
-            log(f"[{fold.name}] " + _format_record(record))
-            if settings.model_save is not None and step >= settings.model_save and settings.out_dir:
-                misc.atomic_torch_save(
-                    {"test_envs": settings.test_envs, "step": step, "hparams": hparams,
-                     "model_dict": fold.algorithm.state_dict()},
-                    Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth",
-                )
-            scalars.checkpoint(step, record)
-            checkpoints.save(fold, extensions, step)
-            if fold.stop:
-                log(f"[{fold.name}] stopping early at step {step}")
-                break
-    bar.close()
-    scalars.close()
-
-    rows = selection.select(fold.records)
-    fold.row_rules = {row: selection.describe(row) for row in rows}
-    for extension in extensions:
-        extension.finish(fold, rows)
-    for row, accuracy in rows.items():
-        log(f"[{fold.name}] {row} = {100 * accuracy:.2f}%")
+    # select and save
+    rows = select(fold, extensions)
     final_model = fold.final_model or fold.algorithm
     if settings.out_dir is not None:
         model_io.save_model(model_io.final_model_path(settings.out_dir, settings.test_envs), final_model,
                             {**meta, "transforms": fold.model_transforms})
-        checkpoint.crash_point("finish")
     checkpoints.finish(rows, fold.row_rules, fold.records)
     return rows, fold.row_rules, fold.records, final_model

@@ -1,5 +1,6 @@
 """Shared fixtures: the repository root on sys.path (for train_all), and the real data."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,3 +37,23 @@ def run_train_all(tmp_path):
         return train_all.run([*map(str, argv), "--output_dir", str(tmp_path / "out")])
 
     return run
+
+
+@pytest.fixture
+def kill_subprocesses_at(monkeypatch):
+    """`kill_subprocesses_at("step:2")`: every python process started afterwards by this test
+    (train_all.py, sweep jobs) kills itself at that point (tests/kill_points.py);
+    `kill_subprocesses_at(None)` stops it."""
+    import kill_points
+
+    def arm(spec):
+        if spec is None:
+            monkeypatch.delenv(kill_points.KILL_ENV, raising=False)
+            return
+        monkeypatch.setenv(kill_points.KILL_ENV, spec)
+        path = os.environ.get("PYTHONPATH")
+        faults = str(REPO / "tests" / "faults")
+        if faults not in (path or "").split(os.pathsep):
+            monkeypatch.setenv("PYTHONPATH", os.pathsep.join([faults, *([path] if path else [])]))
+
+    return arm

@@ -39,8 +39,10 @@ def test_other_strategies_add_their_rows(run_train_all, strategy, extra):
     assert {strategy, f"{strategy} (inD)"} <= set(result["rows"])
     assert "SWAD" not in result["rows"]
     log = (result["out_dir"] / "log.txt").read_text()
-    if strategy == "SMA":
-        assert "SMA [1-2] (N=2)" in log
+    if strategy == "SMA":  # evaluated at every checkpoint from sma_start on, the best one kept
+        assert "SMA: average [1-1] (N=1) has validation accuracy" in log
+        assert "SMA: average [1-2] (N=2) has validation accuracy" in log
+        assert "SMA [1-" in log
 
 
 def test_unknown_strategy_is_a_one_line_error(run_train_all):

@@ -22,6 +22,7 @@ from PIL import Image
 from domainbed.data import InfiniteDataLoader, cache
 from domainbed.data.gpu_augment import TrainAugment
 from domainbed.data.gpu_pipeline import GpuPipeline, build_pipeline, resolve_pipeline
+from domainbed.data.pipeline import ClassicPipeline
 from domainbed.datasets import get_dataset_class, split_dataset, transforms
 from domainbed.errors import UsageError
 
@@ -315,7 +316,10 @@ def test_pipeline_choice_and_bad_names():
     assert resolve_pipeline("auto", torch.device("cpu")) == "classic"
     assert resolve_pipeline("auto", torch.device("cuda")) == "gpu"
     assert resolve_pipeline("gpu", torch.device("cpu")) == "gpu"
-    assert build_pipeline({"pipeline": "classic"}, None, torch.device("cpu")) is None
+    dataset = get_dataset_class("Synthetic")("", [], {})
+    assert isinstance(build_pipeline({"pipeline": "classic", "num_workers": 0}, dataset, torch.device("cpu")),
+                      ClassicPipeline)
+    assert isinstance(build_pipeline(hparams() | {"pipeline": "gpu"}, dataset, torch.device("cpu")), GpuPipeline)
     with pytest.raises(UsageError, match="unknown pipeline 'dali'; valid: auto, classic, gpu"):
         resolve_pipeline("dali", torch.device("cpu"))
     with pytest.raises(UsageError, match="unknown cache mode"):

@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
 import torch
 from torch.utils.data import TensorDataset
 
 from domainbed.data import InfiniteDataLoader, num_workers_for
+from domainbed.data.pipeline import ClassicPipeline
 from domainbed.data.sampling import StepBatchSampler, batch_indices
 
 
@@ -30,3 +33,26 @@ def test_infinite_loader_draws_uniformly_with_replacement():
     seen = torch.cat([next(loader)[0] for _ in range(500)])
     counts = torch.bincount(seen, minlength=10).float()
     assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
+
+
+def test_classic_evaluation_with_workers_leaves_the_global_rng_alone():
+    """A DataLoader with workers and no generator draws its workers' base seed from the global
+    RNG at every new iterator: a resumed run would then draw differently from an uninterrupted one."""
+    pipeline = ClassicPipeline(SimpleNamespace(N_WORKERS=8), {"num_workers": 1}, "cpu", eval_seed=3)
+    splits = [TensorDataset(torch.arange(6.0), torch.zeros(6, dtype=torch.long)) for _ in range(2)]
+    batches = pipeline.eval_batches(splits, batch_size=4)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    seen = [torch.cat([x for x, _ in batches]) for _ in range(2)]
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(x, torch.cat([torch.arange(6.0)] * 2)) for x in seen)
+
+
+def test_classic_training_batches_are_the_loaders_on_the_device():
+    pipeline = ClassicPipeline(SimpleNamespace(N_WORKERS=0), {"num_workers": 0}, "cpu")
+    splits = [TensorDataset(torch.arange(10), torch.zeros(10, dtype=torch.long)) for _ in range(2)]
+    stream = pipeline.train_minibatches(splits, [5, 6], batch_size=4, start_step=2)
+    reference = [InfiniteDataLoader(split, 4, 0, seed, start_step=2) for split, seed in zip(splits, [5, 6])]
+    step = next(stream)
+    assert len(step) == 2 and all(torch.equal(x, next(loader)[0]) for (x, _), loader in zip(step, reference))

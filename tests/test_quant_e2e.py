@@ -136,24 +136,20 @@ def test_published_command_line_runs_with_steps_added(tmp_path, shared_data):
 
 
 @pytest.mark.slow
-def test_a_run_killed_after_the_swap_resumes_to_the_uninterrupted_records(tmp_path):
+def test_a_run_killed_after_the_swap_resumes_to_the_uninterrupted_records(tmp_path, kill_subprocesses_at):
     """The checkpoint replays the swap through the "quant" rebuild and restores the step sizes'
     optimizer state, so the resumed records equal those of a run never killed."""
-    import os
     import subprocess
     import sys
-
-    from domainbed import checkpoint
 
     repo = Path(__file__).resolve().parents[1]
     args = ["r", "--dataset", "Synthetic", "--steps", "6", "--checkpoint_freq", "2", "--batch_size", "4",
             "--test_envs", "0", "--deterministic", "--num_workers", "0", *QUANT, "--resume"]
 
     def train(output_dir, crash=None):
-        env = {k: v for k, v in os.environ.items() if k != checkpoint.CRASH_ENV}
-        env.update({checkpoint.CRASH_ENV: crash} if crash else {})
+        kill_subprocesses_at(crash)
         return subprocess.run([sys.executable, "train_all.py", *args, "--output_dir", str(output_dir)],
-                              cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+                              cwd=repo, capture_output=True, text=True, timeout=600)
 
     def records(output_dir):
         (run_dir,) = (output_dir / "Synthetic").iterdir()

@@ -5,7 +5,8 @@ The killed runs are subprocesses. They train `ResumeProbe`, an ERM that draws fr
 numpy's and torch's global RNGs every step and keeps a counter in `get_extra_state`, with a test
 extension whose state feeds the records and a random training transform on Synthetic, so any
 state that a resume failed to restore shows up as a different record. These are registered only
-inside the subprocesses (`install`), never in the pytest process.
+inside the subprocesses (`install`), never in the pytest process; so are the kill points
+(tests/kill_points.py), which the production code knows nothing about.
 """
 
 import json
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import kill_points
 from domainbed import checkpoint, model_io
 from domainbed.algorithms.erm import ERM
 from domainbed.data import InfiniteDataLoader
@@ -28,7 +30,8 @@ from domainbed.extensions import Extension
 from domainbed.run_dir import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
-BOOT = "import sys, test_resume; test_resume.install(); import train_all; sys.exit(train_all.main(sys.argv[1:]))"
+BOOT = ("import sys, kill_points, test_resume; test_resume.install(); kill_points.install_from_environment(); "
+        "import train_all; sys.exit(train_all.main(sys.argv[1:]))")
 ARGS = ["probe", "--dataset", "Synthetic", "--algorithm", "ResumeProbe", "--steps", "4", "--checkpoint_freq", "2",
         "--batch_size", "8", "--test_envs", "0", "1", "--deterministic", "--num_workers", "0"]
 
@@ -90,9 +93,9 @@ def install():
 
 def _command(output_dir: Path, *extra, crash: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    env.pop(checkpoint.CRASH_ENV, None)
+    env.pop(kill_points.KILL_ENV, None)
     if crash:
-        env[checkpoint.CRASH_ENV] = crash
+        env[kill_points.KILL_ENV] = crash
     return {"args": [sys.executable, "-c", BOOT, *ARGS, "--output_dir", str(output_dir), *extra],
             "cwd": REPO, "env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
 
@@ -194,17 +197,14 @@ class Crash(Exception):
 
 
 def test_resume_replays_a_quantization_swap_and_restores_weight_averaging(run_train_all, monkeypatch):
-    """In-process: an exception at a crash point leaves the run directory as a kill would."""
+    """In-process: an exception at a kill point leaves the run directory as a kill would."""
     argv = [*FAST, "--quant", "1", "--q_steps", "1", "--swad", "LossValley"]
     reference = run_train_all("qs", *argv)
-    passes = []
 
-    def crash_after_step_3(name):
-        passes.append(name)
-        if passes.count("step") == 4:
-            raise Crash
+    def crash():
+        raise Crash
 
-    monkeypatch.setattr(checkpoint, "crash_point", crash_after_step_3)
+    kill_points.install("step:4", crash, monkeypatch.setattr)  # after the update of step 3
     with pytest.raises(Crash):
         run_train_all("qs_crashed", *argv)
     monkeypatch.undo()

@@ -16,8 +16,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from domainbed import swad
-from domainbed.averaging import WeightAveraging, strategy_name, weight_averaging
+import torchvision
+
+from domainbed import networks, swad
+from domainbed.averaging import extension as averaging_extension
+from domainbed.averaging.averaged_model import AveragedModel
+from domainbed.averaging.batchnorm import update_bn, updates_batchnorm_statistics
+from domainbed.averaging.extension import WeightAveraging, strategy_name, weight_averaging
+from domainbed.averaging.sma import SMA
 from domainbed.errors import UsageError
 
 K = 2  # checkpoint frequency: segment 0 is step 0, segment t >= 1 is steps 2t - 1 and 2t
@@ -44,6 +50,11 @@ class StepEncoded(nn.Module):
         return x
 
 
+def step_value(model) -> float:
+    module = model.module if isinstance(model, AveragedModel) else model
+    return float(module.step_value.detach())
+
+
 class FakeEvaluator:
     """Summaries that identify the evaluated model: test_in is its mean step."""
 
@@ -52,7 +63,7 @@ class FakeEvaluator:
 
     def evaluate(self, model):
         self.calls += 1
-        module = model.module if isinstance(model, swad.AveragedModel) else model
+        module = model.module if isinstance(model, AveragedModel) else model
         value = float(module.step_value.detach())
         return {}, {}, {"test_in": value, "train_out": -value}
 
@@ -64,9 +75,16 @@ def make_fold(model):
                            row_rules={}, final_model=None, train_minibatches=iter(()))
 
 
+SWAD_KWARGS = {"n_converge": 3, "n_tolerance": 6, "tolerance_ratio": 0.3, "bookkeeping": "reference"}
+
+
+RUN = {"swad": "False", "swad_kwargs": SWAD_KWARGS, "sma_start": 100, "swad_bn_steps": 500}
+
+
 def make_extension(strategy="LossValley", **hparams):
-    hparams.setdefault("swad_kwargs", {"n_converge": 3, "n_tolerance": 6, "tolerance_ratio": 0.3})
-    return WeightAveraging(strategy, {"freeze_bn": True, **hparams})
+    """The extension with SWAD's settings; `swad_kwargs` given here update SWAD's."""
+    hparams["swad_kwargs"] = {**SWAD_KWARGS, **hparams.get("swad_kwargs", {})}
+    return WeightAveraging(strategy, {**RUN, **hparams})
 
 
 def train(extension, losses, accs=None, fold=None, first_checkpoint=0):
@@ -302,7 +320,7 @@ def test_matches_an_independent_restatement_on_random_sequences():
 
 def test_averaged_model_arithmetic_and_step_range():
     model = StepEncoded(7)
-    average = swad.AveragedModel(model)
+    average = AveragedModel(model)
     assert average.module.optimizer is None and isinstance(model.optimizer, torch.optim.SGD)
     assert average.n_averaged == 0 and (average.start_step, average.end_step) == (-1, -1)
     for step in (4, 5, 9):
@@ -312,7 +330,7 @@ def test_averaged_model_arithmetic_and_step_range():
     assert float(average.module.step_value.detach()) == pytest.approx(6.0)
     assert average.module.step_value.data_ptr() != model.step_value.data_ptr()
 
-    other = swad.AveragedModel(model)
+    other = AveragedModel(model)
     for step in (10, 12):
         model.write(step)
         other.update_parameters(model, step=step)
@@ -323,7 +341,7 @@ def test_averaged_model_arithmetic_and_step_range():
 
 def test_averaged_model_keeps_buffers_as_copied():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    average = swad.AveragedModel(model)
+    average = AveragedModel(model)
     model[1].running_mean.fill_(5.0)
     average.update_parameters(model)
     assert torch.equal(average.module[1].running_mean, torch.zeros(2))
@@ -333,19 +351,57 @@ def test_update_bn_reestimates_batchnorm_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm1d(3))
     batches = [[(torch.randn(4, 3) + 2.0, None), (torch.randn(4, 3) - 1.0, None)] for _ in range(5)]
-    swad.update_bn(model, iter(batches), 3)
+    update_bn(model, iter(batches), 3)
     inputs = torch.cat([torch.cat([x for x, _ in batch]) for batch in batches[:3]])
     assert torch.allclose(model[0].running_mean, inputs.mean(0), atol=1e-6)
     assert model[0].momentum == 0.1 and model.training
 
 
-def test_finish_reestimates_batchnorm_when_not_frozen(monkeypatch):
+class WithBatchNorm(StepEncoded):
+    """StepEncoded with a BatchNorm layer, kept in eval mode while training when `frozen`."""
+
+    def __init__(self, n_segments: int, frozen: bool):
+        super().__init__(n_segments)
+        self.frozen = frozen
+        self.norm = nn.BatchNorm1d(2)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.norm.eval()
+        return self
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_finish_reestimates_batchnorm_exactly_when_the_network_updates_it(monkeypatch, frozen):
     calls = []
-    monkeypatch.setattr(swad, "update_bn", lambda model, batches, n: calls.append(n))
-    train(make_extension(freeze_bn=False, swad_bn_steps=7), FLAT)
-    assert calls == [7]
-    train(make_extension(freeze_bn=True), FLAT)
-    assert calls == [7]
+    monkeypatch.setattr(averaging_extension, "update_bn", lambda model, batches, n: calls.append(n))
+    fold = make_fold(WithBatchNorm(len(FLAT), frozen))
+    fold.algorithm.eval()  # the mode the evaluator leaves; the network's own train() decides
+    train(make_extension(swad_bn_steps=7), FLAT, fold=fold)
+    assert calls == ([] if frozen else [7])
+    assert not fold.algorithm.training and not fold.algorithm.norm.training  # modes left as they were
+
+
+def test_no_batchnorm_no_reestimation(monkeypatch):
+    calls = []
+    monkeypatch.setattr(averaging_extension, "update_bn", lambda model, batches, n: calls.append(n))
+    train(make_extension(swad_bn_steps=7), FLAT)
+    assert calls == []
+
+
+NETWORK_HP = {"resnet_dropout": 0.0, "freeze_bn": True, "pretrained": False}
+
+
+def test_batchnorm_state_follows_the_network_not_one_hparam():
+    # freeze_bn True keeps pretrained statistics frozen; from scratch (--pretrained False) they update
+    frozen = networks.resnet.ResNet(torchvision.models.resnet18(), (3, 32, 32), NETWORK_HP | {"pretrained": True})
+    scratch = networks.resnet.ResNet(torchvision.models.resnet18(), (3, 32, 32), NETWORK_HP)
+    unfrozen = networks.resnet.ResNet(torchvision.models.resnet18(), (3, 32, 32),
+                                      NETWORK_HP | {"pretrained": True, "freeze_bn": False})
+    assert not updates_batchnorm_statistics(frozen)
+    assert updates_batchnorm_statistics(scratch) and updates_batchnorm_statistics(unfrozen)
+    assert not updates_batchnorm_statistics(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False)))
 
 
 # --- IIDMax and SMA ------------------------------------------------------------------------------
@@ -356,7 +412,7 @@ def test_iidmax_restarts_at_new_best_and_keeps_best_average():
     own_accuracy = iter([0.5, 0.62, 0.64, 0.7, 0.69, 0.0])
 
     def evaluate(model):
-        module = model.module if isinstance(model, swad.AveragedModel) else model
+        module = model.module if isinstance(model, AveragedModel) else model
         return {}, {}, {"train_out": next(own_accuracy), "test_in": float(module.step_value.detach())}
 
     fold.evaluator.evaluate = evaluate
@@ -371,11 +427,45 @@ def test_iidmax_restarts_at_new_best_and_keeps_best_average():
 
 def test_sma_averages_every_step_from_sma_start():
     extension = make_extension("SMA", sma_start=3)
-    _, rows, _ = train(extension, [1.0] * 5)
+    fold = make_fold(StepEncoded(5))
+    fold.evaluator.evaluate = lambda model: ({}, {}, {"train_out": step_value(model), "test_in": 0.0})
+    _, rows, _ = train(extension, [1.0] * 5, fold=fold)  # validation accuracy grows: the last SMA is the best
     final = extension.strategy.get_final_model()
     assert final.n_averaged == 6 and (final.start_step, final.end_step) == (3, 8)
     assert float(final.module.step_value.detach()) == pytest.approx(np.mean(range(3, 9)))
     assert set(rows) == {"SMA", "SMA (inD)"}
+
+
+def test_sma_keeps_the_average_of_best_validation_accuracy_not_the_last():
+    extension = make_extension("SMA", sma_start=3)
+    fold = make_fold(StepEncoded(5))
+    # the SMA is evaluated at checkpoints 2, 3, 4 (steps 4, 6, 8); the one at step 6 is best
+    accuracy = {3.5: 0.6, 4.5: 0.8, 5.5: 0.7}  # keyed by the SMA's mean step
+
+    def evaluate(model):
+        value = step_value(model)
+        return {}, {}, {"train_out": accuracy.get(value, value / 100), "test_in": value}
+
+    fold.evaluator.evaluate = evaluate
+    _, rows, _ = train(extension, [1.0] * 5, fold=fold)
+    assert (extension.strategy.best.start_step, extension.strategy.best.end_step) == (3, 6)
+    assert rows["SMA"] == pytest.approx(4.5)  # the mean step of 3..6; the last SMA's is 5.5
+    assert rows["SMA (inD)"] == 0.8
+    assert fold.final_model.step_value.item() == pytest.approx(4.5)
+    assert any("SMA: average [3-8] (N=6) has validation accuracy 0.7000" in m for m in fold.messages)
+
+
+def test_sma_evaluates_from_sma_start_on_only():
+    calls = []
+    sma = SMA(lambda model: calls.append(model.n_averaged) or 0.5, sma_start=3, log=lambda *_: None)
+    model = StepEncoded(2)
+    empty = AveragedModel(model)
+    sma.update_and_evaluate(empty, 0.5, 1.0)  # a segment before sma_start holds no step
+    assert calls == [] and sma.get_final_model() is None
+    segment = AveragedModel(model)
+    segment.update_parameters(model, step=3)
+    sma.update_and_evaluate(segment, 0.5, 1.0)
+    assert calls == [1] and sma.get_final_model().n_averaged == 1
 
 
 def test_sma_that_never_started_falls_back_to_the_last_model():
@@ -426,13 +516,25 @@ def test_state_dict_resumes_to_the_same_average(strategy):
     buffer.seek(0)
 
     second = make_extension(strategy, sma_start=3)
-    second.load_state_dict(torch.load(buffer, weights_only=False))  # before setup: kept until then
+    second.load_state_dict(torch.load(buffer, weights_only=True))  # before setup: kept until then
     resumed = make_fold(StepEncoded(len(losses)))
     second.setup(resumed)
     train(second, losses, fold=resumed, first_checkpoint=4)
     a, b = whole.strategy.get_final_model(), second.strategy.get_final_model()
     assert a.n_averaged == b.n_averaged and a.sources == b.sources
     assert torch.allclose(a.module.onehot, b.module.onehot) and torch.allclose(a.module.step_value, b.module.step_value)
+
+
+def test_public_loss_valley_has_swads_contract():
+    valley = swad.LossValley(3, 6, 0.3, log=lambda *_: None)  # SWAD's positional arguments
+    model = StepEncoded(4)
+    for step, loss in enumerate([1.0, 1.1, 1.2, 1.05]):
+        model.write(step * K)
+        segment = AveragedModel(model)
+        segment.update_parameters(model, step=step * K)
+        valley.update_and_evaluate(segment, 0.5, loss)
+    assert not valley.dead_valley and valley.is_converged
+    assert isinstance(valley.get_final_model(), AveragedModel)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -449,9 +551,10 @@ def test_strategy_names():
 
 
 def test_factory_reads_hparams():
-    assert weight_averaging({"swad": "False"}) is None
-    extension = weight_averaging({"swad": "True", "swad_kwargs": {"n_converge": 2}, "sma_start": 5})
-    assert extension.strategy_name == "LossValley" and extension.kwargs == {"n_converge": 2}
+    assert weight_averaging(RUN) is None
+    extension = weight_averaging({**RUN, "swad": "True", "swad_kwargs": {**SWAD_KWARGS, "n_converge": 2}})
+    assert extension.strategy_name == "LossValley" and extension.kwargs == {**SWAD_KWARGS, "n_converge": 2}
+    assert extension.sma_start == 100 and extension.bn_steps == 500
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
@@ -463,9 +566,9 @@ def test_factory_reads_hparams():
 ])
 def test_bad_swad_kwargs_are_one_line_errors(kwargs, fragment):
     with pytest.raises(UsageError, match=fragment):
-        weight_averaging({"swad": "LossValley", "swad_kwargs": kwargs})
+        weight_averaging({**RUN, "swad": "LossValley", "swad_kwargs": kwargs})
 
 
 def test_bad_sma_start():
     with pytest.raises(UsageError, match="sma_start must be a non-negative integer"):
-        weight_averaging({"swad": "SMA", "sma_start": -1})
+        weight_averaging({**RUN, "swad": "SMA", "sma_start": -1})

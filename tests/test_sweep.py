@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import train_all
-from domainbed import checkpoint, hparams_registry, misc
+from domainbed import hparams_registry, misc
 from domainbed.errors import UsageError
 from domainbed.scripts import sweep
 
@@ -124,14 +124,14 @@ def test_local_sweep_killed_half_way_and_relaunched_on_two_fake_gpus(tmp_path, m
     assert again["counts"]["done"] == 3 and _check_done_exactly_once(jobs[0]).count("Command:") == 1
 
 
-def test_submitit_local_executor_jobs_failing_half_way_resume_on_relaunch(tmp_path, monkeypatch):
+def test_submitit_local_executor_jobs_failing_half_way_resume_on_relaunch(tmp_path, kill_subprocesses_at):
     argv = _argv("launch", tmp_path, "--launcher", "slurm", "--cluster", "local", "--gpus", "0", "--wait")
-    monkeypatch.setenv(checkpoint.CRASH_ENV, "step:2")  # every job dies after the update of step 1
+    kill_subprocesses_at("step:2")  # every job dies after the update of step 1
     first = sweep.run(argv)
     assert len(first["failed"]) == 2
     assert first["counts"] == {"done": 0, "incomplete": 2, "not launched": 0}
 
-    monkeypatch.delenv(checkpoint.CRASH_ENV)
+    kill_subprocesses_at(None)
     second = sweep.run(argv)
     assert second["failed"] == [] and second["counts"] == {"done": 2, "incomplete": 0, "not launched": 0}
     for job in second["jobs"]:

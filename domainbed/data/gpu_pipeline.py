@@ -29,6 +29,7 @@ from domainbed import misc
 from domainbed.data.cache import image_cache, train_cache_size
 from domainbed.data.gpu_augment import TrainAugment
 from domainbed.data.loaders import num_workers_for
+from domainbed.data.pipeline import ClassicPipeline, InputPipeline
 from domainbed.data.sampling import batch_indices
 from domainbed.datasets.splits import SplitDataset
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -48,10 +49,11 @@ def resolve_pipeline(name: str, device: torch.device) -> str:
     return name
 
 
-def build_pipeline(hparams: dict, dataset, device: torch.device):
-    """The gpu pipeline for this run, or None when the classic DataLoader path is chosen."""
+def build_pipeline(hparams: dict, dataset, device: torch.device, eval_seed: int = 0) -> InputPipeline:
+    """The input pipeline `hparams["pipeline"]` names; `eval_seed` seeds the classic evaluation
+    loader's workers (the gpu pipeline's evaluation draws nothing)."""
     if resolve_pipeline(hparams["pipeline"], device) == "classic":
-        return None
+        return ClassicPipeline(dataset, hparams, device, eval_seed)
     return GpuPipeline(dataset, hparams, device)
 
 
@@ -82,7 +84,9 @@ class _Source:
                 _to_device(self.labels.index_select(0, items), self.device))
 
 
-class GpuPipeline:
+class GpuPipeline(InputPipeline):
+    name = "gpu"
+
     def __init__(self, dataset, hparams: dict, device):
         self.dataset = dataset
         self.device = torch.device(device)

@@ -52,7 +52,10 @@ class InfiniteDataLoader:
         return next(self._iterator)
 
 
-def eval_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def eval_loader(dataset, batch_size: int, num_workers: int, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    """One pass in order. With workers, a DataLoader draws its workers' base seed from its
+    `generator` at every new iterator, from the global RNG when it has none; ours has its own, so
+    evaluating never moves the RNG that training and a resumed run draw from."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -60,4 +63,5 @@ def eval_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool = F
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -18,7 +18,7 @@ import copy
 import torch
 from prettytable import PrettyTable
 
-from domainbed import swad
+from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.scripts.timing import build_algorithm, device_name, fastest, random_minibatches
 from domainbed.trainer import resolve_device
 
@@ -54,7 +54,7 @@ def measure(backbone: str, image_size: int, batch_size: int, repeats: int, devic
     overrides = {} if backbone == "mnist_cnn" else {"backbone": backbone, "image_size": image_size}
     algorithm = build_algorithm("ERM", input_shape, 7, 3, device, **overrides)
     minibatches = random_minibatches(3, batch_size, input_shape, 7, device)
-    segment = swad.AveragedModel(algorithm)
+    segment = AveragedModel(algorithm)
     loop = SwadLoopAverage(algorithm, device)
     few = max(3, repeats // 4)
     step = fastest(lambda: algorithm.update(minibatches), device, repeats)
@@ -63,7 +63,7 @@ def measure(backbone: str, image_size: int, batch_size: int, repeats: int, devic
         "backbone": backbone, "parameters": sum(p.numel() for p in algorithm.parameters()),
         "step_ms": 1000 * step, "update_ms": 1000 * update, "overhead": update / step,
         "swad_loop_ms": 1000 * fastest(lambda: loop.update(algorithm), device, repeats),
-        "reset_ms": 1000 * fastest(lambda: swad.AveragedModel(algorithm), device, few),
+        "reset_ms": 1000 * fastest(lambda: AveragedModel(algorithm), device, few),
         "freeze_ms": 1000 * fastest(lambda: segment.frozen("cpu"), device, few),
         "deepcopy_with_optimizer_ms": 1000 * fastest(lambda: copy.deepcopy(algorithm), device, few),
     }

@@ -35,13 +35,12 @@ from prettytable import PrettyTable
 from domainbed import hparams_registry, misc
 from domainbed.algorithms import get_algorithm_class
 from domainbed.config import build_hparams
-from domainbed.data import InfiniteDataLoader, num_workers_for
 from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import get_dataset_class
 from domainbed.evaluator import Evaluator
 from domainbed.precision import Precision
 from domainbed.scripts.timing import device_name, fastest, synchronize
-from domainbed.trainer import FoldSettings, make_splits, resolve_device, to_device
+from domainbed.trainer import FoldSettings, make_splits, resolve_device
 
 BASE_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"
 
@@ -98,18 +97,9 @@ def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, dev
     pipeline = build_pipeline(hparams, dataset, device)
     seeds = [misc.seed_hash(0, "train", i) for i in range(len(train_splits))]
     batch_size = hparams["batch_size"]
-    if pipeline is None:
-        workers = num_workers_for(hparams["num_workers"], dataset.N_WORKERS, len(train_splits))
-        loaders = [InfiniteDataLoader(split, batch_size, workers, seed, pin_memory=channels_last)
-                   for split, seed in zip(train_splits, seeds)]
-        batches = (tuple(to_device(b, device, channels_last) for b in step) for step in zip(*loaders))
-    else:
-        loaders = []
-        batches = pipeline.train_minibatches(train_splits, seeds, batch_size)
-    evaluator = Evaluator(eval_splits, [0], hparams["test_batchsize"],
-                          num_workers_for(hparams["num_workers"], dataset.N_WORKERS, 1), device, "fast",
-                          make_loader=None if pipeline is None else pipeline.eval_batches,
-                          autocast=precision.autocast)
+    batches = pipeline.train_minibatches(train_splits, seeds, batch_size)
+    evaluator = Evaluator(eval_splits, [0], hparams["test_batchsize"], 0, device, "fast",
+                          make_loader=pipeline.eval_batches, autocast=precision.autocast)
     first = next(batches)
     setup = time.perf_counter() - setup_start
 
@@ -127,7 +117,7 @@ def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, dev
             times.append(time.perf_counter() - start)
     eval_time = fastest(functools.partial(evaluator.evaluate, algorithm), device, repeats=1)
     n_eval = sum(len(split.dataset) for split in evaluator.splits)
-    del loaders, batches, evaluator
+    del batches, evaluator
     step_time = statistics.median(times)
     return {
         "algorithm": algorithm_name, "pipeline": pipeline_name, "precision": precision_name,

@@ -3,22 +3,28 @@
     --swad LossValley | IIDMax | SMA | False      (True = LossValley, as SWAD's config)
     --swad_kwargs "{n_converge: 3, n_tolerance: 6, tolerance_ratio: 0.3, bookkeeping: reference}"
     --sma_start 100                                (SMA only)
-    --swad_bn_steps 500                            (BatchNorm re-estimation when not frozen)
+    --swad_bn_steps 500                            (BatchNorm re-estimation, when the network updates it)
 
-After every step the segment average (the steps since the last checkpoint, from `sma_start` on
-for SMA) takes in the new weights; at every checkpoint the strategy of `domainbed.swad` receives
-it with the checkpoint's training-domain validation accuracy and loss (`train_out`,
-`tr_outloss`), and a new segment starts. A dead loss valley stops the fold, as in SWAD. After
-training the final average (its BatchNorm statistics re-estimated on `swad_bn_steps` training
-minibatches when `freeze_bn` is False, as SWAD) is evaluated, adds the rows `SWAD` and
-`SWAD (inD)` (`IIDMax`, `SMA` for those strategies) and becomes the fold's saved final model.
+The defaults of these keys live in config.yaml only. After every step the segment average (the
+steps since the last checkpoint, from `sma_start` on for SMA) takes in the new weights; at every
+checkpoint the strategy receives it with the checkpoint's training-domain validation accuracy and
+loss (`train_out`, `tr_outloss`), and a new segment starts. A dead loss valley stops the fold, as
+in SWAD. After training the strategy's final model (its BatchNorm statistics re-estimated on
+`swad_bn_steps` training minibatches when any BatchNorm layer of the network updates its
+statistics in training, see averaging/batchnorm.py) is evaluated, adds the rows `SWAD` and
+`SWAD (inD)` (`IIDMax` / `IIDMax (inD)`, `SMA` / `SMA (inD)` for those strategies), and becomes
+the fold's saved final model.
 
 When the algorithm's parameters change identity (quantization swaps Conv2d for QuantConv2d, say)
 the averaging restarts from the new model, as the QT-DoG code restarts SWAD at its swap. An
 extension that swaps modules may also call `restart(fold)` itself.
 """
 
-from domainbed import swad
+from domainbed.averaging.averaged_model import AveragedModel, copy_without_optimizers
+from domainbed.averaging.batchnorm import update_bn, updates_batchnorm_statistics
+from domainbed.averaging.iid_max import IIDMax
+from domainbed.averaging.loss_valley import BOOKKEEPING, LossValley
+from domainbed.averaging.sma import SMA
 from domainbed.errors import UsageError, unknown_choice
 from domainbed.extensions import Extension, register_extension
 
@@ -31,7 +37,8 @@ RULES = {
                   "training-domain validation loss (LossValley)",
     "IIDMax": "test-domain accuracy of the weight average from the checkpoint of best training-domain "
               "validation accuracy, kept where its own validation accuracy was best (SWAD's IIDMax)",
-    "SMA": "test-domain accuracy of the uniform weight average of every step from sma_start on (EoA's SMA)",
+    "SMA": "test-domain accuracy of the uniform weight average of every step from sma_start on, taken at the "
+           "checkpoint where its training-domain validation accuracy was best (EoA's SMA)",
 }
 LOSS_VALLEY_KWARGS = {"n_converge": int, "n_tolerance": int, "tolerance_ratio": (int, float), "bookkeeping": str}
 _OFF = {"false", "none", "off", "no", "0", ""}
@@ -65,13 +72,13 @@ def loss_valley_kwargs(value) -> dict:
             raise UsageError(f"swad_kwargs {key} must be at least 1, got {kwargs[key]}")
     if kwargs.get("tolerance_ratio", 0) < 0:
         raise UsageError(f"swad_kwargs tolerance_ratio must be >= 0, got {kwargs['tolerance_ratio']}")
-    if kwargs.get("bookkeeping", "reference") not in swad.BOOKKEEPING:
-        raise unknown_choice("swad_kwargs bookkeeping", kwargs["bookkeeping"], swad.BOOKKEEPING)
+    if kwargs.get("bookkeeping", "reference") not in BOOKKEEPING:
+        raise unknown_choice("swad_kwargs bookkeeping", kwargs["bookkeeping"], BOOKKEEPING)
     return kwargs
 
 
-def _non_negative_int(hparams, key, default) -> int:
-    value = hparams.get(key, default)
+def _non_negative_int(hparams, key) -> int:
+    value = hparams[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise UsageError(f"hparam {key} must be a non-negative integer, got {value!r}")
     return value
@@ -81,11 +88,10 @@ class WeightAveraging(Extension):
     def __init__(self, strategy: str, hparams: dict):
         self.strategy_name = strategy
         self.row = ROW_NAMES[strategy]
-        self.kwargs = loss_valley_kwargs(hparams.get("swad_kwargs", {}))
-        self.sma_start = _non_negative_int(hparams, "sma_start", 100)
+        self.kwargs = loss_valley_kwargs(hparams["swad_kwargs"])
+        self.sma_start = _non_negative_int(hparams, "sma_start")
         self.first_step = self.sma_start if strategy == "SMA" else 0
-        self.bn_steps = _non_negative_int(hparams, "swad_bn_steps", 500)
-        self.reestimate_bn = hparams.get("freeze_bn", True) is False
+        self.bn_steps = _non_negative_int(hparams, "swad_bn_steps")
         self.segment = None
         self.strategy = None
         self._template = None
@@ -96,11 +102,14 @@ class WeightAveraging(Extension):
         def log(message):
             fold.log(f"[{fold.name}] {message}")
 
+        def validation_accuracy(model):
+            return fold.evaluator.evaluate(model)[2]["train_out"]
+
         if self.strategy_name == "LossValley":
-            return swad.LossValley(**self.kwargs, log=log)
+            return LossValley(**self.kwargs, log=log)
         if self.strategy_name == "IIDMax":
-            return swad.IIDMax(lambda model: fold.evaluator.evaluate(model)[2]["train_out"], log=log)
-        return swad.SMA(self.sma_start, log=log)
+            return IIDMax(validation_accuracy, log=log)
+        return SMA(validation_accuracy, self.sma_start, log=log)
 
     def setup(self, fold) -> None:
         self.restart(fold)
@@ -111,7 +120,7 @@ class WeightAveraging(Extension):
     def restart(self, fold, step: int | None = None) -> None:
         """Start averaging afresh from the current model: a new segment and a new strategy.
         Call it (with the step about to run) after changing the algorithm's module tree."""
-        self.segment = swad.AveragedModel(fold.algorithm)
+        self.segment = AveragedModel(fold.algorithm)
         self.strategy = self._new_strategy(fold)
         self._template = fold.algorithm
         self._tracked = list(fold.algorithm.parameters())
@@ -129,19 +138,19 @@ class WeightAveraging(Extension):
         self.strategy.update_and_evaluate(self.segment, record["train_out"], record["tr_outloss"])
         if self.strategy.dead_valley:
             fold.stop = True
-        self.segment = swad.AveragedModel(fold.algorithm)
+        self.segment = AveragedModel(fold.algorithm)
 
     def finish(self, fold, rows: dict) -> None:
         averaged = self.strategy.get_final_model()
         if averaged is None:
             fold.log(f"[{fold.name}] {self.row}: nothing was averaged (training ended before step "
                      f"{self.first_step}); its rows are those of the last model")
-            model, span = swad.copy_without_optimizers(fold.algorithm), "the last model"
+            model, span = copy_without_optimizers(fold.algorithm), "the last model"
         else:
             model, span = averaged.module.to(fold.device), averaged.describe()
-        if self.reestimate_bn and self.bn_steps:
+        if self.bn_steps and updates_batchnorm_statistics(fold.algorithm):
             fold.log(f"[{fold.name}] {self.row}: re-estimating BatchNorm statistics on {self.bn_steps} minibatches")
-            swad.update_bn(model, fold.train_minibatches, self.bn_steps)
+            update_bn(model, fold.train_minibatches, self.bn_steps)
         _, _, summaries = fold.evaluator.evaluate(model)
         rows[self.row] = summaries["test_in"]
         rows[f"{self.row} (inD)"] = summaries["train_out"]
@@ -164,7 +173,7 @@ class WeightAveraging(Extension):
         if state["strategy"] != self.strategy_name:
             raise UsageError(f"saved averaging state is for {state['strategy']}, this run uses {self.strategy_name}")
         device = next(self._template.parameters()).device
-        self.segment = swad.AveragedModel.from_state(self._template, state["segment"], device)
+        self.segment = AveragedModel.from_state(self._template, state["segment"], device)
         self.strategy.load_state_dict(state["strategy_state"], self._template)
         # a resumed run may have replayed a module swap (quantization) since setup
         self._tracked = list(self._template.parameters())
@@ -172,5 +181,5 @@ class WeightAveraging(Extension):
 
 @register_extension(ORDER)
 def weight_averaging(hparams: dict) -> WeightAveraging | None:
-    strategy = strategy_name(hparams.get("swad", "False"))
+    strategy = strategy_name(hparams["swad"])
     return None if strategy is None else WeightAveraging(strategy, hparams)

@@ -1,0 +1,126 @@
+"""The running uniform average of a model's weights, the unit every averager is built from.
+
+It differs from SWAD's swa_utils.AveragedModel where it costs time or memory, not in what it
+computes: n_averaged is a python int (SWAD's is a device tensor, a host synchronisation per step),
+the update is one fused foreach lerp, avg.lerp_(w, 1 / (n + 1)), where SWAD loops over the
+parameters computing avg + (w - avg) / (n + 1) (equal up to float rounding; about 3x faster on the
+CPU: no temporary), and the copy leaves out the algorithm's optimizers instead of copying their
+state.
+"""
+
+import copy
+
+import torch
+import torch.nn as nn
+
+
+def _optimizers_in(model: nn.Module) -> list:
+    """Every optimizer an algorithm holds (directly or in a list or dict attribute)."""
+    found = []
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, dict):
+                value = list(value.values())
+            values = value if isinstance(value, (list, tuple)) else [value]
+            found += [v for v in values if isinstance(v, torch.optim.Optimizer)]
+    return found
+
+
+def copy_without_optimizers(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose optimizer attributes are None: the averaged model never
+    steps, and copying Adam's state would triple the memory of every segment."""
+    return copy.deepcopy(model, memo={id(optimizer): None for optimizer in _optimizers_in(model)})
+
+
+class AveragedModel(nn.Module):
+    """The running uniform average of the parameters of the models passed to `update_parameters`.
+
+    `module` is a copy of the first model (buffers stay as copied: BatchNorm statistics are not
+    averaged), `n_averaged` counts the updates since the average was (re)started, `start_step` /
+    `end_step` are the step range as SWAD reports it (-1 until set), and `sources` lists the
+    (start, end) step range of every model in the average, for logs and tests.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        source = model.module if isinstance(model, AveragedModel) else model
+        self.module = copy_without_optimizers(source)
+        self.n_averaged = 0
+        self.start_step = -1
+        self.end_step = -1
+        self.sources = []
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self.module.predict(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module, step=None, start_step=None, end_step=None, params=None):
+        """avg <- avg + (w - avg) / (n_averaged + 1) (a lerp); the first update copies w. `step` sets both
+        ends of the range; the start is recorded only by the first update, as SWAD's.
+        `params` may pass `list(model.parameters())` when the caller already has it."""
+        source = model.module if isinstance(model, AveragedModel) else model
+        averaged = list(self.module.parameters())
+        current = [p.detach() for p in (params if params is not None else source.parameters())]
+        if len(averaged) != len(current):
+            raise ValueError(f"cannot average a model of {len(current)} parameters into one of {len(averaged)}")
+        if self.n_averaged == 0:
+            torch._foreach_copy_(averaged, current)
+            self.sources = []
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 / (self.n_averaged + 1))
+        self.n_averaged += 1
+        if isinstance(model, AveragedModel):
+            self.sources.append((model.start_step, model.end_step))
+        elif step is not None:
+            self.sources.append((step, step))
+
+        if step is not None:
+            start_step = step if start_step is None else start_step
+            end_step = step if end_step is None else end_step
+        if start_step is not None and self.n_averaged == 1:
+            self.start_step = start_step
+        if end_step is not None:
+            self.end_step = end_step
+
+    @torch.no_grad()
+    def merge(self, other: "AveragedModel") -> None:
+        """Fold in another average, weighted by its `n_averaged`: the result is the uniform
+        average over the union of both averages' models."""
+        if other.n_averaged == 0:
+            return
+        averaged = list(self.module.parameters())
+        current = [p.detach() for p in other.module.parameters()]
+        if self.n_averaged == 0:
+            torch._foreach_copy_(averaged, current)
+            self.start_step, self.sources = other.start_step, []
+        else:
+            torch._foreach_lerp_(averaged, current, other.n_averaged / (self.n_averaged + other.n_averaged))
+        self.n_averaged += other.n_averaged
+        self.end_step = other.end_step
+        self.sources += other.sources
+
+    def frozen(self, device="cpu") -> "AveragedModel":
+        """A copy on `device` that later updates of this one leave alone."""
+        return copy.deepcopy(self).to(device)
+
+    def describe(self) -> str:
+        return f"[{self.start_step}-{self.end_step}] (N={self.n_averaged})"
+
+    def averaging_state(self) -> dict:
+        return {"module": self.module.state_dict(), "n_averaged": self.n_averaged, "start_step": self.start_step,
+                "end_step": self.end_step, "sources": list(self.sources)}
+
+    @classmethod
+    def from_state(cls, template: nn.Module, state: dict, device=None) -> "AveragedModel":
+        averaged = cls(template)
+        if device is not None:
+            averaged.to(device)
+        averaged.module.load_state_dict(state["module"])
+        averaged.n_averaged, averaged.start_step, averaged.end_step = (
+            state["n_averaged"], state["start_step"], state["end_step"])
+        averaged.sources = [tuple(source) for source in state["sources"]]
+        return averaged
+

@@ -1,0 +1,66 @@
+"""Fault injection for resume tests: stop a training process at a named point, from the outside.
+
+Nothing in the production path knows about it: `install(spec)` wraps functions of the trainer,
+the evaluator and the checkpoint module so that the n-th pass through a point ends the process
+(SIGKILL, in the subprocesses that tests start with `boot_command`) or raises (in-process, through
+the `crash_at` fixture of conftest.py). A point counts its passes from the start of its process.
+
+    step        after an update (the trainer's per-step scalar log, which follows every update)
+    eval        after an evaluation pass, before its record is written
+    record      after a record was appended to results.jsonl, before its checkpoint
+    checkpoint  a checkpoint written into its temporary file, not yet renamed into place
+    finish      a fold's final model saved, its finished-marker not yet written
+"""
+
+import functools
+import os
+import signal
+import types
+
+KILL_ENV = "DOMAINBED_TEST_KILL_AT"
+POINTS = ("step", "eval", "record", "checkpoint", "finish")
+
+
+def sigkill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(spec: str, action=sigkill, setattr=setattr) -> None:
+    """`spec` is `point:n`; `action()` runs at the n-th pass. `setattr` may be a monkeypatch's."""
+    from domainbed import checkpoint, evaluator, model_io, scalars, trainer
+
+    point, _, nth = spec.partition(":")
+    if point not in POINTS:
+        raise ValueError(f"unknown kill point {point!r}; valid: {', '.join(POINTS)}")
+    passes = [0]
+
+    def after(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            passes[0] += 1
+            if passes[0] == int(nth or 1):
+                action()
+            return result
+        return wrapper
+
+    if point == "step":
+        setattr(scalars.ScalarLog, "train", after(scalars.ScalarLog.train))
+    elif point == "eval":
+        setattr(evaluator.Evaluator, "evaluate", after(evaluator.Evaluator.evaluate))
+    elif point == "record":
+        setattr(trainer, "append_record", after(trainer.append_record))
+    elif point == "finish":
+        setattr(trainer.model_io, "save_model", after(model_io.save_model))
+    else:  # the checkpoint module's torch, whose `save` writes into the atomic temporary file
+        torch = checkpoint.torch
+        proxy = types.ModuleType("torch")
+        proxy.__getattr__ = lambda name: getattr(torch, name)
+        proxy.save = after(torch.save)
+        setattr(checkpoint, "torch", proxy)
+
+
+def install_from_environment() -> None:
+    spec = os.environ.get(KILL_ENV)
+    if spec:
+        install(spec)
