@@ -23,6 +23,7 @@ from domainbed import checkpoint, hparams_registry, misc, report
 from domainbed.algorithms import get_algorithm_class
 from domainbed.config import build_hparams, flatten, load_yaml, parse_overrides
 from domainbed.datasets import get_dataset_class
+from domainbed.datasets.official_split import SPLITS, list_path
 from domainbed.errors import UsageError
 from domainbed.hparams_help import describe
 from domainbed.log import RunLog
@@ -58,6 +59,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_envs", type=int, nargs="+", default=None,
                         help="the folds to run, one per test environment (default: all)")
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--split", choices=["random", "official"], default="random",
+                        help="random: DomainBed's seeded holdout (SWAD); official: PACS's train/crossval kfold "
+                             "lists, testing on the whole held-out domain (RSC, DMG)")
+    parser.add_argument("--split_dir", default=None,
+                        help="folder of the official *_train_kfold.txt / *_crossval_kfold.txt lists "
+                             "(default: DATA_DIR/PACS_splits)")
     parser.add_argument("--model_save", type=int, default=None, help="save a checkpoint at every evaluation from this step on")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN and torch algorithms")
     parser.add_argument("--tb_freq", type=int, default=10,
@@ -182,6 +189,7 @@ def run(argv) -> dict:
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
     check_run_settings(args, hparams)
+    official_split_dir(args)
 
     out_dir = run_directory(args)
     resuming = args.resume is not None and (out_dir / "args.json").is_file() and (out_dir / "hparams.json").is_file()
@@ -195,6 +203,21 @@ def run(argv) -> dict:
         raise
     finally:
         log.close()
+
+
+def official_split_dir(args) -> str | None:
+    """Where the official split lists are, or None for the random split."""
+    if args.split != "official":
+        return None
+    if args.dataset != "PACS":
+        raise UsageError(f"--split official exists for PACS only, not {args.dataset}; valid: --split random")
+    split_dir = args.split_dir or str(Path(args.data_dir) / "PACS_splits")
+    for domain in get_dataset_class("PACS").DOMAIN_DIRS:
+        for split in SPLITS:
+            if not list_path(split_dir, domain, split).is_file():
+                raise UsageError(f"official split list {list_path(split_dir, domain, split)} does not exist; "
+                                 "point --split_dir at the folder holding PACS's *_kfold.txt lists")
+    return split_dir
 
 
 def registry_hparams(args) -> dict:
@@ -280,6 +303,7 @@ def _run(args, hparams, dataset_class, out_dir, log, argv, resuming) -> dict:
                 seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
                 evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
+                split=args.split, split_dir=official_split_dir(args),
             )
             rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, out_dir / "results.jsonl")
         fold_rows.append(rows)

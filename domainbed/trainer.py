@@ -21,6 +21,8 @@ from domainbed.algorithms import get_algorithm_class
 from domainbed.compiling import compile_featurizer
 from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import split_dataset
+from domainbed.datasets.official_split import official_split
+from domainbed.datasets.splits import SplitDataset
 from domainbed.evaluator import EvalSplit, Evaluator
 from domainbed.extensions import build_extensions
 from domainbed.precision import Precision
@@ -45,6 +47,8 @@ class FoldSettings:
     resume: bool = False  # continue from the fold's newest checkpoint in out_dir (domainbed/checkpoint.py)
     keep_best: bool = False  # also keep the checkpoint of best training-domain validation accuracy
     tb_freq: int = 10  # TensorBoard scalars of the update every tb_freq steps (0: none at all)
+    split: str = "random"  # random: DomainBed's seeded holdout; official: PACS's kfold lists in split_dir
+    split_dir: str | None = None
 
 
 @dataclass
@@ -83,13 +87,26 @@ def append_record(path: Path, record: dict) -> None:
     misc.atomic_write_bytes(path, previous + (misc.to_json(record, sort_keys=True) + "\n").encode())
 
 
+def holdout(dataset, env: int, settings: FoldSettings):
+    """(out, in) parts of environment `env`. With the random split, DomainBed's: `holdout_fraction`
+    of a shuffle seeded by (trial_seed, env). With the official one (PACS), as RSC and DMG train:
+    a training domain's in/out parts are its train/crossval lists; the test domain's in part is the
+    whole domain (its out part, the crossval list, only serves the oracle row)."""
+    environment = dataset[env]
+    if settings.split == "official":
+        train, validation = official_split(environment, dataset.domain_dirs[env], settings.split_dir)
+        keys = range(len(environment)) if env in settings.test_envs else train
+        return SplitDataset(environment, validation), SplitDataset(environment, keys)
+    n_out = int(len(environment) * settings.holdout_fraction)
+    return split_dataset(environment, n_out, misc.seed_hash(settings.trial_seed, env))
+
+
 def make_splits(dataset, settings: FoldSettings):
-    """(training `in` splits, evaluation splits), each environment split by `trial_seed`."""
+    """(training `in` splits, evaluation splits), every environment split by `holdout`."""
     train_envs = [env for env in range(len(dataset)) if env not in settings.test_envs]
     train_splits, eval_splits = [], []
-    for env, environment in enumerate(dataset):
-        n_out = int(len(environment) * settings.holdout_fraction)
-        out, in_ = split_dataset(environment, n_out, misc.seed_hash(settings.trial_seed, env))
+    for env in range(len(dataset)):
+        out, in_ = holdout(dataset, env, settings)
         train_domain = train_envs.index(env) if env in train_envs else None
         in_.transform = dataset.train_transform if train_domain is not None else dataset.eval_transform
         out.transform = dataset.eval_transform
