@@ -7,14 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import domainbed
 from domainbed import algorithms, model_io
 from domainbed.quant import QuantConv2d
 from domainbed.quant import extension as quant_extension
 from domainbed.quant.compact import load_compact
 from domainbed.quant.extension import compact_model_path
 
-HAS_AVERAGING = (Path(domainbed.__file__).parent / "averaging.py").is_file()
 FAST = ["--dataset", "Synthetic", "--steps", "1", "--checkpoint_freq", "1", "--batch_size", "4",
         "--test_envs", "0", "--num_workers", "0"]
 QUANT = ["--quant", "1", "--q_steps", "1"]
@@ -28,13 +26,11 @@ def _run(tmp_path, name, *argv):
 
 @pytest.mark.parametrize("algorithm", sorted(algorithms.ALGORITHMS))
 def test_quant_composes_with_every_algorithm(tmp_path, algorithm):
-    """Each registered algorithm trains on after the swap; with weight averaging where it exists."""
-    swad = ["--swad", "LossValley"] if HAS_AVERAGING else []
-    result = _run(tmp_path, algorithm.lower(), "--algorithm", algorithm, *swad)
+    """Each registered algorithm trains on after the swap, with weight averaging."""
+    result = _run(tmp_path, algorithm.lower(), "--algorithm", algorithm, "--swad", "LossValley")
     log = (result["out_dir"] / "log.txt").read_text()
     assert "layers quantized to 7 bits" in log
-    if swad:
-        assert "SWAD" in result["rows"]
+    assert {"SWAD", "SWAD (inD)"} <= set(result["rows"])
     model, meta = model_io.load_model(model_io.final_model_path(result["out_dir"], [0]))
     assert meta["transforms"]["quant"]["bits"] == 7
     assert any(isinstance(m, QuantConv2d) for m in model.modules())
