@@ -253,3 +253,8 @@ def _dann(_hparam, dataset):
 def _mtl(_hparam, dataset):
     _hparam("mtl_ema", 0.99, lambda r: float(r.choice([0.5, 0.9, 0.99, 1.0])))
     _hparam("mtl_noise_quirk", False, lambda r: False)
+
+
+@_algorithm_hparams("SagNet")
+def _sagnet(_hparam, dataset):
+    _hparam("sag_w_adv", 0.1, lambda r: float(10 ** r.uniform(-2, 1)))

@@ -331,3 +331,46 @@ def test_mtl_feeds_the_head_the_moving_mean_feature_of_the_domain():
         unseen = algorithm.classifier(torch.cat([z, z.mean(0).expand_as(z)], 1))
         torch.testing.assert_close(algorithm.predict(x), unseen)
     torch.testing.assert_close(algorithm.embeddings, torch.stack(means))
+
+
+# ---------------------------------------------------------------------------------- SagNet
+
+
+def test_sagnet_randomize_swaps_style_or_content_between_samples():
+    from domainbed.algorithms.sagnet import EPS, randomize
+
+    z = torch.randn(6, 10, generator=torch.Generator().manual_seed(2)) * 3 + 1
+    mean, var = z.mean(1, keepdim=True), z.var(1, keepdim=True)
+    content = (z - mean) / (var + EPS).sqrt()
+    torch.manual_seed(4)
+    a, pi = torch.rand(6, 1), torch.randperm(6)
+    torch.manual_seed(4)
+    styled = randomize(z, "style")
+    mixed_mean, mixed_var = a * mean + (1 - a) * mean[pi], a * var + (1 - a) * var[pi]
+    torch.testing.assert_close(styled, content * (mixed_var + EPS).sqrt() + mixed_mean)
+    torch.manual_seed(4)
+    swapped = randomize(z, "content")
+    torch.testing.assert_close(swapped, content[pi] * (var + EPS).sqrt() + mean)
+
+
+def test_sagnet_update_takes_the_content_style_and_adversarial_steps():
+    from domainbed.algorithms.sagnet import randomize
+
+    w_adv = 0.3
+    algorithm = _build("SagNet", sag_w_adv=w_adv)
+    reference = copy.deepcopy(algorithm)
+    captured = _capture_gradients(algorithm)
+    minibatches = _minibatches()
+    x, y = torch.cat([m[0] for m in minibatches]), torch.cat([m[1] for m in minibatches])
+    torch.manual_seed(9)
+    loss_c = F.cross_entropy(reference.classifier(randomize(reference.featurizer(x), "style")), y)
+    torch.manual_seed(9)
+    stats = algorithm.update(minibatches)
+    assert stats["loss"] == pytest.approx(loss_c.item(), rel=1e-6)
+    expected = _expected_gradients(reference, loss_c)
+    # steps: featurizer and content head on loss_c, style head on loss_s, featurizer on loss_adv
+    assert [sorted({n.split(".")[0] for n in c}) for c in captured] == [
+        ["featurizer"], ["classifier"], ["style_classifier"], ["featurizer"]]
+    _assert_gradients({**captured[0], **captured[1]}, expected)
+    # -mean_k log p_k >= log K (Jensen), with equality for a uniform style head
+    assert stats["loss_adv"] >= w_adv * np.log(N_CLASSES) - 1e-6
