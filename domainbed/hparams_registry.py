@@ -258,3 +258,8 @@ def _mtl(_hparam, dataset):
 @_algorithm_hparams("SagNet")
 def _sagnet(_hparam, dataset):
     _hparam("sag_w_adv", 0.1, lambda r: float(10 ** r.uniform(-2, 1)))
+
+
+@_algorithm_hparams("Mixstyle2")
+def _mixstyle2(_hparam, dataset):
+    _mixstyle(_hparam, dataset)  # SWAD's resnet*_mixstyle2_L234_p0d5_a0d1: Mixstyle's values

@@ -374,3 +374,33 @@ def test_sagnet_update_takes_the_content_style_and_adversarial_steps():
     _assert_gradients({**captured[0], **captured[1]}, expected)
     # -mean_k log p_k >= log K (Jensen), with equality for a uniform style head
     assert stats["loss_adv"] >= w_adv * np.log(N_CLASSES) - 1e-6
+
+
+# ------------------------------------------------------------------------------- Mixstyle2
+
+
+def test_mixstyle2_pairs_half_batches_of_consecutive_domains_and_mixes_across_halves():
+    from domainbed.algorithms.mixstyle2 import CrossDomainMixStyle, pair_batches
+
+    minibatches = [(torch.arange(6) + 10 * d, torch.arange(6) + 10 * d) for d in range(3)]
+    pairs = pair_batches(minibatches)
+    assert [p[0].tolist() for p in pairs] == [[0, 1, 2, 13, 14, 15], [10, 11, 12, 23, 24, 25], [20, 21, 22, 3, 4, 5]]
+    assert all(torch.equal(x, y) for x, y in pairs)
+
+    mixer = CrossDomainMixStyle(p=1.0, alpha=0.1)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        perm = mixer.partners(8)
+        assert sorted(perm.tolist()) == list(range(8))
+        assert all(p >= 4 for p in perm[:4].tolist()) and all(p < 4 for p in perm[4:].tolist())
+
+    # the mixed statistics: instance i's mean becomes lam_i mu_i + (1 - lam_i) mu_perm(i)
+    x = torch.randn(8, 2, 3, 3, generator=torch.Generator().manual_seed(0)) + torch.arange(8.0).view(8, 1, 1, 1)
+    torch.manual_seed(1)
+    out = mixer(x)
+    torch.manual_seed(1)
+    torch.rand(())
+    lam = torch.distributions.Beta(0.1, 0.1).sample((8, 1, 1, 1))
+    perm = mixer.partners(8)
+    mu = x.mean((2, 3), keepdim=True)
+    torch.testing.assert_close(out.mean((2, 3), keepdim=True), lam * mu + (1 - lam) * mu[perm], atol=1e-5, rtol=1e-5)
