@@ -263,3 +263,9 @@ def _sagnet(_hparam, dataset):
 @_algorithm_hparams("Mixstyle2")
 def _mixstyle2(_hparam, dataset):
     _mixstyle(_hparam, dataset)  # SWAD's resnet*_mixstyle2_L234_p0d5_a0d1: Mixstyle's values
+
+
+@_algorithm_hparams("ARM")
+def _arm(_hparam, dataset):
+    if dataset not in SMALL_IMAGES:  # DomainBed: the support size is fixed on large images
+        _hparam("batch_size", 8, lambda r: 8)

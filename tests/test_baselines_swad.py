@@ -404,3 +404,26 @@ def test_mixstyle2_pairs_half_batches_of_consecutive_domains_and_mixes_across_ha
     perm = mixer.partners(8)
     mu = x.mean((2, 3), keepdim=True)
     torch.testing.assert_close(out.mean((2, 3), keepdim=True), lam * mu + (1 - lam) * mu[perm], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- ARM
+
+
+def test_arm_appends_the_mean_context_map_of_each_domain_group():
+    shape = (3, 16, 16)
+    algorithm = _build("ARM", input_shape=shape, batch_size=BATCH)
+    algorithm.eval()
+    minibatches = _minibatches(shape)
+    x = torch.cat([m[0] for m in minibatches])
+    with torch.no_grad():
+        context = algorithm.context_net(x)
+        means = [context[:BATCH].mean(0, keepdim=True), context[BATCH:].mean(0, keepdim=True)]
+        expected = algorithm.network(torch.cat([x, torch.cat([means[0].expand(BATCH, -1, -1, -1),
+                                                              means[1].expand(BATCH, -1, -1, -1)])], 1))
+        torch.testing.assert_close(algorithm.predict(x), expected)
+        # a batch that is not a multiple of the support size is one group
+        odd = x[:5]
+        one = algorithm.network(torch.cat([odd, algorithm.context_net(odd).mean(0, keepdim=True).expand(5, -1, -1, -1)], 1))
+        torch.testing.assert_close(algorithm.predict(odd), one)
+    trained = {id(p) for g in algorithm.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in trained for p in algorithm.context_net.parameters())
