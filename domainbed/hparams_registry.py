@@ -258,6 +258,22 @@ def _mtl(_hparam, dataset):
     _hparam("mtl_noise_quirk", False, lambda r: False)
 
 
+@_algorithm_hparams("SagNet")
+def _sagnet(_hparam, dataset):
+    _hparam("sag_w_adv", 0.1, lambda r: float(10 ** r.uniform(-2, 1)))
+
+
+@_algorithm_hparams("Mixstyle2")
+def _mixstyle2(_hparam, dataset):
+    _mixstyle(_hparam, dataset)  # SWAD's resnet*_mixstyle2_L234_p0d5_a0d1: Mixstyle's values
+
+
+@_algorithm_hparams("ARM")
+def _arm(_hparam, dataset):
+    if dataset not in SMALL_IMAGES:  # DomainBed: the support size is fixed on large images
+        _hparam("batch_size", 8, lambda r: 8)
+
+
 # --- DomainBed baselines (MMD ... CausIRL) ---
 # DomainBed's own names, defaults and random-search ranges (facebookresearch/DomainBed,
 # hparams_registry.py); see domainbed/algorithms/{mmd,causirl,sd,iga,and_mask,selfreg,eqrm,fish,fishr}.py.

@@ -47,24 +47,41 @@ class LossScaler:
         self.scaler = scaler
         self.backwards = 0
         self.steps = 0
+        self._stepped, self._unscaled = set(), set()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
         self.backwards += 1
 
+    def _update_if_used(self, optimizer, used) -> None:
+        # GradScaler allows one unscale_ and one step per optimizer between two updates; a
+        # method that steps an optimizer twice in one update (SagNet) gets an update between
+        if id(optimizer) in used:
+            self.update()
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._update_if_used(optimizer, self._stepped)
         self.scaler.step(optimizer)
+        self._stepped.add(id(optimizer))
         self.steps += 1
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> bool:
         """GradScaler.unscale_(optimizer), then whether every gradient it holds is finite. A step
         abandoned on False counts as a (skipped) step."""
+        self._update_if_used(optimizer, self._stepped | self._unscaled)
         self.scaler.unscale_(optimizer)
+        self._unscaled.add(id(optimizer))
         self.steps += 1
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return True
         return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def update(self) -> None:
+        """GradScaler.update: the new scale from the inf checks since the last update."""
+        self.scaler.update()
+        self._stepped.clear()
+        self._unscaled.clear()
 
 
 class Precision:
@@ -103,7 +120,7 @@ class Precision:
                 "self.backward(loss) / self.optimizer_step(optimizer); use --precision bf16 (no scaling "
                 "needed) or fp32"
             )
-        scaler.scaler.update()
+        scaler.update()
         scaler.backwards = scaler.steps = 0
 
     def state_dict(self) -> dict:

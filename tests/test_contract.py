@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")
 MLP_INPUT = (8,)
 IMAGE_SHAPE = (3, 32, 32)
 # methods that need a spatial backbone; every other registered name runs on the MLP
-IMAGE_INPUT = {"Mixstyle", "CutMix"}
+IMAGE_INPUT = {"Mixstyle", "Mixstyle2", "CutMix", "ARM"}
 NUM_CLASSES, NUM_DOMAINS, BATCH = 3, 2, 8
 NAMES = sorted(algorithms.ALGORITHMS)
 

@@ -46,10 +46,14 @@ class MixStyle(nn.Module):
         mu = x.mean(dim=(2, 3), keepdim=True).detach()
         sigma = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
         lam = torch.distributions.Beta(self.alpha, self.alpha).sample((batch, 1, 1, 1)).to(x.device, x.dtype)
-        perm = torch.randperm(batch)
+        perm = self.partners(batch)
         mu_mix = lam * mu + (1 - lam) * mu[perm]
         sigma_mix = lam * sigma + (1 - lam) * sigma[perm]
         return sigma_mix * (x - mu) / sigma + mu_mix
+
+    def partners(self, batch: int) -> torch.Tensor:
+        """perm: whose statistics each instance mixes with (here any other, at random)."""
+        return torch.randperm(batch)
 
     def after(self, module, args, output):
         """Forward hook: MixStyle applied to `module`'s output."""
@@ -70,9 +74,11 @@ def mixstyle_sites(featurizer) -> list:
 
 @register_algorithm("Mixstyle")
 class Mixstyle(ERM):
+    style_mixer = MixStyle  # the module the hooks apply; Mixstyle2 uses the cross-domain one
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.mixstyle = MixStyle(hparams["mixstyle_p"], hparams["mixstyle_alpha"])
+        self.mixstyle = self.style_mixer(hparams["mixstyle_p"], hparams["mixstyle_alpha"])
         # a bound method of the module, so that a deep copy of the algorithm (weight averaging)
         # hooks its own MixStyle, which follows the copy's train/eval mode
         for site in mixstyle_sites(self.featurizer):
