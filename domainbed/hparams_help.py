@@ -89,7 +89,32 @@ DESCRIPTIONS.update({
     "penalty_anneal_iters": "steps before the penalty weight switches from 1 to its full value",
 })
 
+DESCRIPTIONS.update({
+    # SWAD-harness baselines (hparams_registry, "SWAD-harness baselines")
+    "irm_lambda": "IRM: weight of the invariance penalty (squared gradient of the risk w.r.t. a dummy scale)",
+    "irm_penalty_anneal_iters": "IRM: steps with penalty weight 1 before irm_lambda applies (then Adam restarts)",
+    "vrex_lambda": "VREx: weight of the variance of the domains' risks",
+    "vrex_penalty_anneal_iters": "VREx: steps with penalty weight 1 before vrex_lambda applies (then Adam restarts)",
+    "groupdro_eta": "GroupDRO: step size of the exponentiated-gradient update of the domain weights",
+    "mixup_alpha": "Mixup: Beta(alpha, alpha) parameter of the mixing weight",
+    "cutmix_prob": "CutMix: probability that a batch is cut-and-mixed",
+    "beta": "CutMix: Beta(beta, beta) parameter of the pasted area",
+    "mldg_beta": "MLDG: weight of the meta-test loss",
+    "mtl_ema": "MTL: moving-average factor of the domain embeddings",
+    "mtl_noise_quirk": "MTL: feed the head Gaussian noise instead of the domain embedding in training, as DomainBed's predict does",
+    "sag_w_adv": "SagNet: weight of the adversarial style loss",
+    "lr_g": "DANN/CDANN: learning rate of the featurizer and classifier",
+    "lr_d": "DANN/CDANN: learning rate of the domain discriminator",
+    "weight_decay_g": "DANN/CDANN: weight decay of the featurizer and classifier",
+    "weight_decay_d": "DANN/CDANN: weight decay of the discriminator",
+    "d_steps_per_g_step": "DANN/CDANN: discriminator steps per generator step",
+    "grad_penalty": "DANN/CDANN: weight of the discriminator's gradient penalty",
+    "beta1": "DANN/CDANN: Adam's beta1 of both optimizers",
+})
+
 PER_ALGORITHM = {
+    ("DANN", "lambda"): "DANN: weight of the adversarial domain loss in the generator's objective",
+    ("CDANN", "lambda"): "CDANN: weight of the adversarial (class-conditional) domain loss",
     ("Fishr", "lambda"): "Fishr: weight of the distance between the domains' gradient variances",
     ("SAGM_DG", "alpha"): "weight of SAGM's gradient-alignment term (perturbed minus clean loss gradient)",
     ("GSAM", "alpha"): "weight of GSAM's surrogate-gap step, orthogonal to the loss gradient",

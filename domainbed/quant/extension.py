@@ -15,7 +15,7 @@ domainbed/scripts/ensemble.py). Run-level hparams (config.yaml):
 At the swap the latent weights stay the very Parameter objects the optimizer holds, so their
 optimizer state carries on, and the new step sizes join the param group of their layer's weight
 (`Algorithm.add_parameters_to_optimizers`); weight averaging, if on, restarts from the quantized
-model (domainbed/averaging.py sees the parameters change). The log and the table's legend give the model size with quantized weights at `q_bits`
+model (domainbed/averaging/extension.py sees the parameters change). The log and the table's legend give the model size with quantized weights at `q_bits`
 bits and the rest at 32, and the compression ratio; with `--model_save` each fold also writes
 models/compact/TE{i}_final.pth, the final model as packed integer codes plus step sizes.
 
@@ -30,7 +30,7 @@ Differences from QT-DoG's code (saqibjaved1/QT-DoG, domainbed/trainer.py and qua
 - Like the official code we quantize every convolution, the stem included (its `conv1`/`fc`
   exceptions never match the real module names); `q_exclude` makes exceptions that do match.
 - Weight averaging restarts at the swap, as the official code's new averaged model and new SWAD
-  object do: domainbed/averaging.py restarts by itself when the algorithm's parameters change.
+  object do: domainbed/averaging/extension.py restarts by itself when the algorithm's parameters change.
 - The model size and compression ratio are reported (the paper's tables give them; the code
   does not compute them), and the compact checkpoint is ours.
 """
