@@ -459,14 +459,19 @@ def test_state_dict_and_optimizers_continue_bit_identically(name):
         assert torch.equal(a, b), k
 
 
-def test_fish_under_fp16_is_a_one_line_usage_error():
-    from domainbed.errors import UsageError
+def test_fish_under_loss_scaling_is_the_unscaled_step():
+    """Each inner step is scaled and unscaled (a power-of-two scale changes no bit), the meta
+    step is not unscaled: without autocast, the fp16 hooks give fp32's update exactly."""
     from domainbed.precision import Precision
 
-    algorithm = make("Fish")
-    Precision("fp16", "cpu").attach(algorithm)
-    with pytest.raises(UsageError, match="fp16.*bf16 or fp32"):
-        algorithm.update(minibatches())
+    plain, scaled = make("Fish"), make("Fish")
+    precision = Precision("fp16", "cpu")
+    precision.attach(scaled)
+    plain.update(minibatches())
+    scaled.update(minibatches())
+    precision.loss_scaler.update()
+    for (name, a), b in zip(plain.network.state_dict().items(), scaled.network.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), name
 
 
 def test_selfreg_quantization_step_sizes_of_the_frozen_projection_stay_frozen():

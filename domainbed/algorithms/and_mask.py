@@ -74,9 +74,8 @@ class SANDMask(GradientMask):
     def mask(self, grads):
         # one domain: no variance (DomainBed's nan, without torch's warning)
         variance = grads.var(0) if len(grads) > 1 else torch.full_like(grads[0], float("nan"))
-        if self.loss_scaler is not None:
-            # the gradients carry the loss scale s; the mask is defined on the unscaled ones
-            variance = variance / self.loss_scaler.scaler.get_scale() ** 2
+        # the gradients carry the loss scale s under fp16; the mask is defined on the unscaled ones
+        variance = variance / self.loss_scale() ** 2
         variance = variance.masked_fill(variance.isnan(), 1e-17)
         m = torch.tanh(self.hparams["k"] * (sign_agreement(grads) - self.hparams["tau"]) / variance).clamp_min(0)
         return m.masked_fill(m.isnan(), 1e-17)

@@ -118,6 +118,12 @@ class Algorithm(nn.Module):
             return True
         return self.loss_scaler.unscale(optimizer)
 
+    def loss_scale(self) -> float:
+        """The factor that gradients from `self.backward` carry until they are unscaled: 1 under
+        fp32 and bf16, GradScaler's scale under fp16 (a method that reads `.grad` itself, such as
+        SAND-mask's variance, divides by it)."""
+        return 1.0 if self.loss_scaler is None else float(self.loss_scaler.scaler.get_scale())
+
     def optimizer_step(self, optimizer) -> None:
         """`optimizer.step()`; under fp16 the gradients are unscaled first and the step is
         skipped when one of them is inf or nan (torch.amp.GradScaler.step)."""

@@ -21,9 +21,9 @@ next, and the reported loss is that of the last inner step (the last domain).
 Differences from DomainBed's code: the clone is a submodule built once (`network_inner`), its
 weights reloaded from the network at every update, instead of a new network and a new Adam
 loaded with the saved state each step: the same computation, without rebuilding. Under
-`--precision fp16` one update steps the inner optimizer once per domain, which the base class's
-single loss-scaler step per update does not allow yet (GradScaler raises on the second step):
-Fish runs under fp32 and bf16, and under fp16 its first update raises a one-line UsageError.
+`--precision fp16` each inner step goes through the loss scaler (which updates its scale between
+two steps of one optimizer); the meta step is a plain `step()`, since its gradient is a weight
+difference, not a scaled loss gradient.
 """
 
 import copy
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
-from domainbed.errors import UsageError
 
 
 @register_algorithm("Fish")
@@ -48,9 +47,6 @@ class Fish(ERM):
         return {"meta_optimizer": self.optimizer, "inner_optimizer": self.inner_optimizer}
 
     def update(self, minibatches):
-        if self.loss_scaler is not None:
-            raise UsageError("--precision fp16: Fish steps its inner optimizer once per domain in an update, which "
-                             "fp16 loss scaling does not support yet; use --precision bf16 or fp32")
         self.network_inner.load_state_dict(self.network.state_dict())
         for x, y in minibatches:
             loss = F.cross_entropy(self.network_inner(x), y)
@@ -67,6 +63,6 @@ class Fish(ERM):
                     b.add_(b_tilde - b, alpha=meta_lr)
                 else:
                     b.copy_(b_tilde)
-        self.optimizer_step(self.optimizer)
+        self.optimizer.step()  # never unscaled: theta - theta_tilde carries no loss scale
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss.item()}
