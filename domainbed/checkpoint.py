@@ -17,7 +17,7 @@ one) holding:
 
 The data stream needs no state: the batches of step t (and their augmentation) are a pure function
 of (stream seed, t), see domainbed/data/sampling.py, so the resumed loaders start at step N + 1.
-Only the newest checkpoint of a fold is kept, plus, with `keep_best`, the one of best
+The two newest checkpoints of a fold are kept (a damaged newest one falls back to the other), plus, with `keep_best`, the one of best
 training-domain validation accuracy. A finished fold leaves `OUT/resume/TE{envs}_done.json` with
 its selection rows (a resumed run skips it) and deletes its checkpoints but the best.
 """
@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from domainbed import misc, model_io
+from domainbed import misc, model_io, persistence
 from domainbed.errors import UsageError
 
-FORMAT = 1
+FORMAT = 2  # 2: checksummed, weights_only-loadable (domainbed/persistence.py)
+# the newest checkpoints kept per fold, so that a damaged newest one leaves one to fall back to
+KEEP_LAST = 2
 # Hparams that change speed, never results: a run may resume with other values.
 RESUMABLE_HPARAMS = {"num_workers"}
 
@@ -74,7 +76,10 @@ def fingerprint(settings, hparams: dict) -> dict:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as a tensor, so the checkpoint loads with weights_only (domainbed/persistence.py)
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -82,7 +87,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -112,22 +118,24 @@ def _load_optimizer(name, optimizer, saved: dict, parameters: dict) -> None:
 
 
 def save(state: dict, path: Path) -> None:
-    """Write `state` to `path` atomically and durably (see misc.atomic_open)."""
-    with misc.atomic_open(path) as handle:
-        torch.save(state, handle)
+    """Write `state` to `path` atomically, durably and with its checksum (domainbed/persistence.py)."""
+    persistence.save(state, path)
 
 
-def _load_latest(out_dir, test_envs) -> dict | None:
-    """The fold's newest checkpoint (with its path under `path`), or None."""
+def _load_latest(out_dir, test_envs, log=print) -> dict | None:
+    """The fold's newest intact checkpoint (with its path under `path`), or None. A damaged one
+    (failing its checksum, unreadable) is set aside as `.damaged` and the next older one is tried."""
     found = list_checkpoints(out_dir, test_envs)
-    if not found:
-        return None
-    path = found[max(found)]
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise UsageError(f"cannot read checkpoint {path}: {error}; delete it to resume from scratch") from None
-    return {**state, "path": path}
+    for step in sorted(found, reverse=True):
+        path = found[step]
+        try:
+            return {**persistence.load(path, "checkpoint"), "path": path}
+        except persistence.DamagedFile as error:
+            path.rename(path.with_name(path.name + ".damaged"))
+            older = [s for s in found if s < step]
+            log(f"warning: {error}; " + (f"falling back to the checkpoint of step {max(older)}" if older
+                                          else "no older checkpoint: the fold starts from step 0"))
+    return None
 
 
 def best_step(records) -> int | None:
@@ -142,7 +150,7 @@ def prune(out_dir, test_envs, records, keep_best: bool, keep_last: bool = True) 
     found = list_checkpoints(out_dir, test_envs)
     keep = set()
     if keep_last and found:
-        keep.add(max(found))
+        keep.update(sorted(found)[-KEEP_LAST:])
     if keep_best:
         keep.add(best_step(records))
     for step, path in found.items():
@@ -192,8 +200,8 @@ class FoldCheckpoints:
         self.meta = meta
         self.stateful = stateful
 
-    def load_latest(self) -> dict | None:
-        return None if self.out_dir is None else _load_latest(self.out_dir, self.test_envs)
+    def load_latest(self, log=print) -> dict | None:
+        return None if self.out_dir is None else _load_latest(self.out_dir, self.test_envs, log)
 
     def save(self, fold, extensions, step: int) -> None:
         """Checkpoint the fold after the evaluation at `step`, then drop the older checkpoints."""
@@ -233,13 +241,10 @@ class FoldCheckpoints:
                              f"this run has {kinds}")
 
         algorithm = fold.algorithm
-        for key, transform in state["meta"]["transforms"].items():
-            if key in fold.model_transforms:
-                continue  # already applied by an extension's setup, as in the original run
-            if key not in model_io.REBUILDERS:
-                raise UsageError(f"checkpoint {state['path']} needs the {key!r} rebuild, which is not registered")
-            model_io.REBUILDERS[key](algorithm, transform)
-            algorithm.to(fold.device)
+        # transforms an extension's setup already applied, as in the original run, are not replayed
+        model_io.apply_transforms(algorithm, state["meta"]["transforms"], f"checkpoint {state['path']}",
+                                  applied=fold.model_transforms)
+        algorithm.to(fold.device)
         fold.model_transforms = dict(state["meta"]["transforms"])
         algorithm.load_state_dict(state["model_dict"])
 

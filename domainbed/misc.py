@@ -71,11 +71,6 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_torch_save(obj, path) -> None:
-    with atomic_open(path) as handle:
-        torch.save(obj, handle)
-
-
 def json_default(value):
     if isinstance(value, (Path, range)):
         return str(value)

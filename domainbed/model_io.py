@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from domainbed import misc
+from domainbed import persistence
 from domainbed.algorithms import get_algorithm_class
 from domainbed.errors import UsageError
 from domainbed.extensions import import_extension_modules
@@ -47,26 +47,49 @@ def save_model(path, model, meta: dict) -> None:
     """`model` is the algorithm (or an averaged copy of it) to save; `meta` must name
     algorithm, input_shape, num_classes, num_domains, hparams, dataset, environments, test_envs."""
     state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
-    misc.atomic_torch_save({"meta": meta, "model_dict": state}, path)
+    persistence.save({"meta": meta, "model_dict": state}, path)
 
 
-def load_model(path, device="cpu"):
-    """(algorithm in eval mode, meta) from a file written by `save_model`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"model file {path} does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        meta = saved["meta"]
-    except Exception as error:
-        raise UsageError(f"cannot read model file {path}: {error}") from None
+def apply_transforms(algorithm, transforms: dict, source, applied=()) -> None:
+    """Replay the module-tree changes `transforms` (quantization's swap, say) on a fresh
+    `algorithm`, but those already `applied`; `source` names the file in errors."""
+    import_extension_modules()
+    for key, transform in transforms.items():
+        if key in applied:
+            continue
+        if key not in REBUILDERS:
+            raise UsageError(f"{source} needs the {key!r} rebuild, which is not registered")
+        REBUILDERS[key](algorithm, transform)
+
+
+def rebuild(meta: dict, state: dict, source):
+    """The algorithm that `meta` describes, with `state` loaded strictly, in eval mode on the CPU.
+    The one place a saved model is rebuilt: final models, kept checkpoints, compact exports."""
+    if not state:
+        raise UsageError(f"{source} holds no weights")
     algorithm = get_algorithm_class(meta["algorithm"])(
         meta["input_shape"], meta["num_classes"], meta["num_domains"], meta["hparams"]
     )
-    import_extension_modules()
-    for key, transform in meta.get("transforms", {}).items():
-        if key not in REBUILDERS:
-            raise UsageError(f"model file {path} needs the {key!r} rebuild, which is not registered")
-        REBUILDERS[key](algorithm, transform)
-    algorithm.load_state_dict(saved["model_dict"], strict=False)
-    return algorithm.to(device).eval(), meta
+    apply_transforms(algorithm, meta.get("transforms", {}), source)
+    try:
+        algorithm.load_state_dict(state)
+    except RuntimeError as error:
+        raise UsageError(f"{source} does not fit its {meta['algorithm']} model: "
+                         f"{str(error).splitlines()[0]}") from None
+    return algorithm.eval()
+
+
+def load_model(path, device="cpu"):
+    """(algorithm in eval mode, meta) from a file written by `save_model` (or a checkpoint)."""
+    saved = persistence.load(path, "model file")
+    if not isinstance(saved, dict) or "meta" not in saved or "model_dict" not in saved:
+        raise UsageError(f"model file {path} has no model (meta and model_dict)")
+    return rebuild(saved["meta"], saved["model_dict"], f"model file {path}").to(device), saved["meta"]
+
+
+def read_meta(path) -> dict:
+    """The metadata of a saved model, verified."""
+    saved = persistence.load(path, "model file")
+    if not isinstance(saved, dict) or "meta" not in saved:
+        raise UsageError(f"model file {path} has no metadata")
+    return saved["meta"]

@@ -150,16 +150,13 @@ def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps
     return record
 
 
-def save_model_snapshot(fold: Fold, step: int) -> None:
+def save_model_snapshot(fold: Fold, step: int, meta: dict) -> None:
     """`--model_save N`: the algorithm's weights at every checkpoint from step N on."""
     settings = fold.settings
     if settings.model_save is None or step < settings.model_save or not settings.out_dir:
         return
-    misc.atomic_torch_save(
-        {"test_envs": settings.test_envs, "step": step, "hparams": fold.hparams,
-         "model_dict": fold.algorithm.state_dict()},
-        Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth",
-    )
+    model_io.save_model(Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth", fold.algorithm,
+                        {**meta, "transforms": dict(fold.model_transforms), "step": step})
 
 
 def select(fold: Fold, extensions) -> dict:
@@ -204,7 +201,7 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
             if records_path is not None:
                 append_record(records_path, record)
             fold.log(f"[{fold.name}] " + _format_record(record))
-            save_model_snapshot(fold, step)
+            save_model_snapshot(fold, step, checkpoints.meta)
             scalars.checkpoint(step, record)
             checkpoints.save(fold, extensions, step)
             if fold.stop:
@@ -226,7 +223,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     precision = Precision(hparams["precision"], device)
     meta = model_io.model_meta(settings.algorithm, dataset, len(train_splits), hparams, settings.test_envs)
     checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
-    saved = checkpoints.load_latest() if settings.resume else None
+    saved = checkpoints.load_latest(log) if settings.resume else None
     start_step = saved["step"] + 1 if saved else 0
     evaluator = Evaluator(eval_splits, settings.test_envs, hparams["test_batchsize"], 0, device,
                           settings.evalmode, make_loader=pipeline.eval_batches, autocast=precision.autocast)

@@ -52,12 +52,24 @@ def install(spec: str, action=sigkill, setattr=setattr) -> None:
         setattr(trainer, "append_record", after(trainer.append_record))
     elif point == "finish":
         setattr(trainer.model_io, "save_model", after(model_io.save_model))
-    else:  # the checkpoint module's torch, whose `save` writes into the atomic temporary file
-        torch = checkpoint.torch
-        proxy = types.ModuleType("torch")
-        proxy.__getattr__ = lambda name: getattr(torch, name)
-        proxy.save = after(torch.save)
-        setattr(checkpoint, "torch", proxy)
+    else:  # checkpoints only: persistence's torch.save, which writes into the atomic temporary file
+        persistence = checkpoint.persistence
+        torch = persistence.torch
+        stopping_torch = types.ModuleType("torch")
+        stopping_torch.__getattr__ = lambda name: getattr(torch, name)
+        stopping_torch.save = after(torch.save)
+
+        def save_checkpoint(obj, path):
+            persistence.torch = stopping_torch
+            try:
+                persistence.save(obj, path)
+            finally:
+                persistence.torch = torch
+
+        proxy = types.ModuleType("persistence")
+        proxy.__getattr__ = lambda name: getattr(persistence, name)
+        proxy.save = save_checkpoint
+        setattr(checkpoint, "persistence", proxy)
 
 
 def install_from_environment() -> None:

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from domainbed import model_io
+from domainbed import model_io, persistence
 from domainbed.errors import UsageError
 from domainbed.scripts import ensemble, flatness
 
@@ -20,7 +20,7 @@ def _train(out, seed, test_envs):
 
     result = train_all.run(["tiny", "--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2",
                             "--checkpoint_freq", "2", "--batch_size", "8", "--test_envs", *test_envs,
-                            "--num_workers", "0", "--seed", str(seed), "--output_dir", str(out)])
+                            "--num_workers", "0", "--seed", str(seed), "--output_dir", str(out), "--swad", "False"])
     return result["out_dir"], result
 
 
@@ -74,9 +74,9 @@ def _copy_with_meta(run_dir, tmp_path, **changes):
     copy = tmp_path / f"{run_dir.name}_changed"
     shutil.copytree(run_dir, copy)
     for path in (copy / "models").glob("TE*_final.pth"):
-        saved = torch.load(path, weights_only=False)
+        saved = persistence.load(path)
         saved["meta"].update(changes)
-        torch.save(saved, path)
+        persistence.save(saved, path)
     return copy
 
 

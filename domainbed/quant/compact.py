@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from domainbed import misc
-from domainbed.algorithms import get_algorithm_class
+from domainbed import persistence
 from domainbed.errors import UsageError
 from domainbed.quant.lsq import code_range
 from domainbed.quant.modules import QUANTIZED_TYPES
@@ -97,27 +96,15 @@ def expand_state(compact: dict) -> dict:
 
 def save_compact(path, model: torch.nn.Module, meta: dict) -> None:
     """Write `model` (an algorithm with quantized layers) and the `meta` of model_io.save_model."""
-    misc.atomic_torch_save({"meta": meta, "compact": compact_state(model)}, path)
+    persistence.save({"meta": meta, "compact": compact_state(model)}, path)
 
 
 def load_compact(path, device="cpu"):
     """(algorithm in eval mode, meta) from a file written by `save_compact`."""
-    from domainbed.model_io import REBUILDERS
+    from domainbed import model_io
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"compact model file {path} does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        meta, compact = saved["meta"], saved["compact"]
-    except Exception as error:
-        raise UsageError(f"cannot read compact model file {path}: {error}") from None
-    algorithm = get_algorithm_class(meta["algorithm"])(
-        meta["input_shape"], meta["num_classes"], meta["num_domains"], meta["hparams"]
-    )
-    for key, transform in meta.get("transforms", {}).items():
-        if key not in REBUILDERS:
-            raise UsageError(f"compact model file {path} needs the {key!r} rebuild, which is not registered")
-        REBUILDERS[key](algorithm, transform)
-    algorithm.load_state_dict(expand_state(compact), strict=False)
-    return algorithm.to(device).eval(), meta
+    saved = persistence.load(path, "compact model file")
+    if not isinstance(saved, dict) or "meta" not in saved or "compact" not in saved:
+        raise UsageError(f"compact model file {path} has no model (meta and compact)")
+    state = expand_state(saved["compact"])
+    return model_io.rebuild(saved["meta"], state, f"compact model file {path}").to(device), saved["meta"]

@@ -87,14 +87,6 @@ def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def read_meta(path) -> dict:
-    """The metadata of a final-model file, without reading its weights (memory-mapped)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["meta"]
-    except Exception as error:
-        raise UsageError(f"cannot read model file {path}: {error}") from None
-
-
 def check_members(runs, metas) -> None:
     """One-line errors when the runs' models cannot be ensembled."""
     first, reference = runs[0], metas[0]
@@ -158,7 +150,7 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
     ensemble_row = f"Ensemble ({len(runs)} runs)"
     test_rows, ind_rows = [], []
     for test_env in common:
-        check_members(runs, [read_meta(run.models[test_env]) for run in runs])
+        check_members(runs, [model_io.read_meta(run.models[test_env]) for run in runs])
         loaded = [model_io.load_model(run.models[test_env], device) for run in runs]
         evaluator = Evaluator(eval_splits(runs[0], dataset, test_env), [test_env],
                               batch_size or runs[0].hparams.get("test_batchsize", 256),

@@ -1,0 +1,81 @@
+"""Every file of tensors we write and read back: checkpoints, saved models, compact exports.
+
+- Nothing we load runs code: files are read with `torch.load(..., weights_only=True)`, which
+  accepts tensors and plain python data only, so a crafted pickle (a file whose unpickling would
+  call a function) is refused with a one-line error before anything in it runs. Whatever a file
+  needs is therefore stored as tensors and plain types (numpy's RNG state as a tensor, say).
+- Integrity: a file holds `{"sha256": digest, "content": obj}`, the digest taken over the whole
+  content (every tensor's dtype, shape and bytes, every other value's repr, in order). Loading
+  recomputes it, so a flipped bit or a truncated write is a one-line error naming the file, and
+  resume can fall back to an older checkpoint (domainbed/checkpoint.py).
+- Durable: written through `misc.atomic_open` (temporary file, fsync, rename).
+"""
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from domainbed import misc
+from domainbed.errors import UsageError
+
+
+class DamagedFile(UsageError):
+    """A file that exists but cannot be trusted: unreadable, unchecked or failing its checksum."""
+
+
+def _feed(hasher, obj) -> None:
+    if torch.is_tensor(obj):
+        tensor = obj.detach().cpu().contiguous()
+        hasher.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        hasher.update(f"dict {len(obj)};".encode())
+        for key, value in obj.items():
+            hasher.update(repr(key).encode())
+            _feed(hasher, value)
+    elif isinstance(obj, (list, tuple)):
+        hasher.update(f"{type(obj).__name__} {len(obj)};".encode())
+        for value in obj:
+            _feed(hasher, value)
+    else:
+        hasher.update(f"{repr(obj)};".encode())
+
+
+def digest(obj) -> str:
+    """sha256 over the content of `obj` (nested dicts, lists and tuples of tensors and plain values)."""
+    hasher = hashlib.sha256()
+    _feed(hasher, obj)
+    return hasher.hexdigest()
+
+
+def save(obj, path) -> None:
+    """Write `obj` with its checksum to `path`, atomically and durably."""
+    with misc.atomic_open(path) as handle:
+        torch.save({"sha256": digest(obj), "content": obj}, handle)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def load(path, what: str = "file"):
+    """The content that `save` wrote to `path`, verified; one-line UsageError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise DamagedFile(f"refused {what} {path}: it holds more than tensors and plain data, and loading it "
+                          f"could run code ({_first_line(error)})") from None
+    except Exception as error:
+        raise DamagedFile(f"cannot read {what} {path}: {_first_line(error)}") from None
+    if not isinstance(saved, dict) or set(saved) != {"sha256", "content"}:
+        raise DamagedFile(f"{what} {path} carries no checksum: it was not written by this version of the "
+                          "harness (or not by the harness)")
+    if digest(saved["content"]) != saved["sha256"]:
+        raise DamagedFile(f"{what} {path} fails its checksum: the file is damaged")
+    return saved["content"]
