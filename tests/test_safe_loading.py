@@ -1,0 +1,121 @@
+"""Nothing we load runs code, and a damaged file is noticed: crafted pickles through every
+loader (--resume, the ensemble and flatness tools, the compact loader), checksums, fallback."""
+
+import os
+
+import pytest
+import torch
+
+import train_all
+from domainbed import checkpoint, model_io, persistence
+from domainbed.errors import UsageError
+from domainbed.quant import compact
+from domainbed.scripts import ensemble, flatness
+
+FAST = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "4", "--checkpoint_freq", "2", "--batch_size", "8",
+        "--test_envs", "0", "--num_workers", "0", "--swad", "False"]
+
+
+class _Payload:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _craft(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"sha256": "0", "content": {"meta": _Payload(marker), "model_dict": {}}}, path)
+
+
+def _one_line(error):
+    assert "\n" not in str(error)
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    result = train_all.run(["safe", *FAST, "--output_dir", str(tmp_path / "out")])
+    return result["out_dir"]
+
+
+def test_crafted_model_file_is_refused_by_the_ensemble_and_flatness_tools(finished_run, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    _craft(finished_run / "models" / "TE0_final.pth", marker)
+    assert ensemble.main([str(finished_run), "--device", "cpu", "--num_workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: refused model file") and "could run code" in err and "\n" not in err
+    assert flatness.main([str(finished_run), "--radii", "0", "--n_directions", "1", "--device", "cpu",
+                          "--num_workers", "0", "--out", str(tmp_path / "f")]) == 2
+    assert "refused model file" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_crafted_compact_file_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    _craft(tmp_path / "compact.pth", marker)
+    with pytest.raises(UsageError, match="refused compact model file") as error:
+        compact.load_compact(tmp_path / "compact.pth")
+    _one_line(error.value)
+    assert not marker.exists()
+
+
+def test_crafted_checkpoint_is_refused_on_resume(tmp_path, capsys):
+    out = tmp_path / "out"
+    train_all.run(["safe", *FAST, "--output_dir", str(out), "--steps", "2"])
+    (run_dir,) = (out / "Synthetic").iterdir()
+    (run_dir / "resume" / "TE0_done.json").unlink()
+    marker = tmp_path / "pwned"
+    _craft(checkpoint.checkpoint_path(run_dir, [0], 2), marker)
+    assert train_all.main(["safe", *FAST, "--output_dir", str(out), "--steps", "2", "--resume"]) == 0
+    assert not marker.exists()
+    log = (run_dir / "log.txt").read_text()
+    assert "warning: refused checkpoint" in log and "the fold starts from step 0" in log
+    assert (run_dir / "resume" / "TE0_step2.pth.damaged").is_file()
+
+
+def test_checksums_catch_a_flipped_bit(tmp_path):
+    path = tmp_path / "m.pth"
+    persistence.save({"w": torch.arange(1000, dtype=torch.float32), "step": 3}, path)
+    assert persistence.load(path)["step"] == 3
+    data = bytearray(path.read_bytes())
+    # a byte inside the tensor's storage: the zip entry still reads, the checksum does not match
+    offset = data.find(torch.arange(1000, dtype=torch.float32).numpy().tobytes()[400:416])
+    assert offset > 0
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(persistence.DamagedFile, match="fails its checksum") as error:
+        persistence.load(path)
+    _one_line(error.value)
+
+
+def test_a_file_without_checksum_or_weights_is_refused(tmp_path, finished_run):
+    plain = tmp_path / "plain.pth"
+    torch.save({"meta": {}, "model_dict": {}}, plain)
+    with pytest.raises(UsageError, match="carries no checksum"):
+        persistence.load(plain)
+    empty = tmp_path / "empty.pth"
+    meta = model_io.read_meta(finished_run / "models" / "TE0_final.pth")
+    persistence.save({"meta": meta, "model_dict": {}}, empty)
+    with pytest.raises(UsageError, match="holds no weights"):
+        model_io.load_model(empty)
+    partial = tmp_path / "partial.pth"
+    state = persistence.load(finished_run / "models" / "TE0_final.pth")
+    state["model_dict"].pop(next(iter(state["model_dict"])))
+    persistence.save(state, partial)
+    with pytest.raises(UsageError, match="does not fit its ERM model: Error"):
+        model_io.load_model(partial)
+
+
+def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_damaged(tmp_path):
+    for step in (2, 4):
+        persistence.save({"step": step}, checkpoint.checkpoint_path(tmp_path, [0], step))
+    newest = checkpoint.checkpoint_path(tmp_path, [0], 4)
+    newest.write_bytes(newest.read_bytes()[:-200])  # a truncated copy, as a full disk leaves one
+    said = []
+    state = checkpoint._load_latest(tmp_path, [0], log=said.append)
+    assert state["step"] == 2 and state["path"] == checkpoint.checkpoint_path(tmp_path, [0], 2)
+    assert len(said) == 1 and "falling back to the checkpoint of step 2" in said[0]
+    assert newest.with_name(newest.name + ".damaged").is_file() and not newest.exists()
