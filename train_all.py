@@ -11,6 +11,7 @@ folds are skipped, the unfinished one continues from its last checkpoint (domain
 import argparse
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -191,18 +192,57 @@ def run(argv) -> dict:
     check_run_settings(args, hparams)
     official_split_dir(args)
 
+    check_run_name(args.name)
+    # everything that can be checked is checked before the run directory exists
+    dataset = None if args.show else dataset_class(args.data_dir, [], hparams)
+    if dataset is not None:
+        check_environments(args, dataset)
     out_dir = run_directory(args)
-    resuming = args.resume is not None and (out_dir / "args.json").is_file() and (out_dir / "hparams.json").is_file()
+    resuming = args.resume is not None and (out_dir / "args.json").is_file()
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out_dir / "log.txt")
-    try:
-        with RunLock(out_dir):
-            return _run(args, hparams, dataset_class, out_dir, log, argv, resuming)
-    except UsageError as error:
-        log(f"error: {error}")
-        raise
-    finally:
-        log.close()
+    with RunLock(out_dir):  # before the log, so that a second process writes nothing into this run's log
+        log = RunLog(out_dir / "log.txt")
+        try:
+            return _run(args, hparams, dataset, out_dir, log, argv, resuming)
+        except UsageError as error:
+            log.to_file(f"error: {error}")  # main prints it, once
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted(out_dir, argv) from None
+        finally:
+            log.close()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: where the run is and the command that continues it."""
+
+    def __init__(self, out_dir, argv):
+        super().__init__()
+        kept = list(argv)
+        if "--resume" in kept:
+            at = kept.index("--resume")
+            del kept[at:at + (2 if at + 1 < len(kept) and Path(kept[at + 1]).is_dir() else 1)]
+        command = ["python", "train_all.py", *kept, "--resume", str(out_dir)]
+        self.message = (f"interrupted: {out_dir} holds the records and checkpoints so far; continue it with\n"
+                        f"  {shlex.join(command)}")
+
+
+def check_environments(args, dataset) -> None:
+    """The folds asked for exist (datasets whose domains are the folders found, too)."""
+    for env in args.test_envs or []:
+        if not 0 <= env < len(dataset):
+            raise UsageError(
+                f"--test_envs {env} is out of range; {args.dataset} has environments 0-{len(dataset) - 1} "
+                f"({', '.join(f'{i}={n}' for i, n in enumerate(dataset.environments))})"
+            )
+    if len(dataset) < 2:
+        raise UsageError(f"{args.dataset} has {len(dataset)} environment; leave-one-domain-out needs at least 2")
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one path component: its directory must stay inside the output folder."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise UsageError(f"run name {name!r} must be a single folder name (no '/', not empty, not '.' or '..')")
 
 
 def official_split_dir(args) -> str | None:
@@ -235,16 +275,19 @@ def run_directory(args) -> Path:
     if args.resume is None:
         return new_run_dir(args.output_dir, args.dataset, args.name)
     if args.resume is True:
-        return latest_run_dir(args.output_dir, args.dataset, args.name) or new_run_dir(
-            args.output_dir, args.dataset, args.name)
-    path = Path(args.resume)
-    if not (path / "args.json").is_file():
-        raise UsageError(f"--resume {path}: not a run directory (no {path / 'args.json'}); give a directory "
-                         f"that train_all.py wrote, or --resume alone for the latest run named {args.name!r}")
+        path = latest_run_dir(args.output_dir, args.dataset, args.name)
+        if path is None:
+            return new_run_dir(args.output_dir, args.dataset, args.name)
+    else:
+        path = Path(args.resume)
+    missing = [name for name in ("args.json", "hparams.json") if not (path / name).is_file()]
+    if missing:
+        raise UsageError(f"--resume {path}: not a resumable run directory (no {' or '.join(missing)}); give a "
+                         f"directory that train_all.py wrote, or leave out --resume for a new run")
     return path
 
 
-def _run(args, hparams, dataset_class, out_dir, log, argv, resuming) -> dict:
+def _run(args, hparams, dataset, out_dir, log, argv, resuming) -> dict:
     log(f"Command: python train_all.py {' '.join(argv)}")
     for line in environment_report():
         log(line)
@@ -268,21 +311,11 @@ def _run(args, hparams, dataset_class, out_dir, log, argv, resuming) -> dict:
         return {}
 
     misc.set_deterministic(args.deterministic)
-    dataset = dataset_class(args.data_dir, [], hparams)
     log(f"Dataset {args.dataset}: {len(dataset)} environments, {dataset.num_classes} classes")
     for env, name in enumerate(dataset.environments):
         log(f"\tenv{env}: {name} ({len(dataset[env])} items)")
 
     test_envs = args.test_envs if args.test_envs is not None else list(range(len(dataset)))
-    for env in test_envs:
-        if not 0 <= env < len(dataset):
-            raise UsageError(
-                f"--test_envs {env} is out of range; {args.dataset} has environments 0-{len(dataset) - 1} "
-                f"({', '.join(f'{i}={n}' for i, n in enumerate(dataset.environments))})"
-            )
-    if len(dataset) < 2:
-        raise UsageError(f"{args.dataset} has {len(dataset)} environment; leave-one-domain-out needs at least 2")
-
     n_steps = args.steps or dataset.N_STEPS
     checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
     if n_steps <= 0 or checkpoint_freq <= 0:
@@ -339,8 +372,11 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Interrupted as interrupted:
+        print(interrupted.message, file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted: the records so far are in the run directory's results.jsonl", file=sys.stderr)
+        print("interrupted before the run directory was made: nothing to resume", file=sys.stderr)
         return 130
     return 0
 

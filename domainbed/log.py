@@ -23,6 +23,12 @@ class RunLog:
             self._handle.write(text + "\n")
             self._handle.flush()
 
+    def to_file(self, message) -> None:
+        """Append to log.txt only (what the caller prints itself, such as an error)."""
+        if self._handle:
+            self._handle.write(str(message) + "\n")
+            self._handle.flush()
+
     def close(self) -> None:
         if self._handle:
             self._handle.close()

@@ -119,3 +119,60 @@ def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_damaged(tm
     assert state["step"] == 2 and state["path"] == checkpoint.checkpoint_path(tmp_path, [0], 2)
     assert len(said) == 1 and "falling back to the checkpoint of step 2" in said[0]
     assert newest.with_name(newest.name + ".damaged").is_file() and not newest.exists()
+
+
+@pytest.mark.parametrize("name", ["", "..", ".", "a/b", "../escape"])
+def test_run_names_are_single_folder_names(tmp_path, capsys, name):
+    assert train_all.main([name, *FAST, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run name") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_launch_leaves_no_directory_and_resume_refuses_a_directory_without_settings(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_all.main(["x", "--dataset", "PACS", "--data_dir", str(tmp_path / "none"), "--output_dir",
+                           str(out)]) == 2
+    assert "data directory" in capsys.readouterr().err and not out.exists()
+    broken = out / "Synthetic" / "261203_10-00-00_x"
+    broken.mkdir(parents=True)
+    (broken / "args.json").write_text("{}")
+    assert train_all.main(["x", *FAST, "--output_dir", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a resumable run directory (no hparams.json)" in err and "\n" not in err
+    assert train_all.main(["x", *FAST, "--output_dir", str(out), "--resume", str(tmp_path)]) == 2
+    assert "no args.json or hparams.json" in capsys.readouterr().err
+
+
+def test_a_locked_run_writes_nothing_into_the_other_runs_log(tmp_path, capsys):
+    from domainbed.run_dir import RunLock
+
+    out = tmp_path / "out"
+    train_all.run(["lock", *FAST, "--output_dir", str(out), "--steps", "2"])
+    (run_dir,) = (out / "Synthetic").iterdir()
+    before = (run_dir / "log.txt").read_text()
+    capsys.readouterr()
+    with RunLock(run_dir):
+        assert train_all.main(["lock", *FAST, "--output_dir", str(out), "--steps", "2", "--resume"]) == 2
+    err = capsys.readouterr()
+    assert "is in use by another process" in err.err and err.err.count("error:") == 1
+    assert "error" not in err.out
+    assert (run_dir / "log.txt").read_text() == before
+
+
+def test_errors_are_printed_once(tmp_path, capsys):
+    assert train_all.main(["once", *FAST, "--output_dir", str(tmp_path / "out"), "--holdout_fraction", "1.5"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("error:") == 1
+
+
+def test_ctrl_c_prints_the_run_and_the_command_that_resumes_it(tmp_path, capsys, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_all, "train_fold", interrupt)
+    assert train_all.main(["ctrl", *FAST, "--output_dir", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    (run_dir,) = (tmp_path / "out" / "Synthetic").iterdir()
+    assert f"interrupted: {run_dir} holds the records" in err
+    assert f"python train_all.py ctrl --dataset Synthetic" in err and err.strip().endswith(f"--resume {run_dir}")
