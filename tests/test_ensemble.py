@@ -40,10 +40,23 @@ def test_two_copies_of_a_run_give_its_accuracy(runs):
     member, copy = result["members"]
     assert copy == f"{member} #2" and result["test_envs"] == [0]
     env = trained["environments"][0]
-    # without averaging the final model is the last one: the `last` rows
-    assert result["test"][result["ensemble"]][env] == trained["rows"]["last"][env]
-    assert result["test"][member][env] == trained["rows"]["last"][env]
+    # without averaging the final model is the last one: its last record, scored as EoA scores
+    # an ensemble, over the whole held-out environment (in and out splits)
+    last = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()][-1]
+    splits = {split.name: len(split.dataset) for split in
+              ensemble.eval_splits(ensemble.read_run(run_dir), ensemble.build_dataset(ensemble.read_run(run_dir)), 0)}
+    whole = (last["env0_in"] * splits["env0_in"] + last["env0_out"] * splits["env0_out"]) / (
+        splits["env0_in"] + splits["env0_out"])
+    assert result["test"][result["ensemble"]][env] == pytest.approx(whole)
+    assert result["test"][member][env] == pytest.approx(whole)
     assert result["inD"][result["ensemble"]][env] == trained["rows"]["last (inD)"][env]
+
+
+def test_the_tool_names_the_model_files_it_used(runs):
+    _, (run_dir, _) = runs
+    said = []
+    ensemble.ensemble([run_dir], device="cpu", num_workers=0, log=said.append)
+    assert f"TE0 {run_dir.name}: {run_dir / 'models' / 'TE0_final.pth'}" in said
 
 
 def test_ensembles_do_not_depend_on_the_order_of_the_runs(runs):

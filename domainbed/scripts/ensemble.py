@@ -7,9 +7,11 @@ for the same dataset: other trial seeds, seeds or hparams. For each test domain 
 trained a fold for, the members' final models (the averaged ones where averaging was on) are
 loaded, their logits summed, and the ensemble and every member are evaluated on the same splits,
 rebuilt as the trainer builds them from the *first* run's data_dir, trial_seed and
-holdout_fraction. The tables give the test-domain accuracy (`test_in`, as the SWAD rows) and the
-training-domain validation accuracy (in-domain). An ensemble of SMA runs is EoA (Arpit et al.,
-NeurIPS 2022); of quantized runs, EoQ (QT-DoG).
+holdout_fraction. The tables give the test-domain accuracy over the whole held-out environment
+(its in and out splits together, as EoA's code scores it; the SWAD rows of a run's own table read
+its in split only) and the training-domain validation accuracy (in-domain). It prints the model
+file of every member. An ensemble of SMA runs (each fold's best-validation SMA model) is EoA
+(Arpit et al., NeurIPS 2022); of quantized runs, EoQ (QT-DoG).
 
 Members whose trial seed differs from the first run's were trained on part of the first run's
 training-domain validation split, so their in-domain numbers are optimistic (the tool says so);
@@ -105,7 +107,8 @@ def build_dataset(run: Run, data_dir=None):
 def eval_splits(run: Run, dataset, test_env: int):
     """The evaluation splits of `run`'s fold `test_env`, exactly as its trainer made them."""
     settings = FoldSettings(algorithm="", test_envs=[test_env], n_steps=1, checkpoint_freq=1,
-                            trial_seed=run.args["trial_seed"], holdout_fraction=run.args["holdout_fraction"])
+                            trial_seed=run.args["trial_seed"], holdout_fraction=run.args["holdout_fraction"],
+                            split=run.args.get("split", "random"), split_dir=run.args.get("split_dir"))
     return make_splits(dataset, settings)[1]
 
 
@@ -158,12 +161,17 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
         test, ind = {}, {}
         candidates = [(run.name, model) for run, (model, _) in zip(runs, loaded)]
         candidates.append((ensemble_row, LogitSum([loaded[i][0] for i in order]).to(device)))
+        for run in runs:
+            log(f"TE{test_env} {run.name}: {run.models[test_env]}")
+        sizes = {split.name: len(split.dataset) for split in evaluator.splits}
+        parts = [f"env{test_env}_in", f"env{test_env}_out"]
         for name, model in tqdm(candidates, desc=f"TE{test_env}: evaluating models", unit="model", disable=None,
                                 leave=False):
-            _, _, summaries = evaluator.evaluate(model)
-            test[name], ind[name] = summaries["test_in"], summaries["train_out"]
-            log(f"TE{test_env} {name}: test {100 * summaries['test_in']:.2f}%, "
-                f"in-domain {100 * summaries['train_out']:.2f}%")
+            accuracies, _, summaries = evaluator.evaluate(model)
+            # EoA's protocol: the whole held-out environment, its in and out splits together
+            test[name] = sum(accuracies[part] * sizes[part] for part in parts) / sum(sizes[part] for part in parts)
+            ind[name] = summaries["train_out"]
+            log(f"TE{test_env} {name}: test {100 * test[name]:.2f}%, in-domain {100 * ind[name]:.2f}%")
         test_rows.append(test)
         ind_rows.append(ind)
         del loaded, candidates
@@ -171,7 +179,7 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
     environments = [dataset.environments[env] for env in common]
     rules = {ensemble_row: "sum of the members' logits"}
     tables = {"test": report.build_table(test_rows, environments), "inD": report.build_table(ind_rows, environments)}
-    log("Test-domain accuracy (test_in):")
+    log("Test-domain accuracy (the whole held-out environment, as EoA):")
     log(report.format_table(tables["test"], environments, rules))
     log("In-domain accuracy (training-domain validation, train_out):")
     log(report.format_table(tables["inD"], environments, rules))
