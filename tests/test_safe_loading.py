@@ -175,4 +175,4 @@ def test_ctrl_c_prints_the_run_and_the_command_that_resumes_it(tmp_path, capsys,
     err = capsys.readouterr().err
     (run_dir,) = (tmp_path / "out" / "Synthetic").iterdir()
     assert f"interrupted: {run_dir} holds the records" in err
-    assert f"python train_all.py ctrl --dataset Synthetic" in err and err.strip().endswith(f"--resume {run_dir}")
+    assert "python train_all.py ctrl --dataset Synthetic" in err and err.strip().endswith(f"--resume {run_dir}")

@@ -40,7 +40,7 @@ def test_finished_runs_are_skipped_and_unfinished_resumed(tmp_path):
     result = _run("sagm.sh", "DATA", "PACS", cwd=tmp_path)
     names = [line[0] for line in _lines(result)]
     assert "PACS0" not in names and "PACS1" in names and "SAM_PACS0" in names
-    assert f"finished: out/PACS/261203_10-00-00_PACS0 (skipped)" in result.stdout
+    assert "finished: out/PACS/261203_10-00-00_PACS0 (skipped)" in result.stdout
 
 
 @pytest.mark.parametrize("script", ["gradsurgery.sh", "qtdog.sh", "rsc.sh", "dmg.sh"])

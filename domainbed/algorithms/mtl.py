@@ -18,7 +18,6 @@ Departures from DomainBed's code (algorithms.MTL):
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from domainbed import networks

@@ -10,7 +10,6 @@ The file holds the same `meta` as domainbed.model_io's final models (algorithm, 
 dataset, transforms), so `load_compact` rebuilds the algorithm without the run's command line.
 """
 
-from pathlib import Path
 
 import numpy as np
 import torch

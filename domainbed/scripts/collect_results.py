@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from prettytable import PrettyTable, TableStyle
 
-from domainbed import hparams_registry, misc
+from domainbed import cli, hparams_registry, misc
 from domainbed.config import build_hparams
 from domainbed.errors import UsageError
 from domainbed.selection import ROWS as RECORD_ROWS
@@ -497,7 +497,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def work():
         if (args.directory is None) == (args.input_dir is None):
             raise UsageError("give the runs' directory once: positionally or as --input_dir DIR")
         root = Path(args.directory or args.input_dir)
@@ -510,10 +511,8 @@ def main(argv=None) -> int:
         if args.plots:
             paths = write_plots(results, root, root / "plots")
             print(f"wrote {len(paths)} plots under {root / 'plots'}")
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run_main(work, "interrupted: nothing was written")
 
 
 if __name__ == "__main__":

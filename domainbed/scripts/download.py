@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from domainbed import cli
 from domainbed.download.catalog import ALIASES, DATASETS
 from domainbed.download.fetch import FetchOptions, is_remote
 from domainbed.download.install import install
@@ -104,14 +105,8 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: partial downloads stay in DATA/.downloads and resume on the next run", file=sys.stderr)
-        return 130
+    return cli.run_main(lambda: run(argv),
+                        "interrupted: partial downloads stay in DATA/.downloads and resume on the next run")
 
 
 if __name__ == "__main__":

@@ -20,18 +20,16 @@ float64 in an order fixed by the run directories' paths, so the result does not 
 order of the arguments.
 """
 
-import argparse
 import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from domainbed import misc, model_io, report
+from domainbed import cli, misc, model_io, report
 from domainbed.data import num_workers_for
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
@@ -188,10 +186,9 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Ensemble the final models of several runs (sum of logits)",
-        epilog="example:\n  python -m domainbed.scripts.ensemble train_output/PACS/*_erm_t0 train_output/PACS/*_erm_t1 "
-               "--output ensemble.json", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("Ensemble the final models of several runs (sum of logits)",
+                        "python -m domainbed.scripts.ensemble train_output/PACS/*_erm_t0 train_output/PACS/*_erm_t1 "
+                        "--output ensemble.json")
     parser.add_argument("runs", nargs="+", help="run directories written by train_all.py, same dataset")
     parser.add_argument("--data_dir", default=None, help="where the data is now (default: the first run's data_dir)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -202,14 +199,12 @@ def main(argv=None) -> int:
     parser.add_argument("--test_envs", type=int, nargs="+", default=None, help="test domains (default: all shared)")
     parser.add_argument("--output", default=None, help="also write the tables to this JSON file")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    def work():
         result = ensemble(args.runs, args.data_dir, args.device, args.num_workers, args.batch_size, args.test_envs)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.output:
-        misc.atomic_write_text(args.output, misc.to_json(result, indent=2))
-    return 0
+        if args.output:
+            misc.atomic_write_text(args.output, misc.to_json(result, indent=2))
+
+    return cli.run_main(work, "interrupted: nothing was written")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ defaults are SWAD's (radii 0, 5, ..., 60; 100 directions): that is 1 + 100 * 12 
 the training data per fold, so lower them for a quick look.
 """
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm import tqdm
 
-from domainbed import misc, model_io
+from domainbed import cli, misc, model_io
 from domainbed.data import num_workers_for
 from domainbed.errors import UsageError
 from domainbed.evaluator import Evaluator
@@ -156,10 +155,9 @@ def flatness(paths, radii=tuple(range(0, 65, 5)), n_directions=100, split="in", 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="SWAD's local flatness of runs' final models: CSV and PNG",
-        epilog="example:\n  python -m domainbed.scripts.flatness train_output/PACS/*_erm train_output/PACS/*_swad "
-               "--radii 0 10 20 --n_directions 10 --out flatness", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("SWAD's local flatness of runs' final models: CSV and PNG",
+                        "python -m domainbed.scripts.flatness train_output/PACS/*_erm train_output/PACS/*_swad "
+                        "--radii 0 10 20 --n_directions 10 --out flatness")
     parser.add_argument("runs", nargs="+", help="run directories written by train_all.py")
     parser.add_argument("--radii", type=float, nargs="+", default=[float(r) for r in range(0, 65, 5)])
     parser.add_argument("--n_directions", type=int, default=100, help="random directions per fold (SWAD: 100)")
@@ -173,13 +171,11 @@ def main(argv=None) -> int:
     parser.add_argument("--num_workers", type=int, default=-1)
     parser.add_argument("--batch_size", type=int, default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    def work():
         flatness(args.runs, args.radii, args.n_directions, args.split, args.out, args.seed, args.test_envs,
                  args.data_dir, args.device, args.num_workers, args.batch_size)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run_main(work, "interrupted: nothing was written")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from domainbed import cli
 from domainbed.errors import UsageError, unknown_choice
 
 TRAIN_ALL = Path(__file__).resolve().parents[2] / "train_all.py"
@@ -331,15 +332,10 @@ def run(argv) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        result = run(sys.argv[1:] if argv is None else argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: launch again to resume the unfinished jobs", file=sys.stderr)
-        return 130
-    return 1 if result["failed"] else 0
+    def work():
+        return 1 if run(sys.argv[1:] if argv is None else argv)["failed"] else 0
+
+    return cli.run_main(work, "interrupted: launch again to resume the unfinished jobs")
 
 
 if __name__ == "__main__":

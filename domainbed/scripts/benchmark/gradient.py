@@ -10,7 +10,6 @@ methods need two forward-backward passes (about 2x ERM); for GradSurgery the sur
 given as a fraction of its step.
 """
 
-import torch
 from prettytable import PrettyTable
 
 from domainbed.algorithms.grad_surgery import gradient_surgery
