@@ -503,7 +503,7 @@ def test_grad_surgery_goes_through_the_loss_scaling_hooks():
     for seed in range(2):
         mbs = minibatches(seed=seed)
         assert plain.update(mbs) == scaled.update(mbs)
-        scaled.loss_scaler.scaler.update()
+        scaled.loss_scaler.update()
     assert scaled.loss_scaler.backwards == 6 and scaled.loss_scaler.steps == 2
     for a, b in zip(plain.parameters(), scaled.parameters()):
         assert torch.equal(a, b)

@@ -23,10 +23,14 @@ class ERM(Algorithm):
         self.network = nn.Sequential(self.featurizer, self.classifier)
         self.optimizer = self.new_optimizer(self.network.parameters())
 
-    def update(self, minibatches):
+    def empirical_risk(self, minibatches):
+        """The mean cross-entropy over the concatenated minibatches."""
         all_x = torch.cat([x for x, _ in minibatches])
         all_y = torch.cat([y for _, y in minibatches])
-        loss = F.cross_entropy(self.predict(all_x), all_y)
+        return F.cross_entropy(self.predict(all_x), all_y)
+
+    def update(self, minibatches):
+        loss = self.empirical_risk(minibatches)
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)

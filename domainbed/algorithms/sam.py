@@ -12,9 +12,6 @@ Differences from the SAM that the SAGM and CorGrad repositories ship (DomainBed 
 - theirs has no eps in rho / ||g|| and no `adaptive` variant.
 """
 
-import torch
-import torch.nn.functional as F
-
 from domainbed import optim
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
@@ -37,10 +34,7 @@ class SAM(ERM):
         return optim.SAM(base_optimizer, rho=self.hparams["rho"], adaptive=self.hparams["adaptive"])
 
     def update(self, minibatches):
-        all_x = torch.cat([x for x, _ in minibatches])
-        all_y = torch.cat([y for _, y in minibatches])
-
-        loss = F.cross_entropy(self.predict(all_x), all_y)
+        loss = self.empirical_risk(minibatches)  # L(w)
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         # e is computed from g: under fp16 it must be the true gradient, and a step whose g
@@ -51,7 +45,7 @@ class SAM(ERM):
         self.perturbation.first_step(zero_grad=True)
 
         with optim.frozen_running_stats(self.network):
-            self.backward(F.cross_entropy(self.predict(all_x), all_y))
+            self.backward(self.empirical_risk(minibatches))  # L(w + e)
         self.unscale_gradients(self.optimizer)  # g_p; an inf/nan here skips the base step
         self.perturbation.second_step(zero_grad=True, base_step=self.optimizer_step)
 

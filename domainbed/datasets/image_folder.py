@@ -169,41 +169,23 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
         )
 
 
-@register_dataset("PACS")
-class PACS(MultipleEnvironmentImageFolder):
-    DIRECTORY = "PACS"
-    DOMAIN_DIRS = ["art_painting", "cartoon", "photo", "sketch"]
-    ENVIRONMENTS = ["A", "C", "P", "S"]
+def _published(name: str, directory: str, domain_dirs: list, environments: list, **constants):
+    """Register the published dataset `name`: its folder under --data_dir, its domain folders and
+    DomainBed's short names for them (`ENVIRONMENTS`), and any other class constant."""
+    attributes = {"DIRECTORY": directory, "DOMAIN_DIRS": domain_dirs, "ENVIRONMENTS": environments,
+                  "__module__": __name__, "__qualname__": name, **constants}
+    return register_dataset(name)(type(name, (MultipleEnvironmentImageFolder,), attributes))
 
 
-@register_dataset("VLCS")
-class VLCS(MultipleEnvironmentImageFolder):
-    DIRECTORY = "VLCS"
-    DOMAIN_DIRS = ["Caltech101", "LabelMe", "SUN09", "VOC2007"]
-    ENVIRONMENTS = ["C", "L", "S", "V"]
-
-
-@register_dataset("OfficeHome")
-class OfficeHome(MultipleEnvironmentImageFolder):
-    DIRECTORY = "office_home"
-    DOMAIN_DIRS = ["Art", "Clipart", "Product", "Real World"]
-    ENVIRONMENTS = ["A", "C", "P", "R"]
-
-
-@register_dataset("TerraIncognita")
-class TerraIncognita(MultipleEnvironmentImageFolder):
-    DIRECTORY = "terra_incognita"
-    DOMAIN_DIRS = ["location_100", "location_38", "location_43", "location_46"]
-    ENVIRONMENTS = ["L100", "L38", "L43", "L46"]
-
-
-@register_dataset("DomainNet")
-class DomainNet(MultipleEnvironmentImageFolder):
-    DIRECTORY = "domain_net"
-    DOMAIN_DIRS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
-    ENVIRONMENTS = ["clip", "info", "paint", "quick", "real", "sketch"]
-    N_STEPS = 15000
-    CHECKPOINT_FREQ = 500
+PACS = _published("PACS", "PACS", ["art_painting", "cartoon", "photo", "sketch"], ["A", "C", "P", "S"])
+VLCS = _published("VLCS", "VLCS", ["Caltech101", "LabelMe", "SUN09", "VOC2007"], ["C", "L", "S", "V"])
+OfficeHome = _published("OfficeHome", "office_home", ["Art", "Clipart", "Product", "Real World"],
+                        ["A", "C", "P", "R"])
+TerraIncognita = _published("TerraIncognita", "terra_incognita",
+                            ["location_100", "location_38", "location_43", "location_46"],
+                            ["L100", "L38", "L43", "L46"])
+DomainNet = _published("DomainNet", "domain_net", ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"],
+                       ["clip", "info", "paint", "quick", "real", "sketch"], N_STEPS=15000, CHECKPOINT_FREQ=500)
 
 
 @register_dataset("ImageFolder")
