@@ -56,6 +56,27 @@ def _expected_gradients(reference, loss):
     return {n: g for (n, _), g in zip(named, grads) if g is not None}
 
 
+def _setting(name, **hparams):
+    """The method, an untouched copy for the reference computation, its optimizer's captured
+    gradients, and the fixed minibatches."""
+    algorithm = _build(name, **hparams)
+    reference = copy.deepcopy(algorithm)
+    return algorithm, reference, _capture_gradients(algorithm), _minibatches()
+
+
+def _seed(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _assert_update_is(algorithm, minibatches, seed, loss, captured, reference):
+    """One update under `seed` reports `loss` and hands the optimizer its gradients."""
+    _seed(seed)
+    stats = algorithm.update(minibatches)
+    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    _assert_gradients(captured[0], _expected_gradients(reference, loss))
+
+
 def _assert_gradients(captured, expected, atol=1e-6):
     assert captured.keys() >= {n for n, g in expected.items() if g.abs().sum() > 0}
     for name, g in expected.items():
@@ -108,10 +129,7 @@ def test_irm_update_is_nll_plus_annealed_penalty_and_resets_the_optimizer_at_the
 
 
 def test_vrex_update_is_mean_risk_plus_lambda_times_their_population_variance():
-    algorithm = _build("VREx", vrex_penalty_anneal_iters=0, vrex_lambda=10.0)
-    reference = copy.deepcopy(algorithm)
-    captured = _capture_gradients(algorithm)
-    minibatches = _minibatches()
+    algorithm, reference, captured, minibatches = _setting("VREx", vrex_penalty_anneal_iters=0, vrex_lambda=10.0)
     risks = torch.stack([F.cross_entropy(reference.predict(x), y) for x, y in minibatches])
     loss = risks.mean() + 10.0 * torch.var(risks, correction=0)
     stats = algorithm.update(minibatches)
@@ -124,10 +142,7 @@ def test_vrex_update_is_mean_risk_plus_lambda_times_their_population_variance():
 
 def test_group_dro_weights_are_the_exponentiated_risks_normalised():
     eta = 0.5
-    algorithm = _build("GroupDRO", groupdro_eta=eta)
-    reference = copy.deepcopy(algorithm)
-    captured = _capture_gradients(algorithm)
-    minibatches = _minibatches()
+    algorithm, reference, captured, minibatches = _setting("GroupDRO", groupdro_eta=eta)
     risks = torch.stack([F.cross_entropy(reference.predict(x), y) for x, y in minibatches])
     q = torch.softmax(eta * risks.detach(), 0)  # from q = 1: q_e exp(eta R_e) / sum
     loss = (q * risks).sum()
@@ -144,8 +159,7 @@ def test_mixup_mixes_each_domain_with_the_next_in_a_random_cycle():
     reference = copy.deepcopy(algorithm)
     captured = _capture_gradients(algorithm)
     minibatches = _minibatches(n_domains=3)
-    torch.manual_seed(5)
-    np.random.seed(5)
+    _seed(5)
     order = torch.randperm(3).tolist()
     loss = 0.0
     for k in range(3):
@@ -154,30 +168,18 @@ def test_mixup_mixes_each_domain_with_the_next_in_a_random_cycle():
         logits = reference.predict(lam * x_i + (1 - lam) * x_j)
         loss = loss + lam * F.cross_entropy(logits, y_i) + (1 - lam) * F.cross_entropy(logits, y_j)
     loss = loss / 3
-    torch.manual_seed(5)
-    np.random.seed(5)
-    stats = algorithm.update(minibatches)
-    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
-    _assert_gradients(captured[0], _expected_gradients(reference, loss))
+    _assert_update_is(algorithm, minibatches, 5, loss, captured, reference)
 
 
 def test_org_mixup_mixes_the_pooled_batch_with_a_permutation_of_itself():
-    algorithm = _build("OrgMixup", mixup_alpha=0.4)
-    reference = copy.deepcopy(algorithm)
-    captured = _capture_gradients(algorithm)
-    minibatches = _minibatches()
+    algorithm, reference, captured, minibatches = _setting("OrgMixup", mixup_alpha=0.4)
     x, y = torch.cat([m[0] for m in minibatches]), torch.cat([m[1] for m in minibatches])
-    torch.manual_seed(3)
-    np.random.seed(3)
+    _seed(3)
     pi = torch.randperm(len(x))
     lam = np.random.beta(0.4, 0.4)
     logits = reference.predict(lam * x + (1 - lam) * x[pi])
     loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[pi])
-    torch.manual_seed(3)
-    np.random.seed(3)
-    stats = algorithm.update(minibatches)
-    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
-    _assert_gradients(captured[0], _expected_gradients(reference, loss))
+    _assert_update_is(algorithm, minibatches, 3, loss, captured, reference)
 
 
 # ---------------------------------------------------------------------------------- CutMix
@@ -270,10 +272,7 @@ def _disc_loss(reference, z, y, d, conditional, grad_penalty):
 @pytest.mark.parametrize("name, conditional", [("DANN", False), ("CDANN", True)])
 def test_dann_alternates_a_generator_and_a_discriminator_step_on_the_adversarial_loss(name, conditional):
     lam, gp = 0.3, 0.5
-    algorithm = _build(name, d_steps_per_g_step=1, grad_penalty=gp, **{"lambda": lam})
-    reference = copy.deepcopy(algorithm)
-    captured = _capture_gradients(algorithm)
-    minibatches = _minibatches()
+    algorithm, reference, captured, minibatches = _setting(name, d_steps_per_g_step=1, grad_penalty=gp, **{"lambda": lam})
     x, y = torch.cat([m[0] for m in minibatches]), torch.cat([m[1] for m in minibatches])
     d = torch.arange(N_DOMAINS).repeat_interleave(BATCH)
 
@@ -307,10 +306,7 @@ def test_dann_alternates_a_generator_and_a_discriminator_step_on_the_adversarial
 
 def test_mtl_feeds_the_head_the_moving_mean_feature_of_the_domain():
     ema = 0.9
-    algorithm = _build("MTL", mtl_ema=ema)
-    reference = copy.deepcopy(algorithm)
-    captured = _capture_gradients(algorithm)
-    minibatches = _minibatches()
+    algorithm, reference, captured, minibatches = _setting("MTL", mtl_ema=ema)
     loss, means = 0.0, []
     for x, y in minibatches:
         z = reference.featurizer(x)
@@ -357,10 +353,7 @@ def test_sagnet_update_takes_the_content_style_and_adversarial_steps():
     from domainbed.algorithms.sagnet import randomize
 
     w_adv = 0.3
-    algorithm = _build("SagNet", sag_w_adv=w_adv)
-    reference = copy.deepcopy(algorithm)
-    captured = _capture_gradients(algorithm)
-    minibatches = _minibatches()
+    algorithm, reference, captured, minibatches = _setting("SagNet", sag_w_adv=w_adv)
     x, y = torch.cat([m[0] for m in minibatches]), torch.cat([m[1] for m in minibatches])
     torch.manual_seed(9)
     loss_c = F.cross_entropy(reference.classifier(randomize(reference.featurizer(x), "style")), y)

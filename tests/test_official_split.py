@@ -49,18 +49,21 @@ def test_listed_paths_map_to_their_items(tiny_domain):
     assert [environment.samples[i][0].as_posix()[-13:] for i in val] == ["dog/pic_1.jpg"]
 
 
-def test_missing_list_is_one_line_error(tiny_domain):
-    environment, splits = tiny_domain
-    (splits / "photo_crossval_kfold.txt").unlink()
-    with pytest.raises(UsageError, match="photo_crossval_kfold.txt does not exist") as caught:
-        official_split(environment, "photo", splits)
-    assert "\n" not in str(caught.value)
+def _damage(splits, name, text):
+    if text is None:
+        (splits / name).unlink()
+    else:
+        (splits / name).write_text(text)
 
 
-def test_listed_image_absent_from_folder_is_one_line_error(tiny_domain):
+@pytest.mark.parametrize("name,text,message", [
+    ("photo_crossval_kfold.txt", None, "photo_crossval_kfold.txt does not exist"),
+    ("photo_train_kfold.txt", "photo/dog/pic_0.jpg 1\nphoto/cat/pic_9.jpg 3\n", "first: photo/cat/pic_9.jpg"),
+], ids=["missing list", "listed image absent from the folder"])
+def test_bad_lists_are_one_line_errors(tiny_domain, name, text, message):
     environment, splits = tiny_domain
-    (splits / "photo_train_kfold.txt").write_text("photo/dog/pic_0.jpg 1\nphoto/cat/pic_9.jpg 3\n")
-    with pytest.raises(UsageError, match="first: photo/cat/pic_9.jpg") as caught:
+    _damage(splits, name, text)
+    with pytest.raises(UsageError, match=message) as caught:
         official_split(environment, "photo", splits)
     assert "\n" not in str(caught.value)
 

@@ -35,6 +35,15 @@ def _minibatches(seed=0, input_shape=(16,)):
             for _ in range(2)]
 
 
+def _assert_an_inf_input_skips_the_step(algorithm, precision):
+    frozen = [p.detach().clone() for p in algorithm.parameters()]
+    minibatches = _minibatches(2)
+    minibatches[0][0][0, 0] = float("inf")
+    with precision.training_step(algorithm):
+        algorithm.update(minibatches)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, algorithm.parameters()))
+
+
 def test_bf16_runs_end_to_end_on_the_cpu(run_train_all):
     records = _records(run_train_all("bf16", *FAST, "--precision", "bf16"))
     assert [r["step"] for r in records] == [0, 2, 4]
@@ -78,12 +87,7 @@ def test_fp16_scales_the_loss_and_skips_steps_with_inf_gradients():
         torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
 
     # an inf loss: the step is skipped and the scale halves
-    frozen = [p.detach().clone() for p in algorithm.parameters()]
-    minibatches = _minibatches(2)
-    minibatches[0][0][0, 0] = float("inf")
-    with precision.training_step(algorithm):
-        algorithm.update(minibatches)
-    assert all(torch.equal(a, b) for a, b in zip(frozen, algorithm.parameters()))
+    _assert_an_inf_input_skips_the_step(algorithm, precision)
     assert scaler.get_scale() == initial_scale / 2
 
     restored = Precision("fp16", "cpu")
@@ -139,12 +143,7 @@ def test_sam_family_under_fp16_perturbs_with_the_unscaled_gradient_and_skips_on_
         torch.testing.assert_close(p, q, atol=2e-3, rtol=0)
     assert scaler.get_scale() == initial_scale
 
-    frozen = [p.detach().clone() for p in algorithm.parameters()]
-    minibatches = _minibatches(2)
-    minibatches[0][0][0, 0] = float("inf")
-    with precision.training_step(algorithm):
-        algorithm.update(minibatches)
-    assert all(torch.equal(a, b) for a, b in zip(frozen, algorithm.parameters()))
+    _assert_an_inf_input_skips_the_step(algorithm, precision)
     assert scaler.get_scale() == initial_scale / 2
     assert not algorithm.perturbation.state  # no half-step left behind
 

@@ -30,9 +30,8 @@ class SMA:
         self.evaluate = evaluate
         self.sma_start = sma_start
         self.log = log
-        self.average = None
-        self.best = None
-        self.best_acc = None
+        # the running average, and the best-validation copy of it with its accuracy (EoA's model)
+        self.average, self.best, self.best_acc = None, None, None
 
     def update_and_evaluate(self, segment_model: AveragedModel, val_acc: float, val_loss: float) -> None:
         if segment_model.n_averaged == 0:
