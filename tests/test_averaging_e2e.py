@@ -29,7 +29,8 @@ def test_the_saved_final_model_is_the_average(run_train_all):
     env = result["environments"][0]
     again = ensemble.ensemble([result["out_dir"]], device="cpu", num_workers=0, log=lambda *_: None)
     member = again["members"][0]
-    assert again["test"][member][env] == result["rows"]["SWAD"][env]
+    # the ensemble tool scores the whole held-out environment (EoA); the in-domain number is the
+    # same split as the SWAD (inD) row, so it identifies the saved model as the average
     assert again["inD"][member][env] == result["rows"]["SWAD (inD)"][env]
 
 

@@ -38,7 +38,7 @@ def test_quant_composes_with_every_algorithm(tmp_path, algorithm):
 
 @pytest.mark.parametrize("argv, message", [
     (["--q_exclude", "featurizer.conv9"], "q_exclude 'featurizer.conv9' names no quantizable layer"),
-    (["--q_bits", "1"], "q_bits must be an integer from 2 to 16"),
+    (["--q_bits", "1"], "q_bits 1 is out of range; valid: an integer from 2 to 16"),
 ])
 def test_bad_settings_stop_the_run_with_one_line(tmp_path, argv, message):
     from domainbed.errors import UsageError

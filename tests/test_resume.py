@@ -238,7 +238,7 @@ def test_bad_resumes_are_one_line_errors(run_train_all, tmp_path):
         run_train_all("bad", *[a if a != "4" else "6" for a in FAST], "--resume")
     with pytest.raises(UsageError, match="hparam lr: 0.001 -> 0.01"):
         run_train_all("bad", *FAST, "--lr", "0.01", "--resume")
-    with pytest.raises(UsageError, match="not a run directory"):
+    with pytest.raises(UsageError, match="not a resumable run directory"):
         run_train_all("bad", *FAST, "--resume", str(tmp_path / "nowhere"))
     with RunLock(run_dir):
         with pytest.raises(UsageError, match="in use by another process"):
