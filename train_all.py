@@ -372,6 +372,10 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, an unwritable folder: what was written before stays
+        print(f"error: cannot write {error.filename or 'the run directory'}: {error.strerror or error}; "
+              "free space or choose a writable --output_dir, then continue with --resume", file=sys.stderr)
+        return 1
     except Interrupted as interrupted:
         print(interrupted.message, file=sys.stderr)
         return 130

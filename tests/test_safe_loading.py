@@ -176,3 +176,24 @@ def test_ctrl_c_prints_the_run_and_the_command_that_resumes_it(tmp_path, capsys,
     (run_dir,) = (tmp_path / "out" / "Synthetic").iterdir()
     assert f"interrupted: {run_dir} holds the records" in err
     assert "python train_all.py ctrl --dataset Synthetic" in err and err.strip().endswith(f"--resume {run_dir}")
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from domainbed import misc
+
+    out = tmp_path / "out"
+    train_all.run(["disk", *FAST, "--output_dir", str(out), "--steps", "2"])
+    (run_dir,) = (out / "Synthetic").iterdir()
+    before = (run_dir / "results.jsonl").read_text()
+    (run_dir / "resume" / "TE0_done.json").unlink()
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(misc, "atomic_open", full)
+    assert train_all.main(["disk", *FAST, "--output_dir", str(out), "--steps", "2", "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and "\n" not in err and "--resume" in err
+    assert (run_dir / "results.jsonl").read_text() == before
