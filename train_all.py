@@ -190,7 +190,7 @@ def run(argv) -> dict:
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
     check_run_settings(args, hparams)
-    official_split_dir(args)
+    args.split_dir = official_split_dir(args)  # resolved once, and saved so the tools rebuild the same splits
 
     check_run_name(args.name)
     # everything that can be checked is checked before the run directory exists
@@ -336,7 +336,7 @@ def _run(args, hparams, dataset, out_dir, log, argv, resuming) -> dict:
                 seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
                 evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
-                split=args.split, split_dir=official_split_dir(args),
+                split=args.split, split_dir=args.split_dir,
             )
             rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, out_dir / "results.jsonl")
         fold_rows.append(rows)

@@ -49,6 +49,7 @@ import numpy as np
 from prettytable import PrettyTable, TableStyle
 
 from domainbed import cli, hparams_registry, misc
+from domainbed.averaging.extension import strategy_name
 from domainbed.config import build_hparams
 from domainbed.errors import UsageError
 from domainbed.selection import ROWS as RECORD_ROWS
@@ -139,11 +140,16 @@ def _drawn_hparams(run):
 
 
 NO_AVERAGING = "False"
-_OFF = {"false", "none", "off", "no", "0", ""}
 
 
 def _normalised(key, value):
-    return NO_AVERAGING if key == "swad" and str(value).strip().lower() in _OFF else value
+    """`swad` spelled as the averaging extension reads it (False, off, no ... are no averaging)."""
+    if key != "swad":
+        return value
+    try:
+        return strategy_name(value) or NO_AVERAGING
+    except UsageError:
+        return value
 
 
 def method_group(run) -> str:
