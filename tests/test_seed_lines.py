@@ -10,8 +10,9 @@ QT_DOG = ["--quant", "1", "--q_steps", "100"]
 SAGM = ["--deterministic", "--trial_seed", "0", "--algorithm", "SAGM_DG", "--checkpoint_freq", "100",
         "--alpha", "0.001", "--lr", "3e-5", "--weight_decay", "1e-4", "--resnet_dropout", "0.5", "--swad", "False"]
 HEADER = "| Selection  | art_painting | cartoon | photo | sketch | Avg. |"
+# one fold, two evaluations: the real-data evaluations dominate (about 10 s each on 2 cores)
 TINY = ["--pretrained", "False", "--backbone", "resnet18", "--image_size", "32", "--batch_size", "4",
-        "--steps", "2", "--checkpoint_freq", "1", "--swad_bn_steps", "2"]
+        "--steps", "2", "--checkpoint_freq", "2", "--swad_bn_steps", "2", "--test_envs", "0"]
 DONE_WHEN = ["--image_size", "64", "--steps", "20", "--checkpoint_freq", "10", "--pretrained", "False"]
 
 
@@ -26,18 +27,19 @@ def _run(run_train_all, shared_data, line, extra):
 
 def test_grad_surgery_line_runs_with_swad_and_prints_swads_table(shared_data, run_train_all):
     result = _run(run_train_all, shared_data, GRAD_SURGERY, TINY)
-    assert _header(result) == " ".join(HEADER.split())
+    assert _header(result) == "| Selection | art_painting | Avg. |"
     assert list(result["rows"])[-2:] == ["SWAD", "SWAD (inD)"]
-    assert all(len(values) == 5 for values in result["rows"].values())
 
 
+@pytest.mark.slow
 def test_qt_dog_line_runs_with_swad(shared_data, run_train_all):
-    result = _run(run_train_all, shared_data, QT_DOG, [*TINY, "--q_steps", "1", "--test_envs", "0"])
+    result = _run(run_train_all, shared_data, QT_DOG, [*TINY, "--q_steps", "1"])
     assert list(result["rows"])[-2:] == ["SWAD", "SWAD (inD)"]
 
 
+@pytest.mark.slow
 def test_sagm_line_prints_no_swad_row(shared_data, run_train_all):
-    result = _run(run_train_all, shared_data, SAGM, [*TINY, "--test_envs", "0"])
+    result = _run(run_train_all, shared_data, SAGM, TINY)
     assert "SWAD" not in result["rows"] and "iid" in result["rows"]
 
 
