@@ -3,9 +3,9 @@
     python train_all.py NAME [extra.yaml ...] --dataset PACS --data_dir DATA --algorithm ERM \
         [--steps N --checkpoint_freq K ...] [--any_hparam value ...] [--resume [RUN_DIR]]
 
-The flags are SWAD's; every other `--key value` sets an hparam (see domainbed/config.py).
+The flags are SWAD's; every other `--key value` sets an hparam (see domainbed/hparams/config.py).
 `--resume` continues the most recent run of the same name and dataset (or RUN_DIR): finished
-folds are skipped, the unfinished one continues from its last checkpoint (domainbed/checkpoint.py).
+folds are skipped, the unfinished one continues from its last checkpoint (domainbed/runs/checkpoint.py).
 """
 
 import argparse
@@ -20,17 +20,19 @@ import PIL
 import torch
 import torchvision
 
-from domainbed import checkpoint, hparams_registry, misc, report
+from domainbed import hparams_registry, misc
+from domainbed.runs import checkpoint
+from domainbed.results import report
 from domainbed.algorithms import get_algorithm_class
-from domainbed.config import build_hparams, flatten, load_yaml, parse_overrides
+from domainbed.hparams.config import build_hparams, flatten, load_yaml, parse_overrides
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.official_split import SPLITS, list_path
 from domainbed.errors import UsageError
 from domainbed.hparams_help import describe
-from domainbed.log import RunLog
-from domainbed.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
-from domainbed.trainer import FoldSettings, train_fold
-from domainbed.validation import check_run_settings
+from domainbed.training.log import RunLog
+from domainbed.runs.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
+from domainbed.training.trainer import FoldSettings, train_fold
+from domainbed.hparams.checks import check_run_settings
 
 BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 

@@ -27,7 +27,8 @@ def sigkill():
 
 def install(spec: str, action=sigkill, setattr=setattr) -> None:
     """`spec` is `point:n`; `action()` runs at the n-th pass. `setattr` may be a monkeypatch's."""
-    from domainbed import checkpoint, evaluator, model_io, scalars, trainer
+    from domainbed.runs import checkpoint, model_io
+    from domainbed.training import evaluator, scalars, trainer
 
     point, _, nth = spec.partition(":")
     if point not in POINTS:

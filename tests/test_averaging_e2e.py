@@ -3,7 +3,8 @@ model is the averaged one, IIDMax and SMA run, and a quantization swap restarts 
 
 import pytest
 
-from domainbed import algorithms, model_io
+from domainbed import algorithms
+from domainbed.runs import model_io
 from domainbed.errors import UsageError
 from domainbed.scripts import ensemble
 

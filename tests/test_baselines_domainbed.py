@@ -462,7 +462,7 @@ def test_state_dict_and_optimizers_continue_bit_identically(name):
 def test_fish_under_loss_scaling_is_the_unscaled_step():
     """Each inner step is scaled and unscaled (a power-of-two scale changes no bit), the meta
     step is not unscaled: without autocast, the fp16 hooks give fp32's update exactly."""
-    from domainbed.precision import Precision
+    from domainbed.training.precision import Precision
 
     plain, scaled = make("Fish"), make("Fish")
     precision = Precision("fp16", "cpu")

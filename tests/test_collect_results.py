@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from domainbed import selection
+from domainbed.results import selection
 from domainbed.scripts import collect_results as cr
 
 TDV, ORACLE = cr.TRAINING_DOMAIN, cr.ORACLE

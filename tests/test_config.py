@@ -1,7 +1,7 @@
 import pytest
 
 from domainbed import hparams_registry
-from domainbed.config import build_hparams, coerce, parse_overrides
+from domainbed.hparams.config import build_hparams, coerce, parse_overrides
 from domainbed.errors import UsageError
 
 DEFAULTS = {"lr": 5e-5, "batch_size": 32, "freeze_bn": True, "backbone": "resnet50", "swad_kwargs": {"n": 3}}
@@ -122,6 +122,6 @@ def test_swad_hparam_names_are_aliases():
 
 
 def test_flatten_spells_nested_keys_out():
-    from domainbed.config import flatten
+    from domainbed.hparams.config import flatten
 
     assert flatten({"lr": 1.0, "swad_kwargs": {"n_converge": 3}}) == {"lr": 1.0, "swad_kwargs.n_converge": 3}

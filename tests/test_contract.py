@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from domainbed import algorithms, hparams_registry
-from domainbed.precision import Precision
+from domainbed.training.precision import Precision
 from domainbed.quant import quantize_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")

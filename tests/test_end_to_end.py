@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from domainbed import selection
+from domainbed.results import selection
 
 FAST = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "4", "--checkpoint_freq", "2", "--batch_size", "8"]
 ROWS = ["oracle", "iid", "last", "last (inD)", "iid (inD)"]

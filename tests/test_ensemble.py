@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from domainbed import model_io, persistence
+from domainbed.runs import model_io, persistence
 from domainbed.errors import UsageError
 from domainbed.scripts import ensemble, flatness
 

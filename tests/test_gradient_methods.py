@@ -496,7 +496,7 @@ def test_grad_surgery_matches_reference(input_shape, all_layers, use_alpha, opti
 
 def test_grad_surgery_goes_through_the_loss_scaling_hooks():
     # a power-of-two loss scale changes no bit: projections and the outlier test are scale-free
-    from domainbed.precision import LossScaler
+    from domainbed.training.precision import LossScaler
 
     plain, scaled = make("GradSurgery", n_parts=4), make("GradSurgery", n_parts=4)
     scaled.loss_scaler = LossScaler(torch.amp.GradScaler("cpu", init_scale=2.0 ** 10))

@@ -10,7 +10,7 @@ import pytest
 
 import train_all
 from domainbed import algorithms, datasets, hparams_help, hparams_registry
-from domainbed.config import load_yaml
+from domainbed.hparams.config import load_yaml
 from tests.conftest import REPO
 
 

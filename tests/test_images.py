@@ -10,7 +10,7 @@ from PIL import Image
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.image_folder import DomainFolder, load_rgb
 from domainbed.errors import UsageError
-from domainbed.evaluator import EvalSplit, Evaluator
+from domainbed.training.evaluator import EvalSplit, Evaluator
 
 GREY = 100  # the 8-bit grey level every test picture shows (left half), right half black
 

@@ -5,7 +5,7 @@ import pytest
 import train_all
 from domainbed import hparams_registry
 from domainbed.datasets import get_dataset_class
-from domainbed.trainer import FoldSettings, make_splits
+from domainbed.training.trainer import FoldSettings, make_splits
 
 DOMAINS = ["art_painting", "cartoon", "photo", "sketch"]
 

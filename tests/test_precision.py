@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from domainbed import algorithms, hparams_registry
 from domainbed.algorithms.base import Algorithm
-from domainbed.compiling import compile_featurizer
+from domainbed.training.compiling import compile_featurizer
 from domainbed.errors import UsageError
-from domainbed.precision import Precision, native_cpu_bf16
+from domainbed.training.precision import Precision, native_cpu_bf16
 
 pytestmark = pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")
 

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from domainbed import algorithms, hparams_registry, model_io
-from domainbed.config import build_hparams
+from domainbed import algorithms, hparams_registry
+from domainbed.runs import model_io
+from domainbed.hparams.config import build_hparams
 from domainbed.errors import UsageError
 from domainbed.quant import QuantConv2d, QuantLinear, quantize_model
 from domainbed.quant.compact import (expand_state, load_compact, model_size_mb, pack_codes, save_compact,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainbed import algorithms, model_io
+from domainbed import algorithms
+from domainbed.runs import model_io
 from domainbed.quant import QuantConv2d
 from domainbed.quant import extension as quant_extension
 from domainbed.quant.compact import load_compact

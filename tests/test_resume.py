@@ -21,13 +21,13 @@ import pytest
 import torch
 
 import kill_points
-from domainbed import checkpoint, model_io, persistence
+from domainbed.runs import checkpoint, model_io, persistence
 from domainbed.algorithms.erm import ERM
 from domainbed.data import InfiniteDataLoader
 from domainbed.datasets.splits import SplitDataset
 from domainbed.errors import UsageError
-from domainbed.extensions import Extension
-from domainbed.run_dir import RunLock
+from domainbed.training.extensions import Extension
+from domainbed.runs.run_dir import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 BOOT = ("import sys, kill_points, test_resume; test_resume.install(); kill_points.install_from_environment(); "
@@ -84,7 +84,7 @@ class NoisyTransform:
 def install():
     from domainbed.algorithms.registry import register_algorithm
     from domainbed.datasets.synthetic import Synthetic
-    from domainbed.extensions import register_extension
+    from domainbed.training.extensions import register_extension
 
     register_algorithm("ResumeProbe")(ResumeProbe)
     register_extension(1000)(lambda hparams: ParameterTrace())
@@ -246,7 +246,7 @@ def test_bad_resumes_are_one_line_errors(run_train_all, tmp_path):
 
 
 def test_checkpoint_of_other_settings_or_extensions_is_refused(tmp_path):
-    from domainbed.trainer import FoldSettings
+    from domainbed.training.trainer import FoldSettings
 
     settings = FoldSettings("ERM", [0], 5, 2, out_dir=tmp_path)
     saved = checkpoint.FoldCheckpoints(settings, {"lr": 0.1, "num_workers": 2}, {}, {})

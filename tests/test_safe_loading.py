@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train_all
-from domainbed import checkpoint, model_io, persistence
+from domainbed.runs import checkpoint, model_io, persistence
 from domainbed.errors import UsageError
 from domainbed.quant import compact
 from domainbed.scripts import ensemble, flatness
@@ -145,7 +145,7 @@ def test_failed_launch_leaves_no_directory_and_resume_refuses_a_directory_withou
 
 
 def test_a_locked_run_writes_nothing_into_the_other_runs_log(tmp_path, capsys):
-    from domainbed.run_dir import RunLock
+    from domainbed.runs.run_dir import RunLock
 
     out = tmp_path / "out"
     train_all.run(["lock", *FAST, "--output_dir", str(out), "--steps", "2"])

@@ -1,6 +1,6 @@
 import pytest
 
-from domainbed import report, selection
+from domainbed.results import report, selection
 from domainbed.errors import UsageError
 
 

@@ -9,7 +9,7 @@ import torch
 import train_all
 from domainbed import algorithms
 from domainbed.errors import UsageError
-from domainbed.validation import HPARAM_RULES, check_run_settings
+from domainbed.hparams.checks import HPARAM_RULES, check_run_settings
 
 TINY = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2", "--checkpoint_freq", "1",
         "--test_envs", "0", "--swad", "False", "--num_workers", "0"]
@@ -97,7 +97,7 @@ def test_unknown_hparams_are_left_alone():
 
 def test_defaults_of_every_algorithm_are_valid():
     from domainbed import hparams_registry
-    from domainbed.config import build_hparams
+    from domainbed.hparams.config import build_hparams
 
     args = train_all.make_parser().parse_args(["x", "--dataset", "PACS"])
     for name in algorithms.ALGORITHMS:

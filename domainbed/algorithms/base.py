@@ -43,9 +43,9 @@ class Algorithm(nn.Module):
         minibatches and RNG state. Counters, schedules and memory banks that change in training
         are buffers or go through `get_extra_state()` / `set_extra_state()`; `step` and
         `n_steps` are set by the trainer through `on_step_begin`. Resumable runs
-        (domainbed/checkpoint.py) save exactly this plus the RNG states.
+        (domainbed/runs/checkpoint.py) save exactly this plus the RNG states.
 
-    Precision (domainbed/precision.py)
+    Precision (domainbed/training/precision.py)
         The trainer runs `update` and evaluation inside `torch.autocast` (bf16 or fp16), so every
         forward pass is autocast with no work from the method; parameters and optimizer state stay
         float32. Every backward goes through `self.backward(loss)` and every optimizer step through
@@ -98,7 +98,7 @@ class Algorithm(nn.Module):
         self.step = step
         self.n_steps = n_steps
 
-    # set by domainbed.precision under --precision fp16; None: backward/optimizer_step are plain
+    # set by domainbed.training.precision under --precision fp16; None: backward/optimizer_step are plain
     loss_scaler = None
 
     def backward(self, loss) -> None:

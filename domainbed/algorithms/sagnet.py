@@ -15,7 +15,7 @@ Prediction: h_c(f(x)). Hparam `sag_w_adv` (0.1), DomainBed's.
 
 Departures from DomainBed's code (algorithms.SagNet): three optimizers in `optimizers()`
 (checkpoints save all three); the featurizer's optimizer steps twice per update, which under
-fp16 updates the loss scale in between (domainbed/precision.py). Maps (B, C, H, W) are
+fp16 updates the loss scale in between (domainbed/training/precision.py). Maps (B, C, H, W) are
 randomised over H*W per channel, as DomainBed's `randomize` for 4-d inputs, though our
 featurizers, like DomainBed's, give flat features.
 """

@@ -26,7 +26,7 @@ from domainbed.averaging.iid_max import IIDMax
 from domainbed.averaging.loss_valley import BOOKKEEPING, LossValley
 from domainbed.averaging.sma import SMA
 from domainbed.errors import UsageError, unknown_choice
-from domainbed.extensions import Extension, register_extension
+from domainbed.training.extensions import Extension, register_extension
 
 # Before quantization (order 90), whose `finish` reports the size of our final model.
 ORDER = 50

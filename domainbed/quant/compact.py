@@ -6,7 +6,7 @@ those layers; step sizes, biases, normalisation layers and every other tensor st
 Loading sets each latent weight to code * step, which the layer's fake quantizer maps back to
 exactly the same code, so the reloaded model predicts exactly what the trained one did.
 
-The file holds the same `meta` as domainbed.model_io's final models (algorithm, shapes, hparams,
+The file holds the same `meta` as domainbed.runs.model_io's final models (algorithm, shapes, hparams,
 dataset, transforms), so `load_compact` rebuilds the algorithm without the run's command line.
 """
 
@@ -14,7 +14,7 @@ dataset, transforms), so `load_compact` rebuilds the algorithm without the run's
 import numpy as np
 import torch
 
-from domainbed import persistence
+from domainbed.runs import persistence
 from domainbed.errors import UsageError
 from domainbed.quant.lsq import code_range
 from domainbed.quant.modules import QUANTIZED_TYPES
@@ -100,7 +100,7 @@ def save_compact(path, model: torch.nn.Module, meta: dict) -> None:
 
 def load_compact(path, device="cpu"):
     """(algorithm in eval mode, meta) from a file written by `save_compact`."""
-    from domainbed import model_io
+    from domainbed.runs import model_io
 
     saved = persistence.load(path, "compact model file")
     if not isinstance(saved, dict) or "meta" not in saved or "compact" not in saved:

@@ -19,7 +19,7 @@ model (domainbed/averaging/extension.py sees the parameters change). The log and
 bits and the rest at 32, and the compression ratio; with `--model_save` each fold also writes
 models/compact/TE{i}_final.pth, the final model as packed integer codes plus step sizes.
 
-Differences from QT-DoG's code (saqibjaved1/QT-DoG, domainbed/trainer.py and quan/):
+Differences from QT-DoG's code (saqibjaved1/QT-DoG, domainbed/training/trainer.py and quan/):
 - The official swap builds new Parameters for every convolution (and new step sizes) but keeps
   the optimizer built before the swap, which holds only the old Parameters: after `q_steps` the
   convolutions' latent weights and step sizes never change again and only BatchNorm and the
@@ -38,9 +38,9 @@ Differences from QT-DoG's code (saqibjaved1/QT-DoG, domainbed/trainer.py and qua
 from pathlib import Path
 
 from domainbed.errors import UsageError
-from domainbed.extensions import Extension, register_extension
-from domainbed import model_io
-from domainbed.model_io import register_rebuild
+from domainbed.training.extensions import Extension, register_extension
+from domainbed.runs import model_io
+from domainbed.runs.model_io import register_rebuild
 from domainbed.quant.compact import model_size_mb, save_compact
 from domainbed.quant.lsq import check_bits
 from domainbed.quant.swap import check_exclude, parse_exclude, quantizable_names, quantize_model

@@ -50,9 +50,9 @@ from prettytable import PrettyTable, TableStyle
 
 from domainbed import cli, hparams_registry, misc
 from domainbed.averaging.extension import strategy_name
-from domainbed.config import build_hparams
+from domainbed.hparams.config import build_hparams
 from domainbed.errors import UsageError
-from domainbed.selection import ROWS as RECORD_ROWS
+from domainbed.results.selection import ROWS as RECORD_ROWS
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 # Hparams that change how a run is computed, not the method: never part of its group.

@@ -29,12 +29,14 @@ from pathlib import Path
 import torch.nn as nn
 from tqdm import tqdm
 
-from domainbed import cli, misc, model_io, report
+from domainbed import cli, misc
+from domainbed.runs import model_io
+from domainbed.results import report
 from domainbed.data import num_workers_for
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
-from domainbed.evaluator import Evaluator
-from domainbed.trainer import FoldSettings, make_splits, resolve_device
+from domainbed.training.evaluator import Evaluator
+from domainbed.training.trainer import FoldSettings, make_splits, resolve_device
 
 FINAL_MODEL = re.compile(r"TE(\d+)_final\.pth")
 

@@ -32,12 +32,13 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm import tqdm
 
-from domainbed import cli, misc, model_io
+from domainbed import cli, misc
+from domainbed.runs import model_io
 from domainbed.data import num_workers_for
 from domainbed.errors import UsageError
-from domainbed.evaluator import Evaluator
+from domainbed.training.evaluator import Evaluator
 from domainbed.scripts.ensemble import build_dataset, eval_splits, read_run
-from domainbed.trainer import resolve_device
+from domainbed.training.trainer import resolve_device
 
 COLUMNS = ["run", "test_env", "direction", "radius", "loss", "increase"]
 

@@ -21,7 +21,7 @@ from domainbed.data.cache import train_cache_size
 from domainbed.data.gpu_augment import TrainAugment
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from domainbed.scripts.timing import device_name, fastest
-from domainbed.trainer import resolve_device
+from domainbed.training.trainer import resolve_device
 
 
 def add_arguments(parser) -> None:

@@ -20,7 +20,7 @@ from prettytable import PrettyTable
 
 from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.scripts.timing import build_algorithm, device_name, fastest, random_minibatches
-from domainbed.trainer import resolve_device
+from domainbed.training.trainer import resolve_device
 
 
 def add_arguments(parser) -> None:

@@ -14,7 +14,7 @@ from prettytable import PrettyTable
 
 from domainbed.algorithms.grad_surgery import gradient_surgery
 from domainbed.scripts.timing import build_algorithm, device_name, random_minibatches, round_robin
-from domainbed.trainer import resolve_device
+from domainbed.training.trainer import resolve_device
 
 METHODS = ["ERM", "SAM", "GSAM", "SAGM_DG", "GradSurgery"]
 

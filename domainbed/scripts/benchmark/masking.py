@@ -13,7 +13,7 @@ import torch
 from prettytable import PrettyTable
 
 from domainbed.scripts.timing import build_algorithm, device_name, random_minibatches, round_robin
-from domainbed.trainer import resolve_device
+from domainbed.training.trainer import resolve_device
 
 METHODS = [
     ("ERM", "ERM", {}),

@@ -16,7 +16,7 @@ from prettytable import PrettyTable
 
 from domainbed.quant import quantize_model
 from domainbed.scripts.timing import build_algorithm, device_name, random_minibatches, round_robin
-from domainbed.trainer import resolve_device
+from domainbed.training.trainer import resolve_device
 
 
 def add_arguments(parser) -> None:

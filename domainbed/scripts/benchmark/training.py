@@ -34,13 +34,13 @@ from prettytable import PrettyTable
 
 from domainbed import hparams_registry, misc
 from domainbed.algorithms import get_algorithm_class
-from domainbed.config import build_hparams
+from domainbed.hparams.config import build_hparams
 from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import get_dataset_class
-from domainbed.evaluator import Evaluator
-from domainbed.precision import Precision
+from domainbed.training.evaluator import Evaluator
+from domainbed.training.precision import Precision
 from domainbed.scripts.timing import device_name, fastest, synchronize
-from domainbed.trainer import FoldSettings, make_splits, resolve_device
+from domainbed.training.trainer import FoldSettings, make_splits, resolve_device
 
 BASE_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"
 

@@ -16,17 +16,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from domainbed import checkpoint, misc, model_io, selection
+from domainbed import misc
+from domainbed.runs import checkpoint, model_io
+from domainbed.results import selection
 from domainbed.algorithms import get_algorithm_class
-from domainbed.compiling import compile_featurizer
+from domainbed.training.compiling import compile_featurizer
 from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import split_dataset
 from domainbed.datasets.official_split import official_split
 from domainbed.datasets.splits import SplitDataset
-from domainbed.evaluator import EvalSplit, Evaluator
-from domainbed.extensions import build_extensions
-from domainbed.precision import Precision
-from domainbed.scalars import ScalarLog
+from domainbed.training.evaluator import EvalSplit, Evaluator
+from domainbed.training.extensions import build_extensions
+from domainbed.training.precision import Precision
+from domainbed.training.scalars import ScalarLog
 
 
 @dataclass
@@ -44,7 +46,7 @@ class FoldSettings:
     device: str = "cpu"
     model_save: int | None = None
     out_dir: Path | None = None
-    resume: bool = False  # continue from the fold's newest checkpoint in out_dir (domainbed/checkpoint.py)
+    resume: bool = False  # continue from the fold's newest checkpoint in out_dir (domainbed/runs/checkpoint.py)
     keep_best: bool = False  # also keep the checkpoint of best training-domain validation accuracy
     tb_freq: int = 10  # TensorBoard scalars of the update every tb_freq steps (0: none at all)
     split: str = "random"  # random: DomainBed's seeded holdout; official: PACS's kfold lists in split_dir

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from domainbed import misc, model_io, persistence
+from domainbed import misc
+from domainbed.runs import model_io, persistence
 from domainbed.errors import UsageError
 
-FORMAT = 2  # 2: checksummed, weights_only-loadable (domainbed/persistence.py)
+FORMAT = 2  # 2: checksummed, weights_only-loadable (domainbed/runs/persistence.py)
 # the newest checkpoints kept per fold, so that a damaged newest one leaves one to fall back to
 KEEP_LAST = 2
 # Hparams that change speed, never results: a run may resume with other values.
@@ -76,7 +77,7 @@ def fingerprint(settings, hparams: dict) -> dict:
 
 
 def _rng_state() -> dict:
-    # numpy's state as a tensor, so the checkpoint loads with weights_only (domainbed/persistence.py)
+    # numpy's state as a tensor, so the checkpoint loads with weights_only (domainbed/runs/persistence.py)
     name, keys, position, has_gauss, cached = np.random.get_state()
     numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
@@ -118,7 +119,7 @@ def _load_optimizer(name, optimizer, saved: dict, parameters: dict) -> None:
 
 
 def save(state: dict, path: Path) -> None:
-    """Write `state` to `path` atomically, durably and with its checksum (domainbed/persistence.py)."""
+    """Write `state` to `path` atomically, durably and with its checksum (domainbed/runs/persistence.py)."""
     persistence.save(state, path)
 
 

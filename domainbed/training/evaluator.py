@@ -34,7 +34,7 @@ class Evaluator:
                  make_loader=None, autocast=contextlib.nullcontext):
         """`make_loader(datasets, batch_size)`, when given, replaces the DataLoader over the
         evaluated splits (the gpu input pipeline's cached batches); `autocast()` is the run's
-        mixed-precision context (domainbed/precision.py)."""
+        mixed-precision context (domainbed/training/precision.py)."""
         self.test_envs = list(test_envs)
         self.device = torch.device(device)
         self.autocast = autocast

@@ -14,7 +14,7 @@ import importlib
 EXTENSION_FACTORIES = []
 
 # Modules that register extensions; imported when the first run builds its extensions.
-EXTENSION_MODULES = ("domainbed.finite_loss", "domainbed.quant.extension", "domainbed.averaging.extension")
+EXTENSION_MODULES = ("domainbed.training.finite_loss", "domainbed.quant.extension", "domainbed.averaging.extension")
 
 
 def register_extension(order: int):

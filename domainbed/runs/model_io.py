@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from domainbed import persistence
+from domainbed.runs import persistence
 from domainbed.algorithms import get_algorithm_class
 from domainbed.errors import UsageError
-from domainbed.extensions import import_extension_modules
+from domainbed.training.extensions import import_extension_modules
 
 REBUILDERS = {}
 

@@ -17,7 +17,7 @@ from domainbed.data.gpu_pipeline import PIPELINES
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.optim.factory import OPTIMIZERS
-from domainbed.precision import DTYPES
+from domainbed.training.precision import DTYPES
 from domainbed.quant.lsq import MAX_BITS, MIN_BITS
 
 

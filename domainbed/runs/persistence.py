@@ -7,7 +7,7 @@
 - Integrity: a file holds `{"sha256": digest, "content": obj}`, the digest taken over the whole
   content (every tensor's dtype, shape and bytes, every other value's repr, in order). Loading
   recomputes it, so a flipped bit or a truncated write is a one-line error naming the file, and
-  resume can fall back to an older checkpoint (domainbed/checkpoint.py).
+  resume can fall back to an older checkpoint (domainbed/runs/checkpoint.py).
 - Durable: written through `misc.atomic_open` (temporary file, fsync, rename).
 """
 

@@ -10,7 +10,7 @@ stay intact for inspection or a resume with other settings.
 import math
 
 from domainbed.errors import UsageError
-from domainbed.extensions import Extension, register_extension
+from domainbed.training.extensions import Extension, register_extension
 
 ORDER = -100  # before any extension that would consume the poisoned weights (weight averaging)
 

@@ -1,0 +1,1 @@
+"""Hyperparameters: declarations, configuration layers, range checks and help."""

@@ -1,0 +1,1 @@
+"""Results: model selection from the records and the tables."""

@@ -1,0 +1,1 @@
+"""What owns a run on disk: its directory, records, checkpoints and saved models."""

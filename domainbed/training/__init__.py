@@ -1,0 +1,1 @@
+"""What runs a fold: the trainer, its evaluator, precision and extensions."""
