@@ -24,17 +24,16 @@ from domainbed import hparams_registry, misc
 from domainbed.runs import checkpoint
 from domainbed.results import report
 from domainbed.algorithms import get_algorithm_class
-from domainbed.hparams.config import build_hparams, flatten, load_yaml, parse_overrides
+from domainbed.hparams.config import BASE_CONFIG, build_hparams, flatten, parse_overrides
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.official_split import SPLITS, list_path
 from domainbed.errors import UsageError
-from domainbed.hparams_help import describe
+from domainbed.hparams.help import hparams_help
 from domainbed.training.log import RunLog
 from domainbed.runs.run_dir import RunLock, compare_settings, latest_run_dir, new_run_dir
 from domainbed.training.trainer import FoldSettings, train_fold
 from domainbed.hparams.checks import check_run_settings
 
-BASE_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 EXAMPLE = """examples:
@@ -142,32 +141,6 @@ def _flag_value(argv, flag, default):
         if token.startswith(flag + "="):
             return token.split("=", 1)[1]
     return default
-
-
-def hparams_help(algorithm: str, dataset: str) -> str:
-    """The hparams of `algorithm` on `dataset` with their defaults (registry < config.yaml) and meaning."""
-    try:
-        defaults = build_hparams(hparams_registry.default_hparams(algorithm, dataset), BASE_CONFIG)
-        common = hparams_registry.default_hparams("ERM", dataset)
-    except (KeyError, UsageError) as error:
-        return f"hparams: none listed ({error})"
-    run_settings = set(load_yaml(BASE_CONFIG))
-    sections = {
-        f"hparams of {algorithm}": [key for key in defaults if key not in common and key not in run_settings],
-        "hparams of every algorithm": [key for key in defaults if key in common],
-        "run settings (config.yaml)": [key for key in defaults if key in run_settings],
-    }
-    lines = [f"hparams on {dataset} (set any with --key value; defaults < config.yaml < yaml files < command line):"]
-    for title, keys in sections.items():
-        if not keys:
-            continue
-        lines.append(f"  {title}:")
-        for key in keys:
-            value = defaults[key]
-            flag = f"--{key} {value if value != '' else repr(value)}"
-            meaning = describe(key, algorithm) or "(no description)"
-            lines.append(f"    {flag:<30} {meaning}" if len(flag) < 30 else f"    {flag}\n    {'':<30} {meaning}")
-    return "\n".join(lines) + "\n"
 
 
 def environment_report() -> list:

@@ -10,13 +10,13 @@ import pytest
 
 import train_all
 from domainbed import algorithms, datasets, hparams_help, hparams_registry
-from domainbed.hparams.config import load_yaml
+from domainbed.hparams.config import BASE_CONFIG, load_yaml
 from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("algorithm", sorted(algorithms.ALGORITHMS))
 def test_every_hparam_of_every_algorithm_and_config_key_has_a_description(algorithm):
-    keys = set(load_yaml(train_all.BASE_CONFIG))
+    keys = set(load_yaml(BASE_CONFIG))
     for dataset in sorted(datasets.DATASETS):
         keys |= set(hparams_registry.default_hparams(algorithm, dataset))
     missing = sorted(key for key in keys if not hparams_help.describe(key, algorithm))

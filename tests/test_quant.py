@@ -293,7 +293,7 @@ def test_rebuild_refuses_a_model_whose_layers_differ(tmp_path):
 # ----------------------------------------------------------------------------- the extension
 
 def _run_hparams(**overrides):
-    from train_all import BASE_CONFIG
+    from domainbed.hparams.config import BASE_CONFIG
 
     return build_hparams(_hparams(), BASE_CONFIG, (), [(k, v) for k, v in overrides.items()])
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train_all
-from domainbed import algorithms
+from domainbed import algorithms, hparams_registry
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import HPARAM_RULES, check_run_settings
 
@@ -96,13 +96,12 @@ def test_unknown_hparams_are_left_alone():
 
 
 def test_defaults_of_every_algorithm_are_valid():
-    from domainbed import hparams_registry
-    from domainbed.hparams.config import build_hparams
+    from domainbed.hparams.config import BASE_CONFIG, build_hparams
 
     args = train_all.make_parser().parse_args(["x", "--dataset", "PACS"])
     for name in algorithms.ALGORITHMS:
         for dataset in ("PACS", "Synthetic"):
-            hparams = build_hparams(hparams_registry.default_hparams(name, dataset), train_all.BASE_CONFIG, [], {})
+            hparams = build_hparams(hparams_registry.default_hparams(name, dataset), BASE_CONFIG, [], {})
             check_run_settings(args, hparams)
 
 

@@ -18,6 +18,9 @@ import yaml
 
 from domainbed.errors import UsageError
 
+# SWAD's config.yaml at the top of the repository: the protocol's run settings
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
