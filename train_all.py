@@ -20,11 +20,11 @@ import PIL
 import torch
 import torchvision
 
-from domainbed import hparams_registry, misc
+from domainbed import misc
 from domainbed.runs import checkpoint
 from domainbed.results import report
 from domainbed.algorithms import get_algorithm_class
-from domainbed.hparams.config import BASE_CONFIG, build_hparams, flatten, parse_overrides
+from domainbed.hparams.config import flatten, parse_overrides, run_hparams
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.official_split import SPLITS, list_path
 from domainbed.errors import UsageError
@@ -161,7 +161,8 @@ def run(argv) -> dict:
     args = parser.parse_args(known)
     dataset_class = get_dataset_class(args.dataset)
     get_algorithm_class(args.algorithm)
-    hparams = build_hparams(registry_hparams(args), BASE_CONFIG, args.configs, parse_overrides(extra))
+    hparams = run_hparams(args.algorithm, args.dataset, args.hparams_seed, args.trial_seed, args.configs,
+                          parse_overrides(extra))
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
     check_run_settings(args, hparams)
@@ -233,16 +234,6 @@ def official_split_dir(args) -> str | None:
                 raise UsageError(f"official split list {list_path(split_dir, domain, split)} does not exist; "
                                  "point --split_dir at the folder holding PACS's *_kfold.txt lists")
     return split_dir
-
-
-def registry_hparams(args) -> dict:
-    """The registry's defaults, or with --hparams_seed N > 0 DomainBed's random draw for (N, trial_seed)."""
-    if args.hparams_seed < 0:
-        raise UsageError(f"--hparams_seed {args.hparams_seed} is negative; use 0 (defaults) or a positive seed")
-    if args.hparams_seed == 0:
-        return hparams_registry.default_hparams(args.algorithm, args.dataset)
-    seed = misc.seed_hash(args.hparams_seed, args.trial_seed)
-    return hparams_registry.random_hparams(args.algorithm, args.dataset, seed)
 
 
 def run_directory(args) -> Path:

@@ -84,6 +84,17 @@ def random_hparams(algorithm: str, dataset: str, seed: int) -> dict:
     return {name: draw for name, (_, draw) in _hparams(algorithm, dataset, seed).items()}
 
 
+def search_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed: int) -> dict:
+    """`--hparams_seed`: 0 is the defaults, N > 0 DomainBed's draw seeded by seed_hash(N, trial_seed)."""
+    from domainbed.errors import UsageError
+
+    if hparams_seed < 0:
+        raise UsageError(f"--hparams_seed {hparams_seed} is negative; use 0 (defaults) or a positive seed")
+    if hparams_seed == 0:
+        return default_hparams(algorithm, dataset)
+    return random_hparams(algorithm, dataset, misc.seed_hash(hparams_seed, trial_seed))
+
+
 @_algorithm_hparams("RSC")
 def _rsc(_hparam, dataset):
     # official variant (DeLightCMU/RSC); see domainbed/algorithms/rsc.py

@@ -202,3 +202,13 @@ def flatten(hparams: dict) -> dict:
         else:
             flat[key] = value
     return flat
+
+
+def run_hparams(algorithm: str, dataset: str, hparams_seed: int = 0, trial_seed: int = 0, extra_configs=(),
+                overrides=()) -> dict:
+    """A run's hparams: the registry's defaults or draw (`--hparams_seed`), then config.yaml, the
+    extra yaml files and the command line's `--key value` pairs."""
+    from domainbed import hparams_registry
+
+    drawn = hparams_registry.search_hparams(algorithm, dataset, hparams_seed, trial_seed)
+    return build_hparams(drawn, BASE_CONFIG, extra_configs, overrides)
