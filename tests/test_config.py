@@ -27,12 +27,19 @@ def test_bare_flag_means_true_and_equals_form_works():
 
 def test_precedence_registry_then_config_then_extra_yaml_then_cli(tmp_path):
     base = tmp_path / "config.yaml"
-    base.write_text("lr: 1.0e-4\nbatch_size: 8\nextra_key: 5\n")
+    base.write_text("lr: 1.0e-4\nbatch_size: 8\nfreeze_bn: false\n")
     extra = tmp_path / "extra.yaml"
-    extra.write_text("batch_size: 12\nswad_kwargs:\n  n: 4\n")
-    hparams = build_hparams(DEFAULTS, base, [extra], [("extra_key", "6")])
-    assert hparams["lr"] == 1e-4 and hparams["batch_size"] == 12 and hparams["extra_key"] == 6
-    assert hparams["swad_kwargs"] == {"n": 4}
+    extra.write_text("batch_size: 12\nfreeze_bn: true\n")
+    hparams = build_hparams(DEFAULTS, base, [extra], [("freeze_bn", "False")])
+    assert hparams["lr"] == 1e-4 and hparams["batch_size"] == 12 and hparams["freeze_bn"] is False
+
+
+def test_every_layer_sets_declared_keys_only(tmp_path):
+    """config.yaml too: run settings are declared by their features, so no file adds keys."""
+    base = tmp_path / "config.yaml"
+    base.write_text("lr: 1.0e-4\nextra_key: 5\n")
+    with pytest.raises(UsageError, match=f"unknown hparam 'extra_key' from {base}"):
+        build_hparams(DEFAULTS, base)
 
 
 def test_unknown_key_lists_valid_ones_and_suggests():

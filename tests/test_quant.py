@@ -293,9 +293,10 @@ def test_rebuild_refuses_a_model_whose_layers_differ(tmp_path):
 # ----------------------------------------------------------------------------- the extension
 
 def _run_hparams(**overrides):
-    from domainbed.hparams.config import BASE_CONFIG
+    from domainbed.hparams import config
 
-    return build_hparams(_hparams(), BASE_CONFIG, (), [(k, v) for k, v in overrides.items()])
+    defaults = _hparams() | hparams_registry.run_setting_defaults("ERM", "Synthetic")
+    return build_hparams(defaults, config.BASE_CONFIG, (), [(k, v) for k, v in overrides.items()])
 
 
 def test_extension_is_off_by_default_and_quant_1_turns_it_on():
@@ -307,12 +308,14 @@ def test_extension_is_off_by_default_and_quant_1_turns_it_on():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"q_bits": "1"}, "q_bits must be an integer from 2 to 16"),
-    ({"q_steps": "-1"}, "q_steps must be an integer >= 0"),
+    ({"q_bits": "1"}, "hparam q_bits 1 is out of range; valid: an integer from 2 to 16"),
+    ({"q_steps": "-1"}, "hparam q_steps -1 is out of range; valid: an integer >= 0"),
 ])
-def test_extension_rejects_bad_settings(overrides, message):
+def test_quantization_settings_have_their_declared_ranges(overrides, message):
+    from domainbed.hparams.checks import check_hparams
+
     with pytest.raises(UsageError, match=message):
-        make_quantization(_run_hparams(quant="1", **overrides))
+        check_hparams("ERM", "Synthetic", _run_hparams(quant="1", **overrides))
 
 
 # ------------------------------------------------------------------------------------ CORAL

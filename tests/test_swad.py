@@ -558,17 +558,23 @@ def test_factory_reads_hparams():
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"n_convergence": 3}, "unknown swad_kwargs key 'n_convergence'"),
-    ({"n_converge": 0}, "n_converge must be at least 1"),
-    ({"n_converge": 2.5}, "wrong type"),
-    ({"tolerance_ratio": -0.1}, "tolerance_ratio must be >= 0"),
-    ({"bookkeeping": "fixed"}, "unknown swad_kwargs bookkeeping 'fixed'; valid: reference, corrected"),
+    ({"n_convergence": 3}, "unknown hparam swad_kwargs.n_convergence; valid: swad_kwargs.n_converge"),
+    ({"n_converge": 0}, "hparam swad_kwargs.n_converge 0 is out of range; valid: a positive integer"),
+    ({"n_converge": 2.5}, "hparam swad_kwargs.n_converge 2.5 is out of range"),
+    ({"n_tolerance": 0}, "hparam swad_kwargs.n_tolerance 0 is out of range; valid: a positive integer"),
+    ({"tolerance_ratio": -0.1}, "tolerance_ratio -0.1 is out of range; valid: a finite number >= 0"),
+    ({"bookkeeping": "fixed"}, "bookkeeping 'fixed' is out of range; valid: one of reference, corrected"),
 ])
 def test_bad_swad_kwargs_are_one_line_errors(kwargs, fragment):
+    """The averaging extension declares its keys' ranges; the one check before a run applies them."""
+    from domainbed.hparams.checks import check_hparams
+
     with pytest.raises(UsageError, match=fragment):
-        weight_averaging({**RUN, "swad": "LossValley", "swad_kwargs": kwargs})
+        check_hparams("ERM", "PACS", {"swad": "LossValley", "swad_kwargs": kwargs})
 
 
 def test_bad_sma_start():
-    with pytest.raises(UsageError, match="sma_start must be a non-negative integer"):
-        weight_averaging({**RUN, "swad": "SMA", "sma_start": -1})
+    from domainbed.hparams.checks import check_hparams
+
+    with pytest.raises(UsageError, match="hparam sma_start -1 is out of range; valid: an integer >= 0"):
+        check_hparams("ERM", "PACS", {"swad": "SMA", "sma_start": -1})

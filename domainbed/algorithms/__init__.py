@@ -1,5 +1,8 @@
 """Every method, registered by name. Each module of this package is imported here, so adding a
-method is adding one file (plus its defaults in `domainbed/hparams_registry.py`)."""
+method is adding one file: the class, registered with `@register_algorithm("Name")`, declares its
+own hparams (`declare_hparams`, see domainbed/hparams/declare.py). Methods outside the repository
+register the same way from an installed package's entry points, or are named
+`--algorithm package.module:Class` (domainbed/plugins.py)."""
 
 import importlib
 import pkgutil

@@ -25,6 +25,7 @@ import torch.nn as nn
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError
+from domainbed.hparams.declare import SMALL_IMAGES
 
 
 def context_net(in_channels: int) -> nn.Module:
@@ -37,6 +38,10 @@ def context_net(in_channels: int) -> nn.Module:
 
 @register_algorithm("ARM")
 class ARM(ERM):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        if dataset not in SMALL_IMAGES:  # DomainBed: the support size is fixed on large images
+            hparam("batch_size", 8)
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         if len(input_shape) != 3:
             raise UsageError(f"ARM needs image inputs (C, H, W), got input shape {tuple(input_shape)}")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.hparams.rules import nonnegative_float
 
 RBF_GAMMAS = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 
@@ -65,6 +66,12 @@ class FeatureMatching(ERM):
     """ERM plus `mmd_gamma` times `penalty(features)`; subclasses set `distance` (a staticmethod
     of two feature matrices) and may redefine which samples `penalty` compares (here: every pair
     of domains, averaged)."""
+
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        # DomainBed's (CORAL, MMD and CausIRL share it)
+        hparam("mmd_gamma", 1.0, lambda r: float(10 ** r.uniform(-1, 1)), valid=nonnegative_float(),
+               help="weight of the feature-matching penalty (CORAL: covariances, MMD: kernel mean embeddings)")
 
     def penalty(self, features):
         pairs = list(itertools.combinations(features, 2))

@@ -30,9 +30,27 @@ import torch.nn.functional as F
 from domainbed import networks
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.hparams.declare import SMALL_IMAGES
 
 
 class AbstractDANN(Algorithm):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("lambda", 1.0, lambda r: float(10 ** r.uniform(-2, 2)),
+               help="weight of the adversarial domain loss in the generator's objective (CDANN: class-conditional)")
+        hparam("weight_decay_d", 0.0, lambda r: float(10 ** r.uniform(-6, -2)), help="weight decay of the discriminator")
+        hparam("d_steps_per_g_step", 1, lambda r: int(2 ** r.uniform(0, 3)), help="discriminator steps per generator step")
+        hparam("grad_penalty", 0.0, lambda r: float(10 ** r.uniform(-2, 1)), help="weight of the discriminator's gradient penalty")
+        hparam("beta1", 0.5, lambda r: float(r.choice([0.0, 0.5])), help="Adam's beta1 of both optimizers")
+        if dataset in SMALL_IMAGES:
+            hparam("lr_g", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)), help="learning rate of the featurizer and classifier")
+            hparam("lr_d", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)), help="learning rate of the domain discriminator")
+            hparam("weight_decay_g", 0.0, lambda r: 0.0, help="weight decay of the featurizer and classifier")
+        else:
+            hparam("lr_g", 5e-5, lambda r: float(10 ** r.uniform(-5, -3.5)), help="learning rate of the featurizer and classifier")
+            hparam("lr_d", 5e-5, lambda r: float(10 ** r.uniform(-5, -3.5)), help="learning rate of the domain discriminator")
+            hparam("weight_decay_g", 0.0, lambda r: float(10 ** r.uniform(-6, -2)),
+                   help="weight decay of the featurizer and classifier")
     conditional = False
     class_balance = False
 

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError, unknown_choice
+from domainbed.hparams.rules import choice, nonnegative_float, positive_float
+from domainbed.hparams.declare import SMALL_IMAGES
 
 HEAD = "fc"
 MASK_INITS = ("random_uniform", "scalar")
@@ -151,6 +153,24 @@ class MaskedNetwork(nn.Module):
 
 @register_algorithm("DMG")
 class DMG(ERM):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        # the official configs' keys (prithv1/DMG)
+        hparam("resnet_dropout", 0.0)
+        hparam("mlp_dropout", 0.0)
+        hparam("mask_layers", "fc", help="comma-separated layers that get per-domain masks (fc: the features before the head)")
+        hparam("momentum", 0.9)  # the official code's SGD momentum, used with --optimizer sgd
+        hparam("mask_init", "random_uniform", valid=choice(MASK_INITS), help="initial mask values: random_uniform or scalar")
+        hparam("mask_init_scalar", 1.0, help="the initial mask value with mask_init scalar")
+        hparam("overlap_lambda", 0.1, lambda r: float(10 ** r.uniform(-2, 0)), valid=nonnegative_float(),
+               help="weight of the penalty on the overlap of the domains' masks")
+        hparam("sparsity_lambda", 0.0, valid=nonnegative_float(), help="weight of the L1 penalty on the masks")
+        if dataset in SMALL_IMAGES:
+            hparam("mask_lr", 1e-3, lambda r: float(10 ** r.uniform(-4.5, -2.5)), valid=positive_float(),
+                   help="learning rate of the masks' own Adam")
+        else:
+            hparam("mask_lr", 1e-4, lambda r: float(10 ** r.uniform(-5, -3)), valid=positive_float(),
+                   help="learning rate of the masks' own Adam")
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         for name in ("resnet_dropout", "mlp_dropout"):

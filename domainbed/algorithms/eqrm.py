@@ -55,6 +55,13 @@ def kde_quantile(risks, alpha: float):
 
 @register_algorithm("EQRM")
 class EQRM(ERM):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("eqrm_quantile", 0.75, lambda r: float(r.uniform(0.5, 0.99)), help="the quantile of the per-domain risks that is minimised")
+        # a float draw, as DomainBed's: see the exact-equality reset quirk above
+        hparam("eqrm_burnin_iters", 2500, lambda r: float(10 ** r.uniform(2.5, 3.5)),
+               help="steps of plain ERM before the quantile risk (then the optimizer restarts)")
+        hparam("eqrm_lr", 1e-6, lambda r: float(10 ** r.uniform(-7, -5)), help="learning rate after the burn-in")
     def update(self, minibatches):
         risks = torch.stack([F.cross_entropy(self.network(x), y) for x, y in minibatches])
         burnin = self.hparams["eqrm_burnin_iters"]

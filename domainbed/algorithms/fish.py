@@ -37,6 +37,10 @@ from domainbed.algorithms.registry import register_algorithm
 
 @register_algorithm("Fish")
 class Fish(ERM):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("meta_lr", 0.5, lambda r: float(r.choice([0.05, 0.1, 0.5])),
+               help="step size of the meta update towards the inner loop's weights")
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.network_inner = copy.deepcopy(self.network)

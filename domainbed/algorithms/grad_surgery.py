@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError
+from domainbed.hparams.rules import int_at_least, nonnegative_float
 
 SURGERED_LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -75,6 +76,17 @@ SURGERED_LAYERS = (nn.Conv2d, nn.Linear)
 # before the surgery (a norm ratio of 1e-5, some 100 float32 ulps) is rounding noise of a part
 # that cancelled exactly, and is set to zero (see the module docstring).
 CANCELLED = 1e-10
+
+
+# lr / resnet_dropout / weight_decay of GradSurgery's published commands (libzwo/CorGrad), which
+# also pass --steps 1000 --checkpoint_freq 10 on TerraIncognita and 15000 / 500 on DomainNet
+GRAD_SURGERY_RELEASED = {
+    "PACS": (3e-5, 0.2, 1e-4),
+    "VLCS": (1e-5, 0.1, 5e-3),
+    "OfficeHome": (4.5e-5, 0.1, 1e-3),
+    "TerraIncognita": (1e-4, 0.1, 1e-4),
+    "DomainNet": (3e-5, 0.2, 1e-6),
+}
 
 
 class PartLayout:
@@ -234,6 +246,21 @@ class GradSurgery(ERM):
     Hparams: `n_parts` (10), `alpha` (0.6), `use_alpha` (True: apply the outlier rule),
     `all_layers` (True: BatchNorm parameters are surgered too), backbone resnet18.
     """
+
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("backbone", "resnet18")
+        hparam("n_parts", 10, lambda r: int(r.choice([1, 5, 10, 20])), valid=int_at_least(1),
+               help="parts each parameter's gradient is split into along dim 0 for the sign surgery")
+        hparam("alpha", 0.6, lambda r: float(r.uniform(0.0, 1.0)), valid=nonnegative_float(),
+               help="outlier rule: an outlier gradient becomes alpha * g_d + (1 - alpha) * mean")
+        hparam("use_alpha", True, help="apply the outlier rule, which pulls an outlying domain gradient towards the mean")
+        hparam("all_layers", True, help="include BatchNorm parameters in the surgery (else Conv2d and Linear only)")
+        if dataset in GRAD_SURGERY_RELEASED:
+            lr, dropout, weight_decay = GRAD_SURGERY_RELEASED[dataset]
+            hparam("lr", lr, lambda r: 10 ** r.uniform(-5, -3.5))
+            hparam("resnet_dropout", dropout, lambda r: float(r.choice([0.0, 0.1, 0.2, 0.5])))
+            hparam("weight_decay", weight_decay, lambda r: 10 ** r.uniform(-6, -2))
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -68,6 +68,13 @@ class PenaltyAnneal(ERM):
 class IRM(PenaltyAnneal):
     """Hparams: `irm_lambda` (1e2), `irm_penalty_anneal_iters` (500), DomainBed's."""
 
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("irm_lambda", 1e2, lambda r: float(10 ** r.uniform(-1, 5)),
+               help="weight of the invariance penalty (squared gradient of the risk w.r.t. a dummy scale)")
+        hparam("irm_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)),
+               help="steps with penalty weight 1 before irm_lambda applies (then Adam restarts)")
+
     prefix = "irm"
 
     def objective(self, minibatches, lambda_t):

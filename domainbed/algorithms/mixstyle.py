@@ -30,6 +30,7 @@ import torch.nn as nn
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError
+from domainbed.hparams.rules import fraction, positive_float
 
 
 class MixStyle(nn.Module):
@@ -74,6 +75,12 @@ def mixstyle_sites(featurizer) -> list:
 
 @register_algorithm("Mixstyle")
 class Mixstyle(ERM):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        # SWAD's resnet*_mixstyle_L234_p0d5_a0d1 (Mixstyle2 inherits them)
+        hparam("mixstyle_p", 0.5, valid=fraction(high_open=False), help="probability of mixing feature statistics in a forward pass")
+        hparam("mixstyle_alpha", 0.1, lambda r: float(r.choice([0.1, 0.2, 0.3])), valid=positive_float(),
+               help="Beta(alpha, alpha) parameter of the mixing weight")
     style_mixer = MixStyle  # the module the hooks apply; Mixstyle2 uses the cross-domain one
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.errors import UsageError, unknown_choice
+from domainbed.hparams.rules import choice, fraction, int_at_least
 
 VARIANTS = ("official", "domainbed")
 STRATEGIES = ("gradient", "activation", "random")
@@ -133,6 +134,30 @@ def _check_fraction(hparams, name, high=1.0):
 
 @register_algorithm("RSC")
 class RSC(ERM):
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        # official variant (DeLightCMU/RSC)
+        hparam("rsc_variant", "official", valid=choice(VARIANTS),
+               help="official (DeLightCMU/RSC, on the last feature map) or domainbed (on pooled features)")
+        hparam("momentum", 0.9)  # the official code's SGD momentum, used with --optimizer sgd
+        hparam("rsc_drop_strategy", "gradient", valid=choice(STRATEGIES),
+               help="which units are muted: gradient (the method), activation or random")
+        hparam("rsc_mode", "both", valid=choice(MODES), help="spatial, channel or both (a random choice per step, as the paper)")
+        hparam("rsc_spatial_drop", 1 / 3, lambda r: float(r.uniform(0.1, 0.5)), valid=fraction(),
+               help="fraction of spatial positions muted")
+        hparam("rsc_channel_drop", 1 / 3.2, lambda r: float(r.uniform(0.1, 0.5)), valid=fraction(),
+               help="fraction of channels muted")
+        hparam("rsc_batch_percent", 0.3, lambda r: float(r.uniform(0.1, 0.5)), valid=fraction(high_open=False),
+               help="fraction of the batch whose features are muted, at the start")
+        hparam("rsc_batch_increment", 0.2, valid=fraction(high_open=False), help="added to rsc_batch_percent at every interval")
+        hparam("rsc_batch_interval", 0.5, valid=fraction(high_open=False),
+               help="fraction of the run's steps between increments of rsc_batch_percent")
+        hparam("rsc_batch_interval_steps", 0, valid=int_at_least(0), help="the interval in steps instead (0: use rsc_batch_interval)")
+        # DomainBed variant
+        hparam("rsc_f_drop_factor", 1 / 3, lambda r: float(r.uniform(0, 0.5)), valid=fraction(),
+               help="domainbed variant: fraction of feature units muted")
+        hparam("rsc_b_drop_factor", 1 / 3, lambda r: float(r.uniform(0, 0.5)), valid=fraction(),
+               help="domainbed variant: fraction of the batch muted")
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         for name, valid in (("rsc_variant", VARIANTS), ("rsc_drop_strategy", STRATEGIES), ("rsc_mode", MODES)):

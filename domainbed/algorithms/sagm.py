@@ -6,7 +6,8 @@ CVPR 2023; official code Wang-pengfei/SAGM.
 
 from domainbed import optim
 from domainbed.algorithms.registry import register_algorithm
-from domainbed.algorithms.sam import SAM
+from domainbed.algorithms.sam import SAGM_RELEASED, SAM
+from domainbed.hparams.rules import nonnegative_float
 
 
 @register_algorithm("SAGM_DG")
@@ -34,6 +35,12 @@ class SAGM_DG(SAM):
       uses momentum=None.
     - g and e are kept in float32 (see `domainbed.optim.sam`).
     """
+
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        alpha = SAGM_RELEASED[dataset][3] if dataset in SAGM_RELEASED else 1e-3
+        hparam("alpha", alpha, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1])), valid=nonnegative_float(),
+               help="weight of SAGM's gradient-alignment term (perturbed minus clean loss gradient)")
 
     def new_perturbation_optimizer(self, base_optimizer):
         return optim.SAGM(base_optimizer, rho=self.hparams["rho"], alpha=self.hparams["alpha"],

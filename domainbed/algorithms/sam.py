@@ -15,6 +15,18 @@ Differences from the SAM that the SAGM and CorGrad repositories ship (DomainBed 
 from domainbed import optim
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.hparams.rules import nonnegative_float
+
+
+# lr / resnet_dropout / weight_decay / SAGM alpha of SAGM's released commands (Wang-pengfei/SAGM);
+# SAM and GSAM run on the same protocol so the three compare as in SAGM's table
+SAGM_RELEASED = {
+    "PACS": (3e-5, 0.5, 1e-4, 1e-3),
+    "VLCS": (1e-5, 0.5, 1e-4, 1e-3),
+    "OfficeHome": (1e-5, 0.5, 1e-4, 5e-4),
+    "TerraIncognita": (1e-5, 0.5, 1e-4, 1e-3),
+    "DomainNet": (3e-5, 0.5, 1e-6, 5e-4),
+}
 
 
 @register_algorithm("SAM")
@@ -25,6 +37,17 @@ class SAM(ERM):
     Hparams: `rho` (0.05, the paper's default), `adaptive` (False; ASAM's variant).
     Subclasses change only `new_perturbation_optimizer`.
     """
+
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("rho", 0.05, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1])), valid=nonnegative_float(),
+               help="radius of the sharpness-aware weight perturbation")
+        hparam("adaptive", False, help="scale the perturbation per weight by |w| (ASAM)")
+        if dataset in SAGM_RELEASED:
+            lr, dropout, weight_decay, _ = SAGM_RELEASED[dataset]
+            hparam("lr", lr, lambda r: 10 ** r.uniform(-5, -3.5))
+            hparam("resnet_dropout", dropout, lambda r: float(r.choice([0.0, 0.1, 0.5])))
+            hparam("weight_decay", weight_decay, lambda r: 10 ** r.uniform(-6, -2))
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
@@ -62,6 +85,11 @@ class GSAM(SAM):
     constant here), `alpha` (0.01), `adaptive` (False). Differences from juntang-zhuang/GSAM:
     see `domainbed.optim.sam`.
     """
+
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("alpha", 0.01, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1, 0.2, 0.3])), valid=nonnegative_float(),
+               help="weight of GSAM's surrogate-gap step, orthogonal to the loss gradient")
 
     def new_perturbation_optimizer(self, base_optimizer):
         return optim.GSAM(base_optimizer, rho=self.hparams["rho"], alpha=self.hparams["alpha"],

@@ -22,6 +22,12 @@ from domainbed.algorithms.registry import register_algorithm
 class VREx(PenaltyAnneal):
     """Hparams: `vrex_lambda` (1e1), `vrex_penalty_anneal_iters` (500), DomainBed's."""
 
+    @classmethod
+    def declare_hparams(cls, hparam, dataset):
+        hparam("vrex_lambda", 1e1, lambda r: float(10 ** r.uniform(-1, 5)), help="weight of the variance of the domains' risks")
+        hparam("vrex_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)),
+               help="steps with penalty weight 1 before vrex_lambda applies (then Adam restarts)")
+
     prefix = "vrex"
 
     def objective(self, minibatches, lambda_t):

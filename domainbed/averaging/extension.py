@@ -5,7 +5,8 @@
     --sma_start 100                                (SMA only)
     --swad_bn_steps 500                            (BatchNorm re-estimation, when the network updates it)
 
-The defaults of these keys live in config.yaml only. After every step the segment average (the
+These keys are declared at the end of this module (defaults, ranges, meaning); config.yaml sets
+them for SWAD's protocol. After every step the segment average (the
 steps since the last checkpoint, from `sma_start` on for SMA) takes in the new weights; at every
 checkpoint the strategy receives it with the checkpoint's training-domain validation accuracy and
 loss (`train_out`, `tr_outloss`), and a new segment starts. A dead loss valley stops the fold, as
@@ -26,6 +27,8 @@ from domainbed.averaging.iid_max import IIDMax
 from domainbed.averaging.loss_valley import BOOKKEEPING, LossValley
 from domainbed.averaging.sma import SMA
 from domainbed.errors import UsageError, unknown_choice
+from domainbed.hparams.declare import run_settings
+from domainbed.hparams.rules import choice, int_at_least, nonnegative_float, satisfies
 from domainbed.training.extensions import Extension, register_extension
 
 # Before quantization (order 90), whose `finish` reports the size of our final model.
@@ -40,7 +43,6 @@ RULES = {
     "SMA": "test-domain accuracy of the uniform weight average of every step from sma_start on, taken at the "
            "checkpoint where its training-domain validation accuracy was best (EoA's SMA)",
 }
-LOSS_VALLEY_KWARGS = {"n_converge": int, "n_tolerance": int, "tolerance_ratio": (int, float), "bookkeeping": str}
 _OFF = {"false", "none", "off", "no", "0", ""}
 _ON = {"true", "yes", "on", "1"}
 
@@ -58,40 +60,14 @@ def strategy_name(value) -> str | None:
     raise unknown_choice("--swad strategy", value, [*STRATEGIES, "False", "True (= LossValley)"])
 
 
-def loss_valley_kwargs(value) -> dict:
-    if not isinstance(value, dict):
-        raise UsageError(f"hparam swad_kwargs must be a mapping like {{n_converge: 3}}, not {value!r}")
-    for key, wanted in value.items():
-        if key not in LOSS_VALLEY_KWARGS:
-            raise unknown_choice("swad_kwargs key", key, list(LOSS_VALLEY_KWARGS))
-        if not isinstance(wanted, LOSS_VALLEY_KWARGS[key]) or isinstance(wanted, bool):
-            raise UsageError(f"swad_kwargs {key} has the wrong type: {wanted!r}")
-    kwargs = dict(value)
-    for key in ("n_converge", "n_tolerance"):
-        if key in kwargs and kwargs[key] < 1:
-            raise UsageError(f"swad_kwargs {key} must be at least 1, got {kwargs[key]}")
-    if kwargs.get("tolerance_ratio", 0) < 0:
-        raise UsageError(f"swad_kwargs tolerance_ratio must be >= 0, got {kwargs['tolerance_ratio']}")
-    if kwargs.get("bookkeeping", "reference") not in BOOKKEEPING:
-        raise unknown_choice("swad_kwargs bookkeeping", kwargs["bookkeeping"], BOOKKEEPING)
-    return kwargs
-
-
-def _non_negative_int(hparams, key) -> int:
-    value = hparams[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UsageError(f"hparam {key} must be a non-negative integer, got {value!r}")
-    return value
-
-
 class WeightAveraging(Extension):
     def __init__(self, strategy: str, hparams: dict):
         self.strategy_name = strategy
         self.row = ROW_NAMES[strategy]
-        self.kwargs = loss_valley_kwargs(hparams["swad_kwargs"])
-        self.sma_start = _non_negative_int(hparams, "sma_start")
+        self.kwargs = dict(hparams["swad_kwargs"])
+        self.sma_start = hparams["sma_start"]
         self.first_step = self.sma_start if strategy == "SMA" else 0
-        self.bn_steps = _non_negative_int(hparams, "swad_bn_steps")
+        self.bn_steps = hparams["swad_bn_steps"]
         self.segment = None
         self.strategy = None
         self._template = None
@@ -183,3 +159,17 @@ class WeightAveraging(Extension):
 def weight_averaging(hparams: dict) -> WeightAveraging | None:
     strategy = strategy_name(hparams["swad"])
     return None if strategy is None else WeightAveraging(strategy, hparams)
+
+
+@run_settings
+def _averaging_settings(hparam, dataset):
+    hparam("swad", "LossValley", valid=satisfies("one of LossValley, IIDMax, SMA, False, True (= LossValley)",
+                                                  strategy_name),
+           help="weight averaging: LossValley (SWAD), IIDMax, SMA (EoA), or False")
+    hparam("swad_kwargs", {"n_converge": 3, "n_tolerance": 6, "tolerance_ratio": 0.3, "bookkeeping": "reference"},
+           valid={"n_converge": int_at_least(1), "n_tolerance": int_at_least(1),
+                  "tolerance_ratio": nonnegative_float(), "bookkeeping": choice(BOOKKEEPING)},
+           help="LossValley's n_converge, n_tolerance, tolerance_ratio and bookkeeping (reference or corrected)")
+    hparam("sma_start", 100, valid=int_at_least(0), help="SMA averages every step from this one on")
+    hparam("swad_bn_steps", 500, valid=int_at_least(0),
+           help="training minibatches that re-estimate the average's BatchNorm statistics (freeze_bn False)")

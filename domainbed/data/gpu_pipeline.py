@@ -31,6 +31,8 @@ from domainbed.data.gpu_augment import TrainAugment
 from domainbed.data.loaders import num_workers_for
 from domainbed.data.pipeline import ClassicPipeline, InputPipeline
 from domainbed.data.sampling import batch_indices
+from domainbed.hparams.declare import run_settings
+from domainbed.hparams.rules import choice
 from domainbed.datasets.splits import SplitDataset
 from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from domainbed.errors import UsageError, unknown_choice
@@ -227,3 +229,11 @@ def _resident(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         # the source stays referenced, so its id cannot be reused by another tensor
         _ON_DEVICE[key] = (tensor, tensor.to(device))
     return _ON_DEVICE[key][1]
+
+
+@run_settings
+def _pipeline_settings(hparam, dataset):
+    hparam("pipeline", "auto", valid=choice(PIPELINES),
+           help="input pipeline: gpu (uint8 cache, augment on the device), classic (PIL in workers) or auto")
+    hparam("cache_dir", "",
+           help="where the gpu pipeline keeps image caches (empty: $DOMAINBED_CACHE or ~/.cache/domainbed)")

@@ -13,6 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from domainbed.data.sampling import SeededItems, StepBatchSampler
+from domainbed.hparams.declare import run_settings
+from domainbed.hparams.rules import int_at_least
 
 
 def num_workers_for(requested: int, dataset_max: int, n_loaders: int) -> int:
@@ -65,3 +67,9 @@ def eval_loader(dataset, batch_size: int, num_workers: int, seed: int = 0, pin_m
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+@run_settings
+def _loader_settings(hparam, dataset):
+    hparam("num_workers", -1, valid=int_at_least(-1),
+           help="DataLoader workers per loader; -1 sizes them to the machine's cores")

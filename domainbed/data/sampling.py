@@ -18,7 +18,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from domainbed.hparams.declare import SMALL_IMAGES, common_hparams
+from domainbed.hparams.rules import int_at_least
 from domainbed.misc import seed_hash
+
+
+@common_hparams
+def _batch_hparams(hparam, dataset):
+    meaning = "examples per training domain in each step"
+    if dataset in SMALL_IMAGES:
+        hparam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 9)), valid=int_at_least(1), help=meaning)
+    else:
+        high = 5 if dataset == "DomainNet" else 5.5
+        hparam("batch_size", 32, lambda r: int(2 ** r.uniform(3, high)), valid=int_at_least(1), help=meaning)
 
 
 def batch_indices(seed: int, step: int, dataset_size: int, batch_size: int) -> torch.Tensor:

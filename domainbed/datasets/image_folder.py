@@ -12,6 +12,7 @@ from domainbed.datasets import transforms
 from domainbed.datasets.base import MultipleDomainDataset
 from domainbed.datasets.registry import register_dataset
 from domainbed.errors import UsageError
+from domainbed.hparams.declare import run_settings
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -191,3 +192,9 @@ DomainNet = _published("DomainNet", "domain_net", ["clipart", "infograph", "pain
 @register_dataset("ImageFolder")
 class ImageFolder(MultipleEnvironmentImageFolder):
     """Any user directory given as --data_dir whose sub-folders are the domains."""
+
+
+@run_settings
+def _image_settings(hparam, dataset):
+    hparam("skip_bad_images", False,
+           help="drop images that cannot be decoded (counted) instead of stopping with an error")

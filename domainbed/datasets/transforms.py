@@ -7,6 +7,9 @@ ImageNet normalisation, which the pretrained backbones expect.
 
 from torchvision import transforms as T
 
+from domainbed.hparams.declare import common_hparams
+from domainbed.hparams.rules import int_at_least
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,3 +31,10 @@ def train_transform(image_size: int):
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
+
+
+@common_hparams
+def _transform_hparams(hparam, dataset):
+    hparam("data_augmentation", True,
+           help="random crops, flips, colour jitter and grayscale on the training domains (DomainBed's)")
+    hparam("image_size", 224, valid=int_at_least(1), help="side of the square crops fed to the backbone, pixels")

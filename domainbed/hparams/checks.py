@@ -1,75 +1,21 @@
-"""Every command-line flag's and hparam's valid range, checked before a run creates anything.
+"""The one place that decides whether a run's flags and hparams are valid, before it creates
+anything or reads any data.
 
-The ranges are declared once, as tables of key -> `Rule`; `check_run_settings(args, hparams)`
-walks them and raises a one-line `UsageError` naming the first bad value and its valid range.
-Hparams that the table does not know (a new method's own keys) are left to their method.
-A nested hparam (`swad_kwargs`) is checked by its dotted path (`swad_kwargs.tolerance_ratio`).
+Hparams are checked against the valid ranges their declarations give (domainbed/hparams/declare.py:
+the algorithm's own, every algorithm's, and the run-level features', averaging and quantization
+included); the command line's flags against `FLAG_RULES`. The first bad value is a one-line
+`UsageError` naming it and its valid range. A nested hparam (`swad_kwargs`) is checked leaf by
+leaf, by its dotted path (`swad_kwargs.tolerance_ratio`).
 """
 
-import math
 import sys
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from domainbed.data.gpu_pipeline import PIPELINES
+from domainbed import hparams_registry
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
-from domainbed.optim.factory import OPTIMIZERS
-from domainbed.training.precision import DTYPES
-from domainbed.quant.lsq import MAX_BITS, MIN_BITS
-
-
-@dataclass(frozen=True)
-class Rule:
-    valid: str  # the valid range, as the error message states it
-    accepts: Callable[[object], bool]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def int_at_least(low: int) -> Rule:
-    valid = "a positive integer" if low == 1 else f"an integer >= {low}"
-    return Rule(valid, lambda v: _is_int(v) and v >= low)
-
-
-def int_between(low: int, high: int) -> Rule:
-    return Rule(f"an integer from {low} to {high}", lambda v: _is_int(v) and low <= v <= high)
-
-
-def positive_float() -> Rule:
-    return Rule("a finite number > 0", lambda v: _is_real(v) and v > 0)
-
-
-def nonnegative_float() -> Rule:
-    return Rule("a finite number >= 0", lambda v: _is_real(v) and v >= 0)
-
-
-def fraction(low_open: bool = False, high_open: bool = True) -> Rule:
-    """A number in [0, 1), or with the given ends open / closed."""
-    low, high = "(" if low_open else "[", ")" if high_open else "]"
-
-    def accepts(v):
-        return (_is_real(v) and (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1))
-
-    return Rule(f"a number in {low}0, 1{high}", accepts)
-
-
-def choice(names) -> Rule:
-    names = tuple(names)
-    return Rule("one of " + ", ".join(map(str, names)), lambda v: v in names)
-
-
-def optional(rule: Rule) -> Rule:
-    """`rule`, or None (the flag left out: the dataset's default)."""
-    return Rule(f"{rule.valid} (or left out)", lambda v: v is None or rule.accepts(v))
+from domainbed.hparams.rules import Rule, fraction, int_at_least, optional
 
 
 def _check_device(value) -> None:
@@ -96,65 +42,27 @@ FLAG_RULES = {
     "tb_freq": int_at_least(0),
 }
 
-HPARAM_RULES = {
-    # common
-    "lr": positive_float(),
-    "weight_decay": nonnegative_float(),
-    "momentum": fraction(),
-    "batch_size": int_at_least(1),
-    "test_batchsize": int_at_least(1),
-    "image_size": int_at_least(1),
-    "resnet_dropout": fraction(),
-    "mlp_dropout": fraction(),
-    "mlp_width": int_at_least(1),
-    "mlp_depth": int_at_least(2),  # input and output layers; mlp_depth - 2 hidden ones, as DomainBed
-    "optimizer": choice(sorted(OPTIMIZERS)),
-    "num_workers": int_at_least(-1),  # -1: sized to the machine's cores
-    "precision": choice(DTYPES),
-    "pipeline": choice(PIPELINES),
-    # weight averaging
-    "sma_start": int_at_least(0),
-    "swad_bn_steps": int_at_least(0),
-    "swad_kwargs.n_converge": int_at_least(1),
-    "swad_kwargs.n_tolerance": int_at_least(0),
-    "swad_kwargs.tolerance_ratio": nonnegative_float(),
-    # quantization
-    "q_steps": int_at_least(0),
-    "q_bits": int_between(MIN_BITS, MAX_BITS),
-    # sharpness-aware methods and GradSurgery
-    "rho": nonnegative_float(),
-    "alpha": nonnegative_float(),
-    "n_parts": int_at_least(1),
-    # RSC
-    "rsc_spatial_drop": fraction(),
-    "rsc_channel_drop": fraction(),
-    "rsc_batch_percent": fraction(high_open=False),
-    "rsc_batch_increment": fraction(high_open=False),
-    "rsc_batch_interval": fraction(high_open=False),
-    "rsc_batch_interval_steps": int_at_least(0),
-    "rsc_f_drop_factor": fraction(),
-    "rsc_b_drop_factor": fraction(),
-    # DMG, CORAL, Mixstyle
-    "mask_lr": positive_float(),
-    "overlap_lambda": nonnegative_float(),
-    "sparsity_lambda": nonnegative_float(),
-    "mmd_gamma": nonnegative_float(),
-    "mixstyle_p": fraction(high_open=False),
-    "mixstyle_alpha": positive_float(),
-}
-
-
-def _flatten(hparams: dict, prefix: str = ""):
-    for key, value in hparams.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def _check(kind: str, key: str, value, rule: Rule) -> None:
     if not rule.accepts(value):
         raise UsageError(f"{kind}{key} {value!r} is out of range; valid: {rule.valid}")
+
+
+def check_hparams(algorithm: str, dataset: str, hparams: dict) -> None:
+    """Every hparam within the valid range its declaration gives."""
+    declared = hparams_registry.declarations(algorithm, dataset)
+    for key, value in hparams.items():
+        valid = declared[key].valid if key in declared else None
+        if isinstance(valid, Rule):
+            _check("hparam ", key, value, valid)
+        elif isinstance(valid, dict):
+            if not isinstance(value, dict):
+                raise UsageError(f"hparam {key} {value!r} is not a mapping; valid: a mapping of "
+                                 + ", ".join(valid))
+            for leaf, inner in value.items():
+                if leaf not in valid:
+                    raise UsageError(f"unknown hparam {key}.{leaf}; valid: "
+                                     + ", ".join(f"{key}.{name}" for name in valid))
+                _check("hparam ", f"{key}.{leaf}", inner, valid[leaf])
 
 
 def check_run_settings(args, hparams: dict) -> None:
@@ -163,9 +71,7 @@ def check_run_settings(args, hparams: dict) -> None:
     for key, rule in FLAG_RULES.items():
         if hasattr(args, key):
             _check("--", key, getattr(args, key), rule)
-    for key, value in _flatten(hparams):
-        if key in HPARAM_RULES:
-            _check("hparam ", key, value, HPARAM_RULES[key])
+    check_hparams(args.algorithm, args.dataset, hparams)
 
     _check_device(args.device)
     test_envs = args.test_envs or []

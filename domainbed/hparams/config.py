@@ -1,7 +1,7 @@
 """Hyperparameters of a run: registry defaults < config.yaml < extra yaml files < --key value.
 
-Every key must already exist (in the registry's defaults for the algorithm and dataset, or in
-the base config.yaml): a typo is an error, never a silently ignored setting. Values from the
+Every key must be declared (by the algorithm, by what every algorithm has, or by a run-level
+feature: domainbed/hparams/declare.py): a typo is an error, never a silently ignored setting. Values from the
 command line are parsed by the type of the key's default; booleans accept True/False (any case),
 yes/no and 1/0, and a bare `--flag` means True.
 
@@ -78,7 +78,11 @@ def coerce(key: str, value, default, source: str):
             raise bad
         return str(value)
     if isinstance(default, (dict, list)) or default is None:
-        parsed = yaml.safe_load(value) if isinstance(value, str) else value
+        try:
+            parsed = yaml.safe_load(value) if isinstance(value, str) else value
+        except yaml.YAMLError as error:
+            raise UsageError(f"hparam {key} from {source} is not valid YAML ({str(error).splitlines()[0]}): "
+                             f"{value!r}; give a mapping like {default!r}") from None
         if default is not None and not isinstance(parsed, type(default)):
             raise bad
         if isinstance(default, dict):
@@ -177,13 +181,11 @@ def parse_overrides(tokens) -> list:
 def build_hparams(defaults: dict, base_config, extra_configs=(), overrides=()) -> dict:
     """The run's hparams: `defaults` updated by the yaml files in order, then the overrides."""
     hparams = dict(defaults)
-    layers = [(str(base_config), load_yaml(base_config), True)] if base_config else []
-    layers += [(str(path), load_yaml(path), False) for path in extra_configs]
-    for source, content, may_add_keys in layers:
-        for key, value in content.items():
-            if not may_add_keys:
-                _check_known(key, hparams, source)
-            hparams[key] = coerce(key, value, hparams[key], source) if key in hparams else value
+    layers = [base_config] if base_config else []
+    for path in [*layers, *extra_configs]:
+        for key, value in load_yaml(path).items():
+            _check_known(key, hparams, str(path))
+            hparams[key] = coerce(key, value, hparams[key], str(path))
     for key, value in overrides:
         if key in ALIASES and key not in hparams:
             key, value = ALIASES[key](value)
@@ -206,9 +208,10 @@ def flatten(hparams: dict) -> dict:
 
 def run_hparams(algorithm: str, dataset: str, hparams_seed: int = 0, trial_seed: int = 0, extra_configs=(),
                 overrides=()) -> dict:
-    """A run's hparams: the registry's defaults or draw (`--hparams_seed`), then config.yaml, the
-    extra yaml files and the command line's `--key value` pairs."""
+    """A run's hparams: the registry's defaults or draw (`--hparams_seed`) and the run settings'
+    defaults, then config.yaml, the extra yaml files and the command line's `--key value` pairs."""
     from domainbed import hparams_registry
 
     drawn = hparams_registry.search_hparams(algorithm, dataset, hparams_seed, trial_seed)
-    return build_hparams(drawn, BASE_CONFIG, extra_configs, overrides)
+    defaults = {**drawn, **hparams_registry.run_setting_defaults(algorithm, dataset)}
+    return build_hparams(defaults, BASE_CONFIG, extra_configs, overrides)

@@ -8,6 +8,8 @@ the hparam `momentum` (0 by default), which the configs of methods whose officia
 import torch
 
 from domainbed.errors import unknown_choice
+from domainbed.hparams.declare import SMALL_IMAGES, common_hparams
+from domainbed.hparams.rules import choice, fraction, nonnegative_float, positive_float
 
 
 def _adam(params, lr, weight_decay, momentum):
@@ -31,3 +33,19 @@ def get_optimizer(name: str, params, lr: float, weight_decay: float, momentum: f
     if key not in OPTIMIZERS:
         raise unknown_choice("optimizer", name, sorted(OPTIMIZERS))
     return OPTIMIZERS[key](params, lr, weight_decay, momentum)
+
+
+@common_hparams
+def _optimizer_hparams(hparam, dataset):
+    hparam("optimizer", "adam", valid=choice(sorted(OPTIMIZERS)), help="the base optimizer: adam, adamw or sgd")
+    hparam("momentum", 0.0, valid=fraction(),
+           help="SGD momentum (0: plain SGD, as SWAD's; RSC and DMG use their official 0.9)")
+    if dataset in SMALL_IMAGES:
+        hparam("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5), valid=positive_float(),
+               help="learning rate of the base optimizer")
+        hparam("weight_decay", 0.0, lambda r: 0.0, valid=nonnegative_float(), help="weight decay of the base optimizer")
+    else:
+        hparam("lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5), valid=positive_float(),
+               help="learning rate of the base optimizer")
+        hparam("weight_decay", 0.0, lambda r: 10 ** r.uniform(-6, -2), valid=nonnegative_float(),
+               help="weight decay of the base optimizer")

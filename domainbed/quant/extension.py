@@ -38,11 +38,13 @@ Differences from QT-DoG's code (saqibjaved1/QT-DoG, domainbed/training/trainer.p
 from pathlib import Path
 
 from domainbed.errors import UsageError
+from domainbed.hparams.declare import run_settings
+from domainbed.hparams.rules import int_at_least, int_between
 from domainbed.training.extensions import Extension, register_extension
 from domainbed.runs import model_io
 from domainbed.runs.model_io import register_rebuild
 from domainbed.quant.compact import model_size_mb, save_compact
-from domainbed.quant.lsq import check_bits
+from domainbed.quant.lsq import MAX_BITS, MIN_BITS, check_bits
 from domainbed.quant.swap import check_exclude, parse_exclude, quantizable_names, quantize_model
 
 ORDER = 90  # after weight averaging, so that `finish` sees its final model and its rows
@@ -117,10 +119,7 @@ class Quantization(Extension):
 def make_quantization(hparams):
     if not hparams.get("quant", False):
         return None
-    q_steps = hparams["q_steps"]
-    if isinstance(q_steps, bool) or not isinstance(q_steps, int) or q_steps < 0:
-        raise UsageError(f"q_steps must be an integer >= 0, got {q_steps!r}")
-    return Quantization(q_steps, check_bits(hparams["q_bits"]), bool(hparams["q_linear"]),
+    return Quantization(hparams["q_steps"], check_bits(hparams["q_bits"]), bool(hparams["q_linear"]),
                         parse_exclude(hparams["q_exclude"]))
 
 
@@ -131,3 +130,12 @@ def rebuild_quantized(algorithm, transform: dict) -> None:
     if list(layers) != list(transform["layers"]):
         raise UsageError(f"the saved model quantized layers {transform['layers']}, "
                          f"but this algorithm quantizes {list(layers)}")
+
+
+@run_settings
+def _quantization_settings(hparam, dataset):
+    hparam("quant", False, help="QT-DoG: swap layers for LSQ fake-quantized ones at step q_steps")
+    hparam("q_steps", 2000, valid=int_at_least(0), help="the step at which QT-DoG quantization starts")
+    hparam("q_bits", 7, valid=int_between(MIN_BITS, MAX_BITS), help="bits of QT-DoG's weight quantization")
+    hparam("q_linear", False, help="quantize Linear layers too (else Conv2d only)")
+    hparam("q_exclude", "", help="comma-separated module names QT-DoG keeps in float")

@@ -11,6 +11,7 @@ do not gain from it.
 import torch.nn as nn
 
 from domainbed.errors import UsageError
+from domainbed.hparams.declare import run_settings
 
 
 def compile_featurizer(algorithm) -> None:
@@ -18,3 +19,8 @@ def compile_featurizer(algorithm) -> None:
     if not isinstance(featurizer, nn.Module):
         raise UsageError(f"--compile compiles the featurizer, and {type(algorithm).__name__} has none; drop --compile")
     featurizer.compile()
+
+
+@run_settings
+def _compile_settings(hparam, dataset):
+    hparam("compile", False, help="torch.compile the featurizer")

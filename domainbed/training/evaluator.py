@@ -18,6 +18,8 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
 from domainbed.data import eval_loader
+from domainbed.hparams.declare import run_settings
+from domainbed.hparams.rules import int_at_least
 
 
 @dataclass
@@ -101,3 +103,8 @@ class Evaluator:
         if "train_out" in groups:
             summaries["tr_outloss"] = sum(losses[n] for n in groups["train_out"]) / len(groups["train_out"])
         return summaries
+
+
+@run_settings
+def _evaluation_settings(hparam, dataset):
+    hparam("test_batchsize", 128, valid=int_at_least(1), help="batch size of the evaluation loader")

@@ -24,6 +24,8 @@ import warnings
 import torch
 
 from domainbed.errors import UsageError, unknown_choice
+from domainbed.hparams.declare import run_settings
+from domainbed.hparams.rules import choice
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -129,3 +131,9 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.loss_scaler is not None and "grad_scaler" in state:
             self.loss_scaler.scaler.load_state_dict(state["grad_scaler"])
+
+
+@run_settings
+def _precision_settings(hparam, dataset):
+    hparam("precision", "fp32", valid=choice(DTYPES),
+           help="arithmetic of training and evaluation: fp32, bf16 or fp16 (fp16 with loss scaling)")

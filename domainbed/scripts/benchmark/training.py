@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 from prettytable import PrettyTable
 
-from domainbed import hparams_registry, misc
+from domainbed import misc
 from domainbed.algorithms import get_algorithm_class
-from domainbed.hparams.config import build_hparams
+from domainbed.hparams.config import run_hparams
 from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.datasets import get_dataset_class
 from domainbed.training.evaluator import Evaluator
@@ -42,7 +42,6 @@ from domainbed.training.precision import Precision
 from domainbed.scripts.timing import device_name, fastest, synchronize
 from domainbed.training.trainer import FoldSettings, make_splits, resolve_device
 
-BASE_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"
 
 
 def add_arguments(parser) -> None:
@@ -143,7 +142,7 @@ def run(args) -> list:
             print(f"generating {args.generated_per_class} images per class and domain in {data_dir}", flush=True)
             generate_images(data_dir, dataset_class, args.generated_per_class)
         for name in args.algorithm:
-            hparams = build_hparams(hparams_registry.default_hparams(name, args.dataset), BASE_CONFIG)
+            hparams = run_hparams(name, args.dataset)
             hparams.update(overrides)
             dataset = dataset_class(str(data_dir), [], hparams)
             configs = [] if args.no_reference else [("classic", "fp32")]
