@@ -15,7 +15,7 @@ def _md5_seed(*args):
     return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2**31)
 
 
-# computed by hand from DomainBed's scheme (hparams_registry._hparams and misc.seed_hash)
+# computed by hand from DomainBed's scheme (hparams_registry.declarations and misc.seed_hash)
 KNOWN_DRAWS = {
     (1, 0): {"lr": 2.7028930742148706e-05, "batch_size": 39, "weight_decay": 0.00044832883881609976,
              "resnet_dropout": 0.5},
