@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from domainbed import misc
+from domainbed.errors import UsageError
 from domainbed.hparams.rules import Rule
 
 COMMON = []
@@ -66,8 +67,9 @@ class HParam:
     owner: str  # who declared it first: "common", "run", or an algorithm's name
 
 
-class DeclarationError(ValueError):
-    """A declaration that breaks the rules above: a programming error of the declaring module."""
+class DeclarationError(UsageError):
+    """A declaration that breaks the rules above: a defect of the declaring module, reported in one
+    line (it may be a method from outside the repository)."""
 
 
 class Declarations:
