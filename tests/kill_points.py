@@ -2,8 +2,12 @@
 
 Nothing in the production path knows about it: `install(spec)` wraps functions of the trainer,
 the evaluator and the checkpoint module so that the n-th pass through a point ends the process
-(SIGKILL, in the subprocesses that tests start with `boot_command`) or raises (in-process, through
-the `crash_at` fixture of conftest.py). A point counts its passes from the start of its process.
+with SIGKILL, or runs another `action`. Subprocesses install it from the environment
+(`install_from_environment`, reading DOMAINBED_TEST_KILL_AT): `python train_all.py` and sweep jobs
+through tests/faults/sitecustomize.py once a test arms the `kill_subprocesses_at` fixture of
+conftest.py, test_resume.py's own boot line directly. In-process tests call
+`install(spec, action, monkeypatch.setattr)` with an action that raises (test_exact_resume.py).
+A point counts its passes from the start of its process.
 
     step        after an update (the trainer's per-step scalar log, which follows every update)
     eval        after an evaluation pass, before its record is written

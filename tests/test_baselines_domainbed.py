@@ -342,6 +342,28 @@ def test_fish_is_the_hand_unrolled_inner_loop_and_meta_step():
     assert set(algorithm.optimizers()) == {"meta_optimizer", "inner_optimizer"}
 
 
+def test_fish_state_and_saved_model_hold_the_network_alone(tmp_path):
+    """The inner loop's weights are scratch space rebuilt from the network at every update: not
+    in the state dict, the parameters (which weight averaging averages) or a saved model."""
+    from domainbed.runs import model_io
+
+    fish, erm = make("Fish"), make("ERM")
+    fish.update(minibatches())
+    assert fish.state_dict().keys() == erm.state_dict().keys()
+    assert [n for n, _ in fish.named_parameters()] == [n for n, _ in erm.named_parameters()]
+    assert sum(p.numel() for p in fish.parameters()) == sum(p.numel() for p in erm.parameters())
+
+    meta = {"algorithm": "Fish", "input_shape": INPUT, "num_classes": N_CLASSES, "num_domains": N_DOMAINS,
+            "hparams": fish.hparams}
+    model_io.save_model(tmp_path / "fish.pth", fish, meta)
+    loaded, _ = model_io.load_model(tmp_path / "fish.pth")
+    x = minibatches(seed=7)[0][0]
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(x), fish.eval().predict(x))
+    for (key, a), b in zip(fish.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
 # ------------------------------------------------------------------ Fishr
 
 

@@ -151,6 +151,24 @@ def test_group_dro_weights_are_the_exponentiated_risks_normalised():
     _assert_gradients(captured[0], _expected_gradients(reference, loss))
 
 
+def test_group_dro_updates_a_float64_model_in_float64():
+    eta = 0.5
+    algorithm, reference, captured, minibatches = _setting("GroupDRO", groupdro_eta=eta)
+    algorithm.double()
+    reference.double()
+    minibatches = [(x.double(), y) for x, y in minibatches]
+    # DomainBed's GroupDRO.update, from q = 1
+    risks = torch.stack([F.cross_entropy(reference.predict(x), y) for x, y in minibatches])
+    q = torch.ones(N_DOMAINS, dtype=torch.float64) * torch.exp(eta * risks.detach())
+    q = q / q.sum()
+    loss = torch.dot(risks, q)
+    stats = algorithm.update(minibatches)
+    assert algorithm.q.dtype == torch.float64
+    torch.testing.assert_close(algorithm.q, q)
+    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-12)
+    _assert_gradients(captured[0], _expected_gradients(reference, loss), atol=1e-12)
+
+
 # ------------------------------------------------------------------------ Mixup, OrgMixup
 
 

@@ -7,9 +7,15 @@ ResNet-18 from scratch at 32 px.
 """
 
 import copy
+import importlib
+import json
 import math
+import pkgutil
 import random
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +28,7 @@ from domainbed.quant import quantize_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")
 
+REPO = Path(__file__).resolve().parents[1]
 MLP_INPUT = (8,)
 IMAGE_SHAPE = (3, 32, 32)
 # methods that need a spatial backbone; every other registered name runs on the MLP
@@ -105,10 +112,24 @@ def _assert_finite_floats(stats):
 
 
 def test_every_registered_algorithm_is_collected():
-    """The parameterisation below is taken at collection; a name registered later (a module the
-    package does not import) or an `IMAGE_INPUT` entry naming no algorithm fails here."""
-    assert NAMES == sorted(algorithms.ALGORITHMS)
+    """The parameterisation below (`NAMES`, taken at collection, after whatever other test modules
+    registered) is exactly the registry of a fresh interpreter, and every `Algorithm` subclass a
+    module of domainbed/algorithms/ defines is registered or is the base of a registered one, so a
+    method whose decorator was forgotten fails here instead of escaping the contract. An
+    `IMAGE_INPUT` or `CONTRACT_HPARAMS` entry naming no algorithm fails too."""
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import json; from domainbed import algorithms; print(json.dumps(sorted(algorithms.ALGORITHMS)))"],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    assert NAMES == json.loads(fresh.stdout)
     assert {"ERM", "SAM", "RSC", "DMG"} <= set(NAMES)
+    registered = set(algorithms.ALGORITHMS.values())
+    bases = {base for cls in registered for base in cls.__mro__[1:]}
+    for module_info in pkgutil.iter_modules(algorithms.__path__):
+        module = importlib.import_module(f"{algorithms.__name__}.{module_info.name}")
+        defined = [value for value in vars(module).values() if isinstance(value, type)
+                   and issubclass(value, algorithms.Algorithm) and value.__module__ == module.__name__]
+        unregistered = [cls.__name__ for cls in defined if cls not in registered and cls not in bases]
+        assert not unregistered, f"{module.__name__} defines unregistered algorithms {unregistered}"
     stale = (IMAGE_INPUT | set(CONTRACT_HPARAMS)) - set(NAMES)
     assert not stale, f"IMAGE_INPUT or CONTRACT_HPARAMS name unregistered algorithms: {stale}"
 

@@ -347,6 +347,9 @@ def test_train_all_gpu_pipeline_equals_classic_on_synthetic(run_train_all):
             assert a[key] == pytest.approx(b[key], abs=1e-6)
 
 
+# slow: some 17 s on 2 cores; the pipeline's training path stays in the default suite with
+# test_train_all_gpu_pipeline_equals_classic_on_synthetic, real PACS images with test_official_split_training.py
+@pytest.mark.slow
 def test_train_all_gpu_pipeline_on_a_pacs_subset(run_train_all, shared_data, tmp_path):
     """Two images per class and domain of the real PACS, linked into a private folder, at 32 px."""
     root = tmp_path / "subset"

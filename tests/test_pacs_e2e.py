@@ -2,7 +2,12 @@
 
 import json
 
+import pytest
 
+
+# slow: about a minute on 2 cores; real-PACS training in the default suite is one fold in
+# test_official_split_training.py and the PACS subset of test_gpu_pipeline.py
+@pytest.mark.slow
 def test_pacs_all_folds_at_32px(shared_data, run_train_all):
     result = run_train_all(
         "pacs", "--dataset", "PACS", "--data_dir", shared_data, "--algorithm", "ERM",

@@ -161,6 +161,10 @@ def _kill_resume_and_compare(output_dir: Path, kills, reference_dir) -> Path:
     return run_dir
 
 
+# slow: five train_all processes (about 90 s on 2 cores). In the default suite: in-process crashes at
+# step and evaluation points resume exactly (test_exact_resume.py, and the quantization-swap test
+# below), and SIGKILLed subprocesses resume in test_sweep.py's submitit test
+@pytest.mark.slow
 def test_killed_in_training_evaluation_and_checkpoint_writing_then_resumed_equals_uninterrupted(tmp_path, reference):
     # Steps 0..4 per fold, checkpoints at 0, 2, 4; folds TE0 then TE1. A kill counts its point
     # from the start of its own process.

@@ -25,6 +25,17 @@ def _run(run_train_all, shared_data, line, extra):
     return run_train_all("seed", "--dataset", "PACS", "--data_dir", shared_data, *line, *extra)
 
 
+def test_grad_surgery_line_runs_unchanged_with_swad_on_synthetic(run_train_all):
+    """The seed's flags as they are, with SWAD's rows and table, on the in-memory Synthetic set;
+    the same line on the real PACS images is the slow test below (real-PACS training in the
+    default suite: test_official_split_training.py)."""
+    result = run_train_all("seed", "--dataset", "Synthetic", *GRAD_SURGERY, "--steps", "2", "--checkpoint_freq", "2",
+                           "--swad_bn_steps", "2", "--batch_size", "4", "--test_envs", "0")
+    assert _header(result) == "| Selection | d0 | Avg. |"
+    assert list(result["rows"])[-2:] == ["SWAD", "SWAD (inD)"]
+
+
+@pytest.mark.slow
 def test_grad_surgery_line_runs_with_swad_and_prints_swads_table(shared_data, run_train_all):
     result = _run(run_train_all, shared_data, GRAD_SURGERY, TINY)
     assert _header(result) == "| Selection | art_painting | Avg. |"

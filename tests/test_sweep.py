@@ -95,6 +95,9 @@ def test_status_dry_run_and_bad_arguments(tmp_path, capsys, monkeypatch):
     assert sweep.main(_argv("launch", tmp_path, "--launcher", "pbs")) == 2
 
 
+# slow: about 40 s on 2 cores; killed jobs relaunched and resumed stay in the default suite with
+# test_submitit_local_executor_jobs_failing_half_way_resume_on_relaunch
+@pytest.mark.slow
 def test_local_sweep_killed_half_way_and_relaunched_on_two_fake_gpus(tmp_path, monkeypatch, capsys):
     argv = _argv("launch", tmp_path, n_hparams=3)
     launcher = subprocess.Popen([sys.executable, "-m", "domainbed.scripts.sweep", *argv], cwd=REPO,

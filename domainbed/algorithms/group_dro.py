@@ -8,7 +8,8 @@ with the risks R^e detached in the q update. Hparam `groupdro_eta` (1e-2), Domai
 Departures from DomainBed's code (algorithms.GroupDRO): q is a buffer of length
 `num_domains` created at construction (DomainBed creates it at the first update, so a state
 dict of a fresh model has an empty q and cannot be loaded strictly); ones, as DomainBed's, give
-the same first step.
+the same first step. As a buffer q follows the module's device and dtype, and the risks are
+cast to q's dtype, so a float64 model trains in float64.
 """
 
 import torch
@@ -31,10 +32,12 @@ class GroupDRO(ERM):
     def update(self, minibatches):
         # one forward per domain, as DomainBed (BatchNorm statistics per domain)
         risks = torch.stack([F.cross_entropy(self.predict(x), y) for x, y in minibatches])
+        # q has the parameters' dtype (float64 after .double()); under autocast the risks may not
+        risks = risks.to(self.q.dtype)
         with torch.no_grad():
-            self.q.mul_(torch.exp(self.hparams["groupdro_eta"] * risks.float()))
+            self.q.mul_(torch.exp(self.hparams["groupdro_eta"] * risks))
             self.q.div_(self.q.sum())
-        loss = torch.dot(risks.float(), self.q)
+        loss = torch.dot(risks, self.q)
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
