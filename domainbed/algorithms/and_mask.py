@@ -69,6 +69,7 @@ class ANDMask(GradientMask):
     def declare_hparams(cls, hparam, dataset):
         # DomainBed: int 1
         hparam("tau", 1.0, lambda r: float(r.uniform(0.5, 1.0)), help="agreement threshold of the gradient signs")
+
     def mask(self, grads):
         return (sign_agreement(grads) >= self.hparams["tau"]).to(grads.dtype)
 
@@ -79,6 +80,7 @@ class SANDMask(GradientMask):
     def declare_hparams(cls, hparam, dataset):
         hparam("tau", 1.0, lambda r: float(r.uniform(0.0, 1.0)), help="agreement threshold of the gradient signs")
         hparam("k", 1e1, lambda r: float(10 ** r.uniform(-3, 5)), help="steepness of the smooth agreement mask")
+
     def mask(self, grads):
         # one domain: no variance (DomainBed's nan, without torch's warning)
         variance = grads.var(0) if len(grads) > 1 else torch.full_like(grads[0], float("nan"))

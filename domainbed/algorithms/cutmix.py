@@ -38,6 +38,7 @@ class CutMix(ERM):
         # SWAD's fixed values (DomainBed has no CutMix)
         hparam("beta", 1.0, help="Beta(beta, beta) parameter of the pasted area")
         hparam("cutmix_prob", 1.0, help="probability that a batch is cut-and-mixed")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         if len(input_shape) != 3:
             raise UsageError(f"CutMix needs image inputs (C, H, W), got input shape {tuple(input_shape)}")

@@ -62,6 +62,7 @@ class EQRM(ERM):
         hparam("eqrm_burnin_iters", 2500, lambda r: float(10 ** r.uniform(2.5, 3.5)),
                help="steps of plain ERM before the quantile risk (then the optimizer restarts)")
         hparam("eqrm_lr", 1e-6, lambda r: float(10 ** r.uniform(-7, -5)), help="learning rate after the burn-in")
+
     def update(self, minibatches):
         risks = torch.stack([F.cross_entropy(self.network(x), y) for x, y in minibatches])
         burnin = self.hparams["eqrm_burnin_iters"]

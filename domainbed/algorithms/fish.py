@@ -51,6 +51,7 @@ class Fish(ERM):
     def declare_hparams(cls, hparam, dataset):
         hparam("meta_lr", 0.5, lambda r: float(r.choice([0.05, 0.1, 0.5])),
                help="step size of the meta update towards the inner loop's weights")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.inner_names = [name for name, _ in self.network.named_parameters()]

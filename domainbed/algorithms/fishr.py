@@ -63,6 +63,7 @@ class Fishr(ERM):
         hparam("penalty_anneal_iters", 1500, lambda r: int(r.uniform(0.0, 5000.0)),
                help="steps before the penalty weight switches from 1 to its full value")
         hparam("ema", 0.95, lambda r: float(r.uniform(0.90, 0.99)), help="moving-average factor of the per-domain gradient variances")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         # the parameters of the penalty, fixed here: a quantization swap adds step sizes to the

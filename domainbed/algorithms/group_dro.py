@@ -25,6 +25,7 @@ class GroupDRO(ERM):
     def declare_hparams(cls, hparam, dataset):
         hparam("groupdro_eta", 1e-2, lambda r: float(10 ** r.uniform(-3, -1)),
                help="step size of the exponentiated-gradient update of the domain weights")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.register_buffer("q", torch.ones(num_domains))

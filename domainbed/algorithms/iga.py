@@ -28,6 +28,7 @@ class IGA(ERM):
     def declare_hparams(cls, hparam, dataset):
         # DomainBed: int 1000; a float so that --penalty 1e3 parses
         hparam("penalty", 1000.0, lambda r: float(10 ** r.uniform(1, 5)), help="weight of the variance of the domains' gradients")
+
     def update(self, minibatches):
         params = [p for p in self.network.parameters() if p.requires_grad]
         risks = [F.cross_entropy(self.network(x), y) for x, y in minibatches]

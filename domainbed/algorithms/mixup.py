@@ -22,6 +22,7 @@ class Mixup(ERM):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("mixup_alpha", 0.2, lambda r: float(10 ** r.uniform(-1, 1)), help="Beta(alpha, alpha) parameter of the mixing weight")
+
     def update(self, minibatches):
         objective = 0.0
         for (x_i, y_i), (x_j, y_j) in random_pairs_of_minibatches(minibatches):

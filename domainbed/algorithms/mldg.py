@@ -34,6 +34,7 @@ class MLDG(ERM):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("mldg_beta", 1.0, lambda r: float(10 ** r.uniform(-1, 1)), help="weight of the meta-test loss")
+
     def _add_grads(self, inner_net, weight):
         for p, q in zip(self.network.parameters(), inner_net.parameters()):
             if q.grad is not None:

@@ -32,6 +32,7 @@ class MTL(Algorithm):
         hparam("mtl_ema", 0.99, lambda r: float(r.choice([0.5, 0.9, 0.99, 1.0])), help="moving-average factor of the domain embeddings")
         hparam("mtl_noise_quirk", False,
                help="feed the head Gaussian noise instead of the domain embedding in training, as DomainBed's predict does")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.featurizer = networks.Featurizer(input_shape, hparams)

@@ -21,6 +21,7 @@ class OrgMixup(ERM):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("mixup_alpha", 0.2, lambda r: float(10 ** r.uniform(-1, 1)), help="Beta(alpha, alpha) parameter of the mixing weight")
+
     def update(self, minibatches):
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])

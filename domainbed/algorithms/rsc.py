@@ -158,6 +158,7 @@ class RSC(ERM):
                help="domainbed variant: fraction of feature units muted")
         hparam("rsc_b_drop_factor", 1 / 3, lambda r: float(r.uniform(0, 0.5)), valid=fraction(),
                help="domainbed variant: fraction of the batch muted")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         for name, valid in (("rsc_variant", VARIANTS), ("rsc_drop_strategy", STRATEGIES), ("rsc_mode", MODES)):

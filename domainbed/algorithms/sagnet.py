@@ -54,6 +54,7 @@ class SagNet(Algorithm):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("sag_w_adv", 0.1, lambda r: float(10 ** r.uniform(-2, 1)), help="weight of the adversarial style loss")
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         nonlinear = hparams["nonlinear_classifier"]

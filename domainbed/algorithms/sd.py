@@ -19,6 +19,7 @@ class SD(ERM):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("sd_reg", 0.1, lambda r: float(10 ** r.uniform(-5, -1)), help="weight of the squared-logits penalty (spectral decoupling)")
+
     def update(self, minibatches):
         all_x = torch.cat([x for x, _ in minibatches])
         all_y = torch.cat([y for _, y in minibatches])
