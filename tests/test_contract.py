@@ -152,9 +152,13 @@ def test_update_defects_are_named():
 
 
 def test_state_and_predict_defects_are_named():
-    (defect,) = contract.check_state_round_trip(_broken(CountsInAnAttribute))
-    assert defect.startswith("after a state round trip and one more update CountsInAnAttribute's copy differs in ")
-    assert "classifier.weight" in defect and "get_extra_state()" in defect
+    stats, weights, optimizer = _one_line_each(contract.check_state_round_trip(_broken(CountsInAnAttribute)))
+    assert stats.startswith("after a state round trip CountsInAnAttribute.update returned {'loss': ")
+    assert weights.startswith("after a state round trip and one more update CountsInAnAttribute's copy differs in "
+                              "featurizer.input.weight, ")
+    assert weights.endswith("state that changes in training must be a buffer or go through get_extra_state()")
+    assert optimizer == ("after a state round trip and one more update CountsInAnAttribute's optimizer 'optimizer' "
+                         "differs in exp_avg, exp_avg_sq")
     defects = _one_line_each(contract.check_predict_is_deterministic(_broken(SamplesInEval)))
     assert defects[0] == "SamplesInEval.predict(x, env=None) differs between two calls in eval mode"
 

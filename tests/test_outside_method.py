@@ -182,6 +182,10 @@ class ForgetsTheHead(ERM):
         self.optimizer = self.new_optimizer(self.featurizer.parameters())
 
 
+class BuiltOnAWrongInput(ERM):
+    CONTRACT_INPUT = "pixels"
+
+
 class DeclaresWithoutHelp(ERM):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
@@ -191,16 +195,18 @@ class DeclaresWithoutHelp(ERM):
 
 def test_check_method_reports_each_defect_in_one_line(tmp_path):
     (tmp_path / "broken_methods.py").write_text(textwrap.dedent(BROKEN_MODULE))
-    names = [f"broken_methods:{name}" for name in ("ReturnsATensor", "ForgetsTheHead", "DeclaresWithoutHelp")]
+    names = [f"broken_methods:{name}" for name in ("ReturnsATensor", "ForgetsTheHead", "DeclaresWithoutHelp",
+                                                      "BuiltOnAWrongInput")]
     result = _run(*names, module="domainbed.scripts.check_method", path=(tmp_path,))
     assert result.returncode == 1, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert all("keeps the contract" not in line for line in lines)
+    assert all("keeps the contract" not in line and any(name in line for name in names) for line in lines), lines
     assert any(line.startswith("broken_methods:ReturnsATensor.update returned {'loss': tensor(")
                and line.endswith("every value must be a python float") for line in lines), lines
     assert ("parameter classifier.weight is in no optimizer of broken_methods:ForgetsTheHead.optimizers(); "
             "valid: exactly one") in lines
     assert "broken_methods:DeclaresWithoutHelp declares hparam 'k' without help (one line of meaning)" in lines
+    assert "broken_methods:BuiltOnAWrongInput.CONTRACT_INPUT 'pixels' is unknown; valid: features, images" in lines
 
     unknown = _run("broken_methods:Nope", module="domainbed.scripts.check_method", path=(tmp_path,))
     _one_error_line(unknown, "'Nope'", "broken_methods")

@@ -107,9 +107,12 @@ def _changed(before: dict, algorithm) -> list:
 
 def check_declarations(name: str, datasets=DECLARATION_DATASETS) -> list:
     """`declare_hparams` runs for each of `datasets`, gives every new hparam one line of help, and
-    its defaults lie in their own valid ranges; `CONTRACT_HPARAMS` names declared hparams only."""
+    its defaults lie in their own valid ranges; `CONTRACT_INPUT` is known and `CONTRACT_HPARAMS`
+    names declared hparams only."""
     algorithm_class = get_algorithm_class(name)
     name = algorithm_class.NAME
+    if algorithm_class.CONTRACT_INPUT not in INPUT_SHAPES:
+        return [f"{name}.CONTRACT_INPUT {algorithm_class.CONTRACT_INPUT!r} is unknown; valid: {', '.join(INPUT_SHAPES)}"]
     defects = []
     for dataset in datasets:
         try:
@@ -211,7 +214,7 @@ def check_state_round_trip(subject_: Subject) -> list:
             fields = [f for f in p_state if not (torch.equal(p_state[f], q_state[f]) if torch.is_tensor(p_state[f])
                                                  else p_state[f] == q_state[f])]
             if fields:
-                defects.append(f"after a state round trip and one more update {name}'s optimizer {key} differs "
+                defects.append(f"after a state round trip and one more update {name}'s optimizer {key!r} differs "
                                f"in {', '.join(fields)}")
                 break
     return defects
