@@ -62,6 +62,9 @@ BAD_VALUES = [
     (["--algorithm", "DMG", "--mask_init", "zeros"], "mask_init"),
     (["--algorithm", "no.such.module:Method"], "no.such.module"),
     (["--algorithm", "domainbed.misc:seed_hash"], "algorithm"),
+    (["--algorithm", "torch.nn:Linear"], "torch.nn:Linear is not an algorithm"),
+    (["--algorithm", "domainbed.algorithms.erm:NoSuchMethod"], "'NoSuchMethod'"),
+    (["--algorithm", "domainbed.algorithms.erm:"], "names no object"),
 ]
 
 

@@ -76,6 +76,10 @@ class ANDMask(GradientMask):
 
 @register_algorithm("SANDMask")
 class SANDMask(GradientMask):
+    # DomainBed's tau 1.0 makes tanh(k (a - tau)) <= 0 for every agreement a <= 1, so on a fresh
+    # network every gradient is masked to zero and nothing trains; 0.5 is a value its search draws
+    CONTRACT_HPARAMS = {"tau": 0.5}
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("tau", 1.0, lambda r: float(r.uniform(0.0, 1.0)), help="agreement threshold of the gradient signs")

@@ -38,6 +38,8 @@ def context_net(in_channels: int) -> nn.Module:
 
 @register_algorithm("ARM")
 class ARM(ERM):
+    CONTRACT_INPUT = "images"  # its context network is convolutional
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         if dataset not in SMALL_IMAGES:  # DomainBed: the support size is fixed on large images

@@ -14,8 +14,9 @@ from domainbed.optim import get_optimizer
 
 class Algorithm(nn.Module):
     """A domain-generalization method, as DomainBed defines it. This docstring is the contract
-    every registered method keeps; tests/test_contract.py runs every name in `ALGORITHMS`
-    through it.
+    every registered method keeps; domainbed/algorithms/contract.py checks it, for every name in
+    `ALGORITHMS` (tests/test_contract.py) and for any method outside the repository
+    (`python -m domainbed.scripts.check_method package.module:Class`).
 
     Construction: `Algorithm(input_shape, num_classes, num_domains, hparams)`. `input_shape` is
     one input's shape ((16,): MLP, (C, 28, 28): MNIST CNN, larger images: `hparams["backbone"]`),
@@ -69,6 +70,14 @@ class Algorithm(nn.Module):
     A method that needs something else from the trainer gets a new hook here, with a default
     that keeps every existing method as it is.
     """
+
+    # How the contract checks (domainbed/algorithms/contract.py) build the method. "features": an
+    # MLP on (8,) inputs, the fast default; "images": a ResNet-18 from scratch on (3, 32, 32)
+    # images, for methods that act on feature maps or backbone stages (MixStyle, CutMix, ARM).
+    CONTRACT_INPUT = "features"
+    # hparams set on top of the method's Synthetic defaults in those checks: for a default that
+    # trains nothing on a fresh network (say why beside it); values the random search draws
+    CONTRACT_HPARAMS = {}
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
         super().__init__()

@@ -33,6 +33,8 @@ def random_box(height: int, width: int, lam: float):
 
 @register_algorithm("CutMix")
 class CutMix(ERM):
+    CONTRACT_INPUT = "images"  # cuts and pastes boxes of images
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         # SWAD's fixed values (DomainBed has no CutMix)

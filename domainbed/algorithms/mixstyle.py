@@ -75,6 +75,8 @@ def mixstyle_sites(featurizer) -> list:
 
 @register_algorithm("Mixstyle")
 class Mixstyle(ERM):
+    CONTRACT_INPUT = "images"  # mixes the statistics of ResNet stages' feature maps (Mixstyle2 inherits it)
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         # SWAD's resnet*_mixstyle_L234_p0d5_a0d1 (Mixstyle2 inherits them)

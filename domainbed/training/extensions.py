@@ -7,9 +7,20 @@ extension, or None when the feature is off. The trainer knows nothing about any 
 
 Hooks receive the `Fold` (see trainer.py): its algorithm, hparams, evaluator, log, paths and
 records. Extensions run in increasing `order` at every hook.
+
+An extension from outside the repository registers the same way: its module decorates a factory
+with `@register_extension(order)` (and declares the hparams it reads with
+`domainbed.hparams.declare.run_settings`), and its package names that module in an entry point,
+
+    [project.entry-points."domainbed.extensions"]
+    my_extension = "my_package.my_extension"
+
+which every run imports before it builds its extensions (domainbed/plugins.py).
 """
 
 import importlib
+
+from domainbed import plugins
 
 EXTENSION_FACTORIES = []
 
@@ -29,9 +40,11 @@ def register_extension(order: int):
 
 
 def import_extension_modules() -> None:
-    """Import every module that registers extensions (and the model rebuilds they bring)."""
+    """Import every module that registers extensions (and the model rebuilds they bring),
+    installed packages' entry points included."""
     for module in EXTENSION_MODULES:
         importlib.import_module(module)
+    plugins.load_entry_points()
 
 
 def build_extensions(hparams: dict) -> list:
