@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from domainbed import misc
-from domainbed.runs import checkpoint
+from domainbed.runs import checkpoint, layout
 from domainbed.results import report
 from domainbed.algorithms import get_algorithm_class
 from domainbed.hparams.config import flatten, parse_overrides, run_hparams
@@ -294,7 +294,7 @@ def _run(args, hparams, dataset, out_dir, log, argv, resuming) -> dict:
     for env in test_envs:
         finished = checkpoint.finished(out_dir, [env]) if resuming else None
         if finished is not None:
-            log(f"[{checkpoint.fold_tag([env])}] finished earlier: skipped")
+            log(f"[{layout.fold_tag([env])}] finished earlier: skipped")
             rows, row_rules = finished["rows"], finished["row_rules"]
         else:
             settings = FoldSettings(
