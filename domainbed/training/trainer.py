@@ -1,7 +1,7 @@
 """One leave-domains-out fold: splits, loaders, the training loop, evaluation, records.
 
 The flow follows SWAD's trainer: every environment is split into `in` and `out` (holdout)
-parts seeded by `trial_seed`; the training domains' `in` parts feed the input pipeline
+parts seeded by `trial_seed` (domainbed/training/fold_splits.py); the training domains' `in` parts feed the input pipeline
 (domainbed/data/pipeline.py: the classic DataLoaders or the gpu pipeline, one interface); every `checkpoint_freq` steps the evaluator measures every split and one record is appended
 to results.jsonl; the selection rows come from those records at the end. Run-level features
 (weight averaging, quantization) hook in as `Extension`s, never as branches here.
