@@ -123,8 +123,8 @@ def _drawn(algorithm, dataset, hparams_seed, trial_seed, **chosen):
     """The hparams.json of a run that set `chosen` on top of the registry's draw and config.yaml."""
     from domainbed import misc
 
-    run = cr.Run(None, dataset, algorithm, trial_seed, hparams_seed, {})
-    return {**cr._drawn_hparams(run), **{key: json.loads(misc.to_json(v)) for key, v in chosen.items()}}
+    drawn = cr._drawn_hparams(algorithm, dataset, hparams_seed, trial_seed)
+    return {**drawn, **{key: json.loads(misc.to_json(v)) for key, v in chosen.items()}}
 
 
 @pytest.fixture

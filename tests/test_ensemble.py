@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from domainbed.runs import model_io, persistence
+from domainbed.runs.reader import read_trained_run
+from domainbed.runs.run_data import build_dataset, eval_splits
 from domainbed.errors import UsageError
 from domainbed.scripts import ensemble, flatness
 
@@ -44,7 +46,7 @@ def test_two_copies_of_a_run_give_its_accuracy(runs):
     # an ensemble, over the whole held-out environment (in and out splits)
     last = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()][-1]
     splits = {split.name: len(split.dataset) for split in
-              ensemble.eval_splits(ensemble.read_run(run_dir), ensemble.build_dataset(ensemble.read_run(run_dir)), 0)}
+              eval_splits(read_trained_run(run_dir), build_dataset(read_trained_run(run_dir)), 0)}
     whole = (last["env0_in"] * splits["env0_in"] + last["env0_out"] * splits["env0_out"]) / (
         splits["env0_in"] + splits["env0_out"])
     assert result["test"][result["ensemble"]][env] == pytest.approx(whole)
@@ -150,8 +152,8 @@ def test_flatness_writes_csv_and_plot_for_several_runs(runs, tmp_path):
 
 def test_flatness_leaves_the_model_as_it_was(runs):
     (a, _), _ = runs
-    run = ensemble.read_run(a)
-    dataset = ensemble.build_dataset(run)
+    run = read_trained_run(a)
+    dataset = build_dataset(run)
     model, _ = model_io.load_model(run.models[0])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = flatness.training_loss_evaluator(run, dataset, 0, "out", 64, 0, torch.device("cpu"))

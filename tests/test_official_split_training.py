@@ -5,7 +5,7 @@ import pytest
 import train_all
 from domainbed import hparams_registry
 from domainbed.datasets import get_dataset_class
-from domainbed.training.trainer import FoldSettings, make_splits
+from domainbed.training.fold_splits import make_splits
 
 DOMAINS = ["art_painting", "cartoon", "photo", "sketch"]
 
@@ -18,8 +18,7 @@ def test_the_splits_are_the_lists_and_the_whole_test_domain(shared_data):
     split_dir = shared_data / "PACS_splits"
     hparams = hparams_registry.default_hparams("ERM", "PACS") | {"image_size": 32}
     dataset = get_dataset_class("PACS")(shared_data, [], hparams)
-    settings = FoldSettings("ERM", [3], 1, 1, split="official", split_dir=str(split_dir))
-    train_splits, eval_splits = make_splits(dataset, settings)
+    train_splits, eval_splits = make_splits(dataset, [3], 0.2, 0, split="official", split_dir=str(split_dir))
     for env, split in enumerate(train_splits):
         assert len(split) == len(_lines(split_dir, DOMAINS[env], "train"))
         listed = {line.split()[0] for line in _lines(split_dir, DOMAINS[env], "train")}

@@ -11,6 +11,7 @@ from domainbed.runs import checkpoint, model_io, persistence
 from domainbed.errors import UsageError
 from domainbed.quant import compact
 from domainbed.scripts import ensemble, flatness
+from domainbed.training import experiment
 
 FAST = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "4", "--checkpoint_freq", "2", "--batch_size", "8",
         "--test_envs", "0", "--num_workers", "0", "--swad", "False"]
@@ -170,7 +171,7 @@ def test_ctrl_c_prints_the_run_and_the_command_that_resumes_it(tmp_path, capsys,
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_all, "train_fold", interrupt)
+    monkeypatch.setattr(experiment, "train_fold", interrupt)
     assert train_all.main(["ctrl", *FAST, "--output_dir", str(tmp_path / "out")]) == 130
     err = capsys.readouterr().err
     (run_dir,) = (tmp_path / "out" / "Synthetic").iterdir()

@@ -51,3 +51,15 @@ def test_table_averages_over_domains_and_skips_incomplete_rows():
     assert "Avg." not in table["SWAD"]
     text = report.format_table(table, ["A", "B"], {"iid": "rule text"})
     assert "Avg." in text and "60.00" in text and "iid: rule text" in text and "-" in text
+
+
+def test_collect_results_selects_by_the_same_rules_as_the_rows():
+    from pathlib import Path
+
+    from domainbed.runs.reader import Run
+    from domainbed.scripts import collect_results
+
+    run = Run(Path("toy"), {"dataset": "Toy", "algorithm": "ERM"}, records={(0,): RECORDS})
+    rows = selection.select(RECORDS)
+    assert collect_results._training_domain(run, (0,)) == (rows["iid (inD)"], rows["iid"])
+    assert collect_results._oracle(run, (0,)) == (RECORDS[-1]["test_out"], rows["last"])

@@ -35,23 +35,18 @@ Differences from QT-DoG's code (saqibjaved1/QT-DoG, domainbed/training/trainer.p
   does not compute them), and the compact checkpoint is ours.
 """
 
-from pathlib import Path
-
 from domainbed.errors import UsageError
 from domainbed.hparams.declare import run_settings
 from domainbed.hparams.rules import int_at_least, int_between
 from domainbed.training.extensions import Extension, register_extension
 from domainbed.runs import model_io
+from domainbed.runs.layout import compact_model_path
 from domainbed.runs.model_io import register_rebuild
 from domainbed.quant.compact import model_size_mb, save_compact
 from domainbed.quant.lsq import MAX_BITS, MIN_BITS, check_bits
 from domainbed.quant.swap import check_exclude, parse_exclude, quantizable_names, quantize_model
 
 ORDER = 90  # after weight averaging, so that `finish` sees its final model and its rows
-
-
-def compact_model_path(out_dir, test_envs) -> Path:
-    return Path(out_dir) / "models" / "compact" / f"TE{','.join(map(str, test_envs))}_final.pth"
 
 
 class Quantization(Extension):

@@ -24,15 +24,16 @@ its selection rows (a resumed run skips it) and deletes its checkpoints but the 
 
 import json
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from domainbed import misc
-from domainbed.runs import model_io, persistence
 from domainbed.errors import UsageError
+from domainbed.results.selection import best_training_domain_validation
+from domainbed.runs import layout, model_io, persistence, run_files
+from domainbed.runs.layout import checkpoint_path, done_path, resume_dir
 
 FORMAT = 2  # 2: checksummed, weights_only-loadable (domainbed/runs/persistence.py)
 # the newest checkpoints kept per fold, so that a damaged newest one leaves one to fall back to
@@ -41,26 +42,9 @@ KEEP_LAST = 2
 RESUMABLE_HPARAMS = {"num_workers"}
 
 
-
-def fold_tag(test_envs) -> str:
-    return "TE" + ",".join(map(str, test_envs))
-
-
-def resume_dir(out_dir) -> Path:
-    return Path(out_dir) / "resume"
-
-
-def checkpoint_path(out_dir, test_envs, step: int) -> Path:
-    return resume_dir(out_dir) / f"{fold_tag(test_envs)}_step{step}.pth"
-
-
-def done_path(out_dir, test_envs) -> Path:
-    return resume_dir(out_dir) / f"{fold_tag(test_envs)}_done.json"
-
-
 def list_checkpoints(out_dir, test_envs) -> dict:
     """{step: path} of the fold's checkpoints on disk."""
-    pattern = re.compile(re.escape(fold_tag(test_envs)) + r"_step(\d+)\.pth")
+    pattern = layout.checkpoint_pattern(test_envs)
     folder = resume_dir(out_dir)
     paths = folder.iterdir() if folder.is_dir() else []
     return {int(match[1]): path for path in paths if (match := pattern.fullmatch(path.name))}
@@ -143,7 +127,7 @@ def best_step(records) -> int | None:
     """The step of best training-domain validation accuracy, the earliest on ties (as selection's iid)."""
     if not records or "train_out" not in records[0]:
         return None
-    return max(records, key=lambda record: record["train_out"])["step"]
+    return best_training_domain_validation(records)["step"]
 
 
 def prune(out_dir, test_envs, records, keep_best: bool, keep_last: bool = True) -> None:
@@ -174,9 +158,8 @@ def rewrite_fold_records(records_path: Path, test_envs, records) -> None:
     """results.jsonl with this fold's lines replaced by `records`: a crash after a record was
     appended but before its checkpoint was written must not leave that record twice."""
     lines = records_path.read_text().splitlines() if records_path.exists() else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["test_envs"] != list(test_envs)]
-    kept += [misc.to_json(record, sort_keys=True) for record in records]
-    misc.atomic_write_text(records_path, "".join(line + "\n" for line in kept))
+    kept = [line + "\n" for line in lines if line.strip() and json.loads(line)["test_envs"] != list(test_envs)]
+    misc.atomic_write_text(records_path, "".join(kept + [run_files.record_line(record) for record in records]))
 
 
 def remove_temporaries(out_dir) -> list:

@@ -8,11 +8,9 @@ rebuild function with `@register_rebuild(key)`, applied to the fresh algorithm b
 state dict is loaded.
 """
 
-from pathlib import Path
-
 import torch
 
-from domainbed.runs import persistence
+from domainbed.runs import layout, persistence
 from domainbed.algorithms import get_algorithm_class
 from domainbed.errors import UsageError
 from domainbed.training.extensions import import_extension_modules
@@ -28,8 +26,8 @@ def register_rebuild(key: str):
     return decorator
 
 
-def final_model_path(out_dir, test_envs) -> Path:
-    return Path(out_dir) / "models" / f"TE{','.join(map(str, test_envs))}_final.pth"
+# where the trainer saves a fold's final model
+final_model_path = layout.final_model_path
 
 
 def model_meta(algorithm: str, dataset, num_domains: int, hparams: dict, test_envs, transforms=None) -> dict:

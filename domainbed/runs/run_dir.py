@@ -18,6 +18,7 @@ from pathlib import Path
 
 from domainbed import misc
 from domainbed.errors import UsageError
+from domainbed.runs import layout, run_files
 
 TIMESTAMP = "%y%m%d_%H-%M-%S"
 _STAMPED = re.compile(r"\d{6}_\d{2}-\d{2}-\d{2}_(?P<name>.+)")
@@ -40,12 +41,30 @@ def latest_run_dir(output_dir, dataset: str, name: str) -> Path | None:
     return max(runs, key=lambda path: path.name) if runs else None
 
 
+def resolve_run_dir(output_dir, dataset: str, name: str, resume) -> Path:
+    """A new OUTPUT_DIR/DATASET/TIMESTAMP_NAME, or the run directory to continue: `resume` is
+    None (a new run), True (the latest run of this name, or a new one) or a run directory."""
+    if resume is None:
+        return new_run_dir(output_dir, dataset, name)
+    if resume is True:
+        path = latest_run_dir(output_dir, dataset, name)
+        if path is None:
+            return new_run_dir(output_dir, dataset, name)
+    else:
+        path = Path(resume)
+    missing = run_files.missing_settings(path)
+    if missing:
+        raise UsageError(f"--resume {path}: not a resumable run directory (no {' or '.join(missing)}); give a "
+                         f"directory that train_all.py wrote, or leave out --resume for a new run")
+    return path
+
+
 def compare_settings(run_dir: Path, args: dict, hparams: dict, resumable_hparams=()) -> list:
     """['key: saved -> now', ...] for every argument and hparam that differs from the saved run."""
     now_args = json.loads(misc.to_json(args))
     now_hparams = json.loads(misc.to_json(hparams))
-    saved_args = json.loads((run_dir / "args.json").read_text())
-    saved_hparams = json.loads((run_dir / "hparams.json").read_text())
+    saved_args = run_files.read_args(run_dir)
+    saved_hparams = run_files.read_hparams(run_dir)
     differences = []
     for key in sorted(set(saved_args) | set(now_args)):
         if key not in IGNORED_ON_RESUME and saved_args.get(key) != now_args.get(key):
@@ -60,7 +79,7 @@ class RunLock:
     """An exclusive, non-blocking lock on RUN_DIR/.lock for the life of the `with` block."""
 
     def __init__(self, run_dir):
-        self.path = Path(run_dir) / ".lock"
+        self.path = layout.lock_path(run_dir)
         self._fd = None
 
     def __enter__(self):

@@ -42,7 +42,7 @@ against step, one line per fold).
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +50,11 @@ from prettytable import PrettyTable, TableStyle
 
 from domainbed import cli, hparams_registry, misc
 from domainbed.averaging.extension import strategy_name
-from domainbed.hparams.config import build_hparams
+from domainbed.hparams.config import BASE_CONFIG, build_hparams
 from domainbed.errors import UsageError
-from domainbed.results.selection import ROWS as RECORD_ROWS
+from domainbed.results import selection
+from domainbed.runs.reader import Run, find_runs
 
-BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 # Hparams that change how a run is computed, not the method: never part of its group.
 RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize"})
 
@@ -62,56 +62,11 @@ TRAINING_DOMAIN = "Training-domain validation"
 ORACLE = "Test-domain validation (oracle)"
 
 
-@dataclass
-class Run:
-    path: Path
-    dataset: str
-    algorithm: str
-    trial_seed: int
-    hparams_seed: int
-    records: dict  # fold (tuple of test envs) -> records in step order
-    args: dict = field(default_factory=dict)
-    hparams: dict = field(default_factory=dict)
-    group: str = ""  # the method's name in tables: see method_group()
-    rows: dict = field(default_factory=dict)  # fold -> {row: accuracy}, from table.json
-    names: dict = field(default_factory=dict)  # fold -> the test domain's name
-    complete: bool = False
-
-
-def _fold(test_envs) -> tuple:
-    return tuple(test_envs)
-
-
-def load_run(run_dir: Path) -> Run:
-    args = json.loads((run_dir / "args.json").read_text())
-    records = {}
-    results = run_dir / "results.jsonl"
-    for line in results.read_text().splitlines() if results.exists() else []:
-        if line.strip():
-            record = json.loads(line)
-            records.setdefault(_fold(record["test_envs"]), []).append(record)
-    for fold_records in records.values():
-        fold_records.sort(key=lambda record: record["step"])
-    hparams_path = run_dir / "hparams.json"
-    hparams = json.loads(hparams_path.read_text()) if hparams_path.exists() else {}
-    run = Run(run_dir, args["dataset"], args["algorithm"], args.get("trial_seed", 0), args.get("hparams_seed", 0),
-              records, args, hparams)
-    table_path = run_dir / "table.json"
-    if table_path.exists():
-        table = json.loads(table_path.read_text())
-        for env, name in zip(table["test_envs"], table["environments"]):
-            fold = _fold([env])
-            run.names[fold] = name
-            run.rows[fold] = {row: values[name] for row, values in table["rows"].items() if name in values}
-        run.complete = all(fold in records for fold in run.rows)
-    return run
-
-
 def load_runs(root, group_by=None) -> list:
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory; give the output directory of train_all.py or of a sweep")
-    runs = [load_run(path.parent) for path in sorted(root.rglob("args.json"))]
+    runs = find_runs(root)
     for run in runs:
         run.group = method_group(run) if not group_by else keys_group(run, group_by)
     return runs
@@ -121,15 +76,11 @@ def _value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def _drawn_hparams(run):
-    """The hparams the run would have had without --key value or extra yaml files, or None when the
+def _drawn_hparams(algorithm, dataset, hparams_seed, trial_seed):
+    """The hparams a run would have had without --key value or extra yaml files, or None when the
     registry cannot rebuild them (an algorithm or dataset this version does not know)."""
     try:
-        if run.hparams_seed == 0:
-            drawn = hparams_registry.default_hparams(run.algorithm, run.dataset)
-        else:
-            drawn = hparams_registry.random_hparams(run.algorithm, run.dataset,
-                                                    misc.seed_hash(run.hparams_seed, run.trial_seed))
+        drawn = hparams_registry.search_hparams(algorithm, dataset, hparams_seed, trial_seed)
     except (KeyError, UsageError):
         return None
     hparams = json.loads(misc.to_json(build_hparams(drawn, BASE_CONFIG)))
@@ -157,7 +108,7 @@ def method_group(run) -> str:
     tag = run.args.get("tag") or ""
     if tag:
         return f"{run.algorithm} [{tag}]"
-    drawn = _drawn_hparams(run)
+    drawn = _drawn_hparams(run.algorithm, run.dataset, run.hparams_seed, run.trial_seed)
     if drawn is None:
         return run.algorithm
     chosen = [f"{key}={_value(value)}" for key, value in sorted(run.hparams.items())
@@ -180,12 +131,13 @@ def keys_group(run, keys) -> str:
 
 
 def _training_domain(run, fold):
-    best = max(run.records[fold], key=lambda record: record["train_out"])  # the earliest on ties
+    best = selection.best_training_domain_validation(run.records[fold])
     return best["train_out"], best["test_in"]
 
 
 def _oracle(run, fold):
-    last = run.records[fold][-1]
+    # DomainBed's oracle: the last checkpoint, validated on the test domain's held-out split
+    last = selection.last_checkpoint(run.records[fold])
     return last["test_out"], last["test_in"]
 
 
@@ -201,7 +153,7 @@ def selection_methods(runs) -> dict:
     """{method name: run_result(run, fold) -> (validation accuracy, test accuracy) or None}."""
     methods = {TRAINING_DOMAIN: _training_domain, ORACLE: _oracle}
     averaged = {row for run in runs for rows in run.rows.values() for row in rows
-                if row not in RECORD_ROWS and f"{row} (inD)" in rows}
+                if row not in selection.ROWS and f"{row} (inD)" in rows}
     for row in sorted(averaged):
         methods[f"{row} (averaged model), training-domain validation"] = _averaged(row)
     return methods

@@ -20,59 +20,24 @@ float64 in an order fixed by the run directories' paths, so the result does not 
 order of the arguments.
 """
 
-import json
-import re
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch.nn as nn
 from tqdm import tqdm
 
 from domainbed import cli, misc
 from domainbed.runs import model_io
+from domainbed.runs.reader import read_trained_run
+from domainbed.runs.run_data import build_dataset, eval_splits
 from domainbed.results import report
 from domainbed.data import num_workers_for
-from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.training.evaluator import Evaluator
-from domainbed.training.trainer import FoldSettings, make_splits, resolve_device
-
-FINAL_MODEL = re.compile(r"TE(\d+)_final\.pth")
-
-
-@dataclass
-class Run:
-    path: Path
-    name: str
-    args: dict
-    hparams: dict
-    models: dict  # test environment -> final model file
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist; is {path.parent} a run directory written by train_all.py?")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is not valid JSON: {error}") from None
-
-
-def read_run(path) -> Run:
-    path = Path(path)
-    if not path.is_dir():
-        raise UsageError(f"run directory {path} does not exist")
-    models = {int(match.group(1)): file for file in sorted((path / "models").glob("TE*_final.pth"))
-              if (match := FINAL_MODEL.fullmatch(file.name))}
-    if not models:
-        raise UsageError(f"run directory {path} has no final models (models/TE<i>_final.pth); "
-                         "did its training finish?")
-    return Run(path, path.name, _read_json(path / "args.json"), _read_json(path / "hparams.json"), models)
+from domainbed.training.trainer import resolve_device
 
 
 def read_runs(paths) -> list:
-    runs = [read_run(path) for path in paths]
+    runs = [read_trained_run(path) for path in paths]
     seen = {}
     for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1
@@ -98,18 +63,6 @@ def check_members(runs, metas) -> None:
             if _plain(meta[key]) != _plain(reference[key]):
                 raise UsageError(f"runs disagree on the {what}: {first.name} has {reference[key]}, "
                                  f"{run.name} has {meta[key]}")
-
-
-def build_dataset(run: Run, data_dir=None):
-    return get_dataset_class(run.args["dataset"])(data_dir or run.args["data_dir"], [], run.hparams)
-
-
-def eval_splits(run: Run, dataset, test_env: int):
-    """The evaluation splits of `run`'s fold `test_env`, exactly as its trainer made them."""
-    settings = FoldSettings(algorithm="", test_envs=[test_env], n_steps=1, checkpoint_freq=1,
-                            trial_seed=run.args["trial_seed"], holdout_fraction=run.args["holdout_fraction"],
-                            split=run.args.get("split", "random"), split_dir=run.args.get("split_dir"))
-    return make_splits(dataset, settings)[1]
 
 
 class LogitSum(nn.Module):

@@ -36,8 +36,9 @@ from domainbed import cli, misc
 from domainbed.runs import model_io
 from domainbed.data import num_workers_for
 from domainbed.errors import UsageError
+from domainbed.runs.reader import read_trained_run
+from domainbed.runs.run_data import build_dataset, eval_splits
 from domainbed.training.evaluator import Evaluator
-from domainbed.scripts.ensemble import build_dataset, eval_splits, read_run
 from domainbed.training.trainer import resolve_device
 
 COLUMNS = ["run", "test_env", "direction", "radius", "loss", "increase"]
@@ -122,7 +123,7 @@ def flatness(paths, radii=tuple(range(0, 65, 5)), n_directions=100, split="in", 
     rows = []
     names = {}
     for path in paths:
-        run = read_run(path)
+        run = read_trained_run(path)
         averaging = str(run.hparams.get("swad", "False"))
         label = f"{run.name} ({run.args['algorithm']}{'' if averaging == 'False' else ', ' + averaging})"
         names[label] = names.get(label, 0) + 1

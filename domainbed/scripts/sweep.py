@@ -37,6 +37,7 @@ from pathlib import Path
 
 from domainbed import cli
 from domainbed.errors import UsageError, unknown_choice
+from domainbed.runs import layout
 
 TRAIN_ALL = Path(__file__).resolve().parents[2] / "train_all.py"
 DONE, INCOMPLETE, NOT_LAUNCHED = "done", "incomplete", "not launched"
@@ -152,9 +153,9 @@ def _summary(counts: dict) -> str:
 
 def job_result(job) -> str:
     """The finished job's table in one line: each row's mean over the test domains."""
-    tables = sorted(job.directory.glob("*/*/table.json"))
+    tables = sorted(job.directory.glob(f"*/*/{layout.TABLE_JSON}"))
     if not tables:
-        return "no table.json"
+        return f"no {layout.TABLE_JSON}"
     rows = json.loads(tables[-1].read_text())["rows"]
     return ", ".join(f"{row} {100 * sum(values.values()) / len(values):.1f}%"
                      for row, values in rows.items() if values and not row.endswith("(inD)"))

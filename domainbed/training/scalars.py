@@ -9,8 +9,6 @@ tail and the resumed one on top of each other. `tb_freq` 0, or no `tensorboard` 
 writes nothing.
 """
 
-from pathlib import Path
-
 SKIPPED = {"step", "test_envs"}
 
 
@@ -23,12 +21,14 @@ def _summary_writer():
 
 
 class ScalarLog:
-    def __init__(self, out_dir, fold_name: str, start_step: int, tb_freq: int):
-        writer_class = _summary_writer() if out_dir is not None and tb_freq > 0 else None
+    """The fold's events in `log_dir` (domainbed/runs/layout.py's `tensorboard_dir`); None writes nothing."""
+
+    def __init__(self, log_dir, start_step: int, tb_freq: int):
+        writer_class = _summary_writer() if log_dir is not None and tb_freq > 0 else None
         self.tb_freq = tb_freq
         self.writer = None
         if writer_class is not None:
-            self.writer = writer_class(str(Path(out_dir) / "tensorboard" / fold_name), purge_step=start_step)
+            self.writer = writer_class(str(log_dir), purge_step=start_step)
 
     def train(self, step: int, stats: dict, step_time: float, optimizers: dict) -> None:
         if self.writer is None or step % self.tb_freq:

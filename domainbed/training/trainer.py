@@ -1,7 +1,7 @@
 """One leave-domains-out fold: splits, loaders, the training loop, evaluation, records.
 
 The flow follows SWAD's trainer: every environment is split into `in` and `out` (holdout)
-parts seeded by `trial_seed`; the training domains' `in` parts feed the input pipeline
+parts seeded by `trial_seed` (domainbed/training/fold_splits.py); the training domains' `in` parts feed the input pipeline
 (domainbed/data/pipeline.py: the classic DataLoaders or the gpu pipeline, one interface); every `checkpoint_freq` steps the evaluator measures every split and one record is appended
 to results.jsonl; the selection rows come from those records at the end. Run-level features
 (weight averaging, quantization) hook in as `Extension`s, never as branches here.
@@ -17,16 +17,15 @@ import torch
 from tqdm import tqdm
 
 from domainbed import misc
-from domainbed.runs import checkpoint, model_io
+from domainbed.runs import checkpoint, layout, model_io
+from domainbed.runs.run_files import append_record
 from domainbed.results import selection
 from domainbed.algorithms import get_algorithm_class
 from domainbed.training.compiling import compile_featurizer
 from domainbed.data.gpu_pipeline import build_pipeline
-from domainbed.datasets import split_dataset
-from domainbed.datasets.official_split import official_split
-from domainbed.datasets.splits import SplitDataset
-from domainbed.training.evaluator import EvalSplit, Evaluator
+from domainbed.training.evaluator import Evaluator
 from domainbed.training.extensions import build_extensions
+from domainbed.training.fold_splits import make_splits
 from domainbed.training.precision import Precision
 from domainbed.training.scalars import ScalarLog
 
@@ -74,49 +73,13 @@ class Fold:
 
     @property
     def name(self) -> str:
-        return checkpoint.fold_tag(self.settings.test_envs)
+        return layout.fold_tag(self.settings.test_envs)
 
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
-
-
-def append_record(path: Path, record: dict) -> None:
-    """Append one JSON line, atomically: a crash leaves the file with or without it, whole."""
-    previous = path.read_bytes() if path.exists() else b""
-    misc.atomic_write_bytes(path, previous + (misc.to_json(record, sort_keys=True) + "\n").encode())
-
-
-def holdout(dataset, env: int, settings: FoldSettings):
-    """(out, in) parts of environment `env`. With the random split, DomainBed's: `holdout_fraction`
-    of a shuffle seeded by (trial_seed, env). With the official one (PACS), as RSC and DMG train:
-    a training domain's in/out parts are its train/crossval lists; the test domain's in part is the
-    whole domain (its out part, the crossval list, only serves the oracle row)."""
-    environment = dataset[env]
-    if settings.split == "official":
-        train, validation = official_split(environment, dataset.domain_dirs[env], settings.split_dir)
-        keys = range(len(environment)) if env in settings.test_envs else train
-        return SplitDataset(environment, validation), SplitDataset(environment, keys)
-    n_out = int(len(environment) * settings.holdout_fraction)
-    return split_dataset(environment, n_out, misc.seed_hash(settings.trial_seed, env))
-
-
-def make_splits(dataset, settings: FoldSettings):
-    """(training `in` splits, evaluation splits), every environment split by `holdout`."""
-    train_envs = [env for env in range(len(dataset)) if env not in settings.test_envs]
-    train_splits, eval_splits = [], []
-    for env in range(len(dataset)):
-        out, in_ = holdout(dataset, env, settings)
-        train_domain = train_envs.index(env) if env in train_envs else None
-        in_.transform = dataset.train_transform if train_domain is not None else dataset.eval_transform
-        out.transform = dataset.eval_transform
-        if train_domain is not None:
-            train_splits.append(in_)
-        eval_splits.append(EvalSplit(f"env{env}_in", in_, env, "in", train_domain))
-        eval_splits.append(EvalSplit(f"env{env}_out", out, env, "out", train_domain))
-    return train_splits, eval_splits
 
 
 def _format_record(record: dict) -> str:
@@ -157,7 +120,7 @@ def save_model_snapshot(fold: Fold, step: int, meta: dict) -> None:
     settings = fold.settings
     if settings.model_save is None or step < settings.model_save or not settings.out_dir:
         return
-    model_io.save_model(Path(settings.out_dir) / "checkpoints" / f"{fold.name}_{step}.pth", fold.algorithm,
+    model_io.save_model(layout.snapshot_path(settings.out_dir, settings.test_envs, step), fold.algorithm,
                         {**meta, "transforms": dict(fold.model_transforms), "step": step})
 
 
@@ -219,7 +182,8 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     fold_seed = misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs)
     misc.set_seed(fold_seed)
     device = resolve_device(settings.device)
-    train_splits, eval_splits = make_splits(dataset, settings)
+    train_splits, eval_splits = make_splits(dataset, settings.test_envs, settings.holdout_fraction,
+                                            settings.trial_seed, settings.split, settings.split_dir)
     stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
     pipeline = build_pipeline(hparams, dataset, device, eval_seed=misc.seed_hash(fold_seed, "eval"))
     precision = Precision(hparams["precision"], device)
@@ -231,7 +195,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
                           settings.evalmode, make_loader=pipeline.eval_batches, autocast=precision.autocast)
     steps_per_epoch = min(len(split) / hparams["batch_size"] for split in train_splits)
     algorithm = build_algorithm(settings, dataset, len(train_splits), hparams, device, precision)
-    log(f"[{checkpoint.fold_tag(settings.test_envs)}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
+    log(f"[{layout.fold_tag(settings.test_envs)}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
         f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {device}, "
         f"{pipeline.name} pipeline, {precision.name}")
     train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
@@ -241,7 +205,8 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         extension.setup(fold)
     if settings.resume and records_path is not None:
         checkpoint.rewrite_fold_records(records_path, settings.test_envs, saved["records"] if saved else [])
-    scalars = ScalarLog(settings.out_dir, fold.name, start_step, settings.tb_freq)
+    tensorboard_dir = layout.tensorboard_dir(settings.out_dir, settings.test_envs) if settings.out_dir else None
+    scalars = ScalarLog(tensorboard_dir, start_step, settings.tb_freq)
     if saved is not None:
         checkpoints.restore(fold, extensions, saved)  # last: it also sets the RNG states
         log(f"[{fold.name}] resumed after step {saved['step']} from {saved['path']}")
@@ -253,7 +218,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     rows = select(fold, extensions)
     final_model = fold.final_model or fold.algorithm
     if settings.out_dir is not None:
-        model_io.save_model(model_io.final_model_path(settings.out_dir, settings.test_envs), final_model,
+        model_io.save_model(layout.final_model_path(settings.out_dir, settings.test_envs), final_model,
                             {**meta, "transforms": fold.model_transforms})
     checkpoints.finish(rows, fold.row_rules, fold.records)
     return rows, fold.row_rules, fold.records, final_model

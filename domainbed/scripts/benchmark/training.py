@@ -40,7 +40,8 @@ from domainbed.datasets import get_dataset_class
 from domainbed.training.evaluator import Evaluator
 from domainbed.training.precision import Precision
 from domainbed.scripts.timing import device_name, fastest, synchronize
-from domainbed.training.trainer import FoldSettings, make_splits, resolve_device
+from domainbed.training.fold_splits import make_splits
+from domainbed.training.trainer import resolve_device
 
 
 
@@ -81,8 +82,7 @@ def generate_images(root: Path, dataset_class, per_class: int, n_classes: int = 
 
 def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, device, steps, warmup) -> dict:
     hparams = {**hparams, "pipeline": pipeline_name, "precision": precision_name}
-    settings = FoldSettings(algorithm_name, [0], steps, steps, device=str(device))
-    train_splits, eval_splits = make_splits(dataset, settings)
+    train_splits, eval_splits = make_splits(dataset, [0], holdout_fraction=0.2, trial_seed=0)
     misc.set_seed(0)
     algorithm = get_algorithm_class(algorithm_name)(
         dataset.input_shape, dataset.num_classes, len(train_splits), hparams).to(device)

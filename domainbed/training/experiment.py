@@ -1,0 +1,202 @@
+"""One experiment: every leave-one-domain-out fold of one algorithm on one dataset, and its table.
+
+`run_experiment(args, overrides)` is train_all.py after the parsing: it checks everything that can
+be checked before the run directory exists, makes (or, with `--resume`, finds) the directory and
+locks it, writes args.json and hparams.json and the log, trains the folds one after the other
+(a resumed run skips those that finished and continues the unfinished one from its checkpoint,
+domainbed/runs/checkpoint.py), and writes the table as table.txt and table.json.
+"""
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+
+from domainbed import misc
+from domainbed.algorithms import get_algorithm_class
+from domainbed.datasets import get_dataset_class
+from domainbed.datasets.official_split import SPLITS, list_path
+from domainbed.errors import UsageError
+from domainbed.hparams.checks import check_run_settings
+from domainbed.hparams.config import flatten, run_hparams
+from domainbed.results import report
+from domainbed.runs import checkpoint, layout, run_files
+from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
+from domainbed.training.log import RunLog
+from domainbed.training.trainer import FoldSettings, train_fold
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C after the run directory was made: `run_dir` holds the records and checkpoints so far."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+
+def environment_report() -> list:
+    return [
+        "Environment:",
+        f"\tPython: {platform.python_version()}",
+        f"\tPyTorch: {torch.__version__}",
+        f"\tTorchvision: {torchvision.__version__}",
+        f"\tCUDA: {torch.version.cuda} (available: {torch.cuda.is_available()})",
+        f"\tNumPy: {np.__version__}",
+        f"\tPIL: {PIL.__version__}",
+    ]
+
+
+def check_environments(args, dataset) -> None:
+    """The folds asked for exist (datasets whose domains are the folders found, too)."""
+    for env in args.test_envs or []:
+        if not 0 <= env < len(dataset):
+            raise UsageError(
+                f"--test_envs {env} is out of range; {args.dataset} has environments 0-{len(dataset) - 1} "
+                f"({', '.join(f'{i}={n}' for i, n in enumerate(dataset.environments))})"
+            )
+    if len(dataset) < 2:
+        raise UsageError(f"{args.dataset} has {len(dataset)} environment; leave-one-domain-out needs at least 2")
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one path component: its directory must stay inside the output folder."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise UsageError(f"run name {name!r} must be a single folder name (no '/', not empty, not '.' or '..')")
+
+
+def official_split_dir(args) -> str | None:
+    """Where the official split lists are, or None for the random split."""
+    if args.split != "official":
+        return None
+    if args.dataset != "PACS":
+        raise UsageError(f"--split official exists for PACS only, not {args.dataset}; valid: --split random")
+    split_dir = args.split_dir or str(Path(args.data_dir) / "PACS_splits")
+    for domain in get_dataset_class("PACS").DOMAIN_DIRS:
+        for split in SPLITS:
+            if not list_path(split_dir, domain, split).is_file():
+                raise UsageError(f"official split list {list_path(split_dir, domain, split)} does not exist; "
+                                 "point --split_dir at the folder holding PACS's *_kfold.txt lists")
+    return split_dir
+
+
+def run_experiment(args, overrides=(), command: str = "") -> dict:
+    """Run every fold that `args` (train_all.py's parsed flags) asks for, with the hparams
+    `overrides` ([(key, raw value)], from `--key value`); `command` is logged as the run's command
+    line. Returns the table as table.json holds it, plus `out_dir`, the run directory. Ctrl-C once
+    the run directory exists raises `RunInterrupted`."""
+    dataset_class = get_dataset_class(args.dataset)
+    get_algorithm_class(args.algorithm)
+    hparams = run_hparams(args.algorithm, args.dataset, args.hparams_seed, args.trial_seed, args.configs, overrides)
+    if args.debug:
+        args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
+    check_run_settings(args, hparams)
+    args.split_dir = official_split_dir(args)  # resolved once, and saved so the tools rebuild the same splits
+
+    check_run_name(args.name)
+    # everything that can be checked is checked before the run directory exists
+    dataset = None if args.show else dataset_class(args.data_dir, [], hparams)
+    if dataset is not None:
+        check_environments(args, dataset)
+    out_dir = resolve_run_dir(args.output_dir, args.dataset, args.name, args.resume)
+    resuming = args.resume is not None and layout.is_run_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir):  # before the log, so that a second process writes nothing into this run's log
+        log = RunLog(layout.log_path(out_dir))
+        try:
+            return _run(args, hparams, dataset, out_dir, log, command, resuming)
+        except UsageError as error:
+            log.to_file(f"error: {error}")  # the command line prints it, once
+            raise
+        except KeyboardInterrupt:
+            raise RunInterrupted(out_dir) from None
+        finally:
+            log.close()
+
+
+def _log_settings(log, command: str, args, hparams: dict) -> None:
+    if command:
+        log(f"Command: {command}")
+    for line in environment_report():
+        log(line)
+    log("Args:")
+    for key, value in sorted(vars(args).items()):
+        log(f"\t{key}: {value}")
+    log("HParams:")
+    for key, value in sorted(flatten(hparams).items()):
+        log(f"\t{key}: {value}")
+
+
+def _keep_settings(out_dir: Path, args, hparams: dict, resuming: bool, log) -> None:
+    """A new run saves its settings; a resumed one must have the saved ones."""
+    if not resuming:
+        run_files.write_settings(out_dir, vars(args), hparams)
+        return
+    differences = compare_settings(out_dir, vars(args), hparams, checkpoint.RESUMABLE_HPARAMS)
+    if differences:
+        raise UsageError(f"cannot resume {out_dir}: its settings differ ({'; '.join(differences)}); "
+                         f"use the run's own command line, or leave out --resume for a new run")
+    stale = checkpoint.remove_temporaries(out_dir)
+    log(f"Resuming {out_dir}" + (f" (removed {len(stale)} unfinished temporary files)" if stale else ""))
+
+
+def _schedule(args, dataset) -> tuple:
+    """(test environments, n_steps, checkpoint_freq)."""
+    test_envs = args.test_envs if args.test_envs is not None else list(range(len(dataset)))
+    n_steps = args.steps or dataset.N_STEPS
+    checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    if n_steps <= 0 or checkpoint_freq <= 0:
+        raise UsageError(f"--steps ({n_steps}) and --checkpoint_freq ({checkpoint_freq}) must be positive")
+    # As SWAD: one more step than a multiple of checkpoint_freq, so the last step is evaluated.
+    n_steps = (n_steps // checkpoint_freq) * checkpoint_freq + 1
+    return test_envs, n_steps, checkpoint_freq
+
+
+def _run(args, hparams, dataset, out_dir, log, command, resuming) -> dict:
+    _log_settings(log, command, args, hparams)
+    _keep_settings(out_dir, args, hparams, resuming, log)
+    if args.show:
+        return {}
+
+    misc.set_deterministic(args.deterministic)
+    log(f"Dataset {args.dataset}: {len(dataset)} environments, {dataset.num_classes} classes")
+    for env, name in enumerate(dataset.environments):
+        log(f"\tenv{env}: {name} ({len(dataset[env])} items)")
+    test_envs, n_steps, checkpoint_freq = _schedule(args, dataset)
+    log(f"n_steps = {n_steps}, checkpoint_freq = {checkpoint_freq}, test_envs = {test_envs}")
+
+    fold_rows, rules = [], {}
+    for env in test_envs:
+        finished = checkpoint.finished(out_dir, [env]) if resuming else None
+        if finished is not None:
+            log(f"[{layout.fold_tag([env])}] finished earlier: skipped")
+            rows, row_rules = finished["rows"], finished["row_rules"]
+        else:
+            settings = FoldSettings(
+                algorithm=args.algorithm, test_envs=[env], n_steps=n_steps, checkpoint_freq=checkpoint_freq,
+                seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
+                evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
+                resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
+                split=args.split, split_dir=args.split_dir,
+            )
+            rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, layout.records_path(out_dir))
+        fold_rows.append(rows)
+        rules.update(row_rules)
+    return _write_table(args, out_dir, log, dataset, test_envs, fold_rows, rules)
+
+
+def _write_table(args, out_dir, log, dataset, test_envs, fold_rows, rules) -> dict:
+    env_names = [dataset.environments[env] for env in test_envs]
+    table = report.build_table(fold_rows, env_names)
+    text = report.format_table(table, env_names, rules)
+    log("=== Summary ===")
+    log(f"Algorithm: {args.algorithm}, dataset: {args.dataset}, output: {out_dir}")
+    log(text)
+    summary = {"dataset": args.dataset, "algorithm": args.algorithm, "environments": env_names,
+               "test_envs": test_envs, "rows": table, "rules": {row: rules.get(row, "") for row in table},
+               "notes": {key: text for key, text in rules.items() if key not in table}}
+    run_files.write_table(out_dir, text, summary)
+    return {"out_dir": out_dir, **summary}
