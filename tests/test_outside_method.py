@@ -59,14 +59,15 @@ def test_trains_by_module_path_with_drawn_hparams(tmp_path):
     assert "penalty" in records[-1]  # the method's own statistic reaches the records
 
 
-@pytest.mark.xfail(strict=True, reason="collect_results.py rebuilds a run's hparams without the run settings, so "
-                                        "config.yaml's swad is an unknown hparam for every run, built-in or not")
-def test_collect_results_lists_it(tmp_path):
-    trained = _run("outside", *FAST, "--algorithm", METHOD, "--output_dir", tmp_path)
-    assert trained.returncode == 0, trained.stderr
+def test_collect_results_groups_it_by_its_own_hparams(tmp_path):
+    for weight in ("0.1", "0.3"):  # the declared default, then a chosen value
+        trained = _run("outside", *FAST, "--algorithm", METHOD, "--cp_weight", weight, "--output_dir", tmp_path)
+        assert trained.returncode == 0, trained.stderr
     collected = _run(tmp_path, module="domainbed.scripts.collect_results")
     assert collected.returncode == 0, collected.stderr
-    assert METHOD in collected.stdout
+    rows = [line for line in collected.stdout.splitlines() if line.startswith(f"| {METHOD} ")]
+    assert len(rows) >= 2 and any("cp_weight=0.3 " in row for row in rows)
+    assert any("cp_weight" not in row for row in rows)  # the default is no part of the group's name
 
 
 def test_help_lists_its_hparams_and_a_bad_value_is_one_line_before_any_run(tmp_path):

@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 from prettytable import PrettyTable, TableStyle
 
-from domainbed import cli, hparams_registry, misc
+from domainbed import cli, misc
 from domainbed.averaging.extension import strategy_name
-from domainbed.hparams.config import BASE_CONFIG, build_hparams
+from domainbed.hparams.config import run_hparams
 from domainbed.errors import UsageError
 from domainbed.results import selection
 from domainbed.runs.reader import Run, find_runs
@@ -80,10 +80,9 @@ def _drawn_hparams(algorithm, dataset, hparams_seed, trial_seed):
     """The hparams a run would have had without --key value or extra yaml files, or None when the
     registry cannot rebuild them (an algorithm or dataset this version does not know)."""
     try:
-        drawn = hparams_registry.search_hparams(algorithm, dataset, hparams_seed, trial_seed)
+        hparams = json.loads(misc.to_json(run_hparams(algorithm, dataset, hparams_seed, trial_seed)))
     except (KeyError, UsageError):
         return None
-    hparams = json.loads(misc.to_json(build_hparams(drawn, BASE_CONFIG)))
     # averaging is part of the method's name even where it is config.yaml's default (SWAD's
     # LossValley): "ERM" is plain ERM, "ERM swad=LossValley" is ERM + SWAD
     hparams["swad"] = NO_AVERAGING
