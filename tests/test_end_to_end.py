@@ -110,7 +110,7 @@ def test_unknown_backbone_and_missing_data_dir(capsys, tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / "PACS" / domain / "dog" / "1.png")
     assert train_all.main([*common, "--data_dir", str(tmp_path), "--backbone", "resnet5000", "--pretrained", "False"]) == 2
     err = capsys.readouterr().err
-    assert "unknown backbone 'resnet5000'; valid: " in err and "resnet18" in err
+    assert "hparam backbone 'resnet5000' is out of range; valid: a registered backbone: " in err and "resnet18" in err
 
 
 def test_swad_false_prints_no_averaging_rows(run_train_all):
