@@ -63,6 +63,20 @@ def test_crafted_compact_file_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_crafted_pretrained_weights_are_refused_in_one_line(tmp_path):
+    """`--pretrained_path` is loaded when the run checks its model, before its directory exists."""
+    from torchvision.models import ResNet18_Weights
+
+    from domainbed.networks.pretrained import load_pretrained_state
+
+    marker, path = tmp_path / "pwned", tmp_path / "weights.pth"
+    torch.save({"fc.weight": _Payload(marker)}, path)
+    with pytest.raises(UsageError, match="refused pretrained_path .*valid: a state dict") as error:
+        load_pretrained_state(ResNet18_Weights.IMAGENET1K_V1, "resnet18", {"pretrained_path": str(path)})
+    _one_line(error.value)
+    assert not marker.exists()
+
+
 def test_crafted_checkpoint_is_refused_on_resume(tmp_path, capsys):
     out = tmp_path / "out"
     train_all.run(["safe", *FAST, "--output_dir", str(out), "--steps", "2"])

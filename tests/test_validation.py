@@ -60,6 +60,8 @@ BAD_VALUES = [
     (["--backbone", "resnet5"], "backbone"),
     (["--algorithm", "RSC", "--rsc_mode", "diagonal"], "rsc_mode"),
     (["--algorithm", "DMG", "--mask_init", "zeros"], "mask_init"),
+    (["--algorithm", "DMG", "--mask_layers", "bogus"], "mask layer"),  # what only the built model can tell
+    (["--quant", "1", "--q_exclude", "nothing"], "q_exclude"),
     (["--algorithm", "no.such.module:Method"], "no.such.module"),
     (["--algorithm", "domainbed.misc:seed_hash"], "algorithm"),
     (["--algorithm", "torch.nn:Linear"], "torch.nn:Linear is not an algorithm"),

@@ -60,11 +60,14 @@ class Quantization(Extension):
     def transform(self, layers) -> dict:
         return {"bits": self.bits, "q_linear": self.q_linear, "exclude": list(self.exclude), "layers": list(layers)}
 
-    def setup(self, fold):
-        if not quantizable_names(fold.algorithm, self.q_linear):
+    def check_model(self, algorithm, algorithm_name):
+        if not quantizable_names(algorithm, self.q_linear):
             kinds = "Conv2d or Linear" if self.q_linear else "Conv2d (pass --q_linear True for Linear layers)"
-            raise UsageError(f"--quant found no {kinds} layer to quantize in {fold.settings.algorithm}")
-        check_exclude(fold.algorithm, self.q_linear, self.exclude)
+            raise UsageError(f"--quant found no {kinds} layer to quantize in {algorithm_name}")
+        check_exclude(algorithm, self.q_linear, self.exclude)
+
+    def setup(self, fold):
+        self.check_model(fold.algorithm, fold.settings.algorithm)
         if self.q_steps >= fold.settings.n_steps:
             fold.log(f"[{fold.name}] q_steps {self.q_steps} >= {fold.settings.n_steps} steps: "
                      "the model is never quantized and stays in float")

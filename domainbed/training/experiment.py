@@ -26,6 +26,7 @@ from domainbed.hparams.config import flatten, run_hparams
 from domainbed.results import report
 from domainbed.runs import checkpoint, layout, run_files
 from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
+from domainbed.training.extensions import build_extensions
 from domainbed.training.log import RunLog
 from domainbed.training.trainer import FoldSettings, train_fold
 
@@ -83,6 +84,17 @@ def official_split_dir(args) -> str | None:
     return split_dir
 
 
+def check_model(args, dataset, hparams) -> None:
+    """Build the algorithm once on the CPU, as a fold will, so that what only the model can tell (a
+    backbone's weights file, a layer a method or quantization asks for that it lacks) is a one-line
+    error before the run directory exists. The folds seed themselves, so this costs no determinism."""
+    n_train_domains = len(dataset) - 1  # every fold holds one environment out
+    algorithm = get_algorithm_class(args.algorithm)(dataset.input_shape, dataset.num_classes, n_train_domains,
+                                                    hparams)
+    for extension in build_extensions(hparams):
+        extension.check_model(algorithm, args.algorithm)
+
+
 def run_experiment(args, overrides=(), command: str = "") -> dict:
     """Run every fold that `args` (train_all.py's parsed flags) asks for, with the hparams
     `overrides` ([(key, raw value)], from `--key value`); `command` is logged as the run's command
@@ -101,6 +113,7 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
     dataset = None if args.show else dataset_class(args.data_dir, [], hparams)
     if dataset is not None:
         check_environments(args, dataset)
+        check_model(args, dataset, hparams)
     out_dir = resolve_run_dir(args.output_dir, args.dataset, args.name, args.resume)
     resuming = args.resume is not None and layout.is_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

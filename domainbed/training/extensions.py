@@ -56,6 +56,10 @@ def build_extensions(hparams: dict) -> list:
 class Extension:
     """No-op defaults for every hook; override the ones a feature needs."""
 
+    def check_model(self, algorithm, algorithm_name: str) -> None:
+        """Before the run directory exists, on the run's algorithm freshly built on the CPU: raise a
+        one-line UsageError for a setting this model cannot take (no layer to quantize, say)."""
+
     def setup(self, fold) -> None:
         """Once the algorithm is built and on its device, before the first step."""
 
