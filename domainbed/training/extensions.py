@@ -24,7 +24,8 @@ from domainbed import plugins
 
 EXTENSION_FACTORIES = []
 
-# Modules that register extensions; imported when the first run builds its extensions.
+# The harness's own modules that register extensions, imported when the first run builds its
+# extensions; installed packages' come in through their entry points (domainbed/plugins.py).
 EXTENSION_MODULES = ("domainbed.training.finite_loss", "domainbed.quant.extension", "domainbed.averaging.extension")
 
 
