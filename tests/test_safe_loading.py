@@ -54,6 +54,22 @@ def test_crafted_model_file_is_refused_by_the_ensemble_and_flatness_tools(finish
     assert not marker.exists()
 
 
+def test_a_raw_pickle_is_refused_by_the_tools_in_one_line_and_nothing_else(finished_run, tmp_path):
+    """Warnings go to stderr outside pytest only: the tools run as a user runs them."""
+    import pickle
+    import subprocess
+    import sys
+
+    (finished_run / "models" / "TE0_final.pth").write_bytes(pickle.dumps({"meta": {}}, protocol=4))
+    for tool, extra in (("ensemble", []), ("flatness", ["--radii", "0", "--n_directions", "1", "--out",
+                                                        str(tmp_path / "f")])):
+        result = subprocess.run([sys.executable, "-m", f"domainbed.scripts.{tool}", str(finished_run), "--device",
+                                 "cpu", "--num_workers", "0", *extra], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: refused model file") and "could run code" in line
+
+
 def test_crafted_compact_file_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     _craft(tmp_path / "compact.pth", marker)
@@ -71,7 +87,7 @@ def test_crafted_pretrained_weights_are_refused_in_one_line(tmp_path):
 
     marker, path = tmp_path / "pwned", tmp_path / "weights.pth"
     torch.save({"fc.weight": _Payload(marker)}, path)
-    with pytest.raises(UsageError, match="refused pretrained_path .*valid: a state dict") as error:
+    with pytest.raises(UsageError, match="refused pretrained_path of resnet18 .* could run code .*GLOBAL posix.system") as error:
         load_pretrained_state(ResNet18_Weights.IMAGENET1K_V1, "resnet18", {"pretrained_path": str(path)})
     _one_line(error.value)
     assert not marker.exists()

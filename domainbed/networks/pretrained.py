@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from domainbed.errors import UsageError
+from domainbed.runs import persistence
 
 
 def torchvision_cache_path(weights) -> Path:
@@ -24,12 +25,7 @@ def load_pretrained_state(weights, name: str, hparams: dict) -> dict:
         if not os.path.isfile(path):
             raise UsageError(f"pretrained_path {path!r} is not a file; give the .pth of {name}'s ImageNet "
                              "weights, or pass --pretrained False to train from scratch")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a crafted pickle is refused here before anything in it runs
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UsageError(f"refused pretrained_path {path!r}: it is no plain file of tensors ({reason}); "
-                             f"valid: a state dict of {name}'s weights saved with torch.save") from None
+        return persistence.load_plain(path, f"pretrained_path of {name}")
     try:
         return weights.get_state_dict(progress=False)
     except Exception as error:  # no network, a proxy, a truncated cache file: all end the same way

@@ -13,6 +13,7 @@
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,18 +62,39 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def load(path, what: str = "file"):
-    """The content that `save` wrote to `path`, verified; one-line UsageError otherwise."""
+# torch's refusals open with advice to load the file unsafely; the line that names what was
+# refused is further down
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _refusal_reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(_TORCH_BOILERPLATE)]
+    return specific[0] if specific else type(error).__name__
+
+
+def load_plain(path, what: str = "file"):
+    """The tensors and plain data in `path`, a file that anyone's `torch.save` wrote (pretrained
+    weights, say): loaded with `weights_only=True`, so a file that would run code is refused with
+    one line (torch's own warnings about the file are not printed: the refusal says it all)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise DamagedFile(f"refused {what} {path}: it holds more than tensors and plain data, and loading it "
-                          f"could run code ({_first_line(error)})") from None
+                          f"could run code ({_refusal_reason(error)})") from None
     except Exception as error:
         raise DamagedFile(f"cannot read {what} {path}: {_first_line(error)}") from None
+
+
+def load(path, what: str = "file"):
+    """The content that `save` wrote to `path`, verified; one-line UsageError otherwise."""
+    saved = load_plain(path, what)
+    path = Path(path)
     if not isinstance(saved, dict) or set(saved) != {"sha256", "content"}:
         raise DamagedFile(f"{what} {path} carries no checksum: it was not written by this version of the "
                           "harness (or not by the harness)")
