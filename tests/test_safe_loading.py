@@ -93,6 +93,22 @@ def test_crafted_pretrained_weights_are_refused_in_one_line(tmp_path):
     assert not marker.exists()
 
 
+def test_a_crafted_pretrained_path_stops_the_launch_before_its_run_directory_exists(tmp_path, capsys):
+    from PIL import Image
+
+    for domain in ["art_painting", "cartoon", "photo", "sketch"]:
+        (tmp_path / "PACS" / domain / "dog").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "PACS" / domain / "dog" / "1.png")
+    marker, weights = tmp_path / "pwned", tmp_path / "weights.pth"
+    torch.save({"fc.weight": _Payload(marker)}, weights)
+    out = tmp_path / "out"
+    assert train_all.main(["crafted", "--dataset", "PACS", "--data_dir", str(tmp_path), "--backbone", "resnet18",
+                           "--pretrained_path", str(weights), "--image_size", "16", "--output_dir", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: refused pretrained_path of resnet18") and "could run code" in line
+    assert not out.exists() and not marker.exists()
+
+
 def test_crafted_checkpoint_is_refused_on_resume(tmp_path, capsys):
     out = tmp_path / "out"
     train_all.run(["safe", *FAST, "--output_dir", str(out), "--steps", "2"])
