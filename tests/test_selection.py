@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from domainbed.results import report, selection
@@ -51,6 +53,27 @@ def test_table_averages_over_domains_and_skips_incomplete_rows():
     assert "Avg." not in table["SWAD"]
     text = report.format_table(table, ["A", "B"], {"iid": "rule text"})
     assert "Avg." in text and "60.00" in text and "iid: rule text" in text and "-" in text
+
+
+@pytest.mark.parametrize("key, bad", [("tr_outloss", math.nan), ("train_out", math.nan), ("test_in", math.inf)])
+def test_records_with_a_nonfinite_number_select_nan_rows(key, bad):
+    """A NaN validation loss with finite accuracies (the --lr 1e3 run) is no result either: the
+    accuracies of NaN logits are arbitrary."""
+    records = [{**record, "tr_outloss": 1.0} for record in RECORDS]
+    records[2] = {**records[2], key: bad}
+    rows = selection.select(records)
+    assert set(rows) == set(selection.ROWS) and all(math.isnan(value) for value in rows.values())
+
+
+def test_a_nan_row_prints_nan_with_a_note_never_a_number():
+    table = report.build_table([{"iid": 0.5, "last": 0.4}, {"iid": math.nan, "last": 0.6}], ["A", "B"])
+    assert math.isnan(table["iid"]["Avg."])
+    text = report.format_table(table, ["A", "B"], {"iid": "rule text"})
+    iid_line = next(line for line in text.splitlines() if line.startswith("| iid"))
+    assert iid_line.split("|")[2:5] == [" 50.000% ", "   nan   ", "   nan   "], iid_line
+    assert "nan%" not in text and f"nan: {report.NONFINITE_NOTE}" in text and "Notes:" in text
+    finite = report.format_table(report.build_table([{"iid": 0.5}], ["A"]), ["A"], {})
+    assert "nan" not in finite and "Notes:" not in finite
 
 
 def test_collect_results_selects_by_the_same_rules_as_the_rows():

@@ -25,6 +25,7 @@ from domainbed.averaging.batchnorm import update_bn, updates_batchnorm_statistic
 from domainbed.averaging.extension import WeightAveraging, strategy_name, weight_averaging
 from domainbed.averaging.sma import SMA
 from domainbed.errors import UsageError
+from domainbed.training.finite_numbers import NonFiniteNumberError
 
 K = 2  # checkpoint frequency: segment 0 is step 0, segment t >= 1 is steps 2t - 1 and 2t
 
@@ -535,6 +536,63 @@ def test_public_loss_valley_has_swads_contract():
         valley.update_and_evaluate(segment, 0.5, loss)
     assert not valley.dead_valley and valley.is_converged
     assert isinstance(valley.get_final_model(), AveragedModel)
+
+
+# --- non-finite numbers ---------------------------------------------------------------------------
+
+def _feed(valley, losses):
+    model = StepEncoded(len(losses))
+    for t, loss in enumerate(losses):
+        model.write(t * K)
+        segment = AveragedModel(model)
+        segment.update_parameters(model, step=t * K)
+        valley.update_and_evaluate(segment, 0.5, loss)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_loss_valley_refuses_a_nonfinite_validation_loss(bad):
+    """A NaN loss made SWAD "converge" at once with threshold nan; now it stops with one line."""
+    messages = []
+    valley = swad.LossValley(3, 6, 0.3, log=messages.append)
+    with pytest.raises(NonFiniteNumberError, match=rf"^SWAD: the segment ending at step 2: validation loss = {bad}; "):
+        _feed(valley, [1.0, bad, 1.2])
+    assert not valley.is_converged and messages == [] and len(valley.converge_Q) == 1
+
+
+def test_loss_valley_refuses_a_threshold_that_overflows():
+    valley = swad.LossValley(3, 6, 0.3, log=lambda *_: None)
+    with pytest.raises(NonFiniteNumberError, match=r"^SWAD: convergence at step 0: threshold = inf; .* overflows"):
+        _feed(valley, [1.7e308, 1.7e308, 1.7e308])
+
+
+def _nan_loss_evaluation(model):
+    return {"env1_out": 0.5}, {"env1_out": float("nan")}, {"test_in": 0.5, "train_out": 0.5, "tr_outloss": float("nan")}
+
+
+def test_a_nonfinite_evaluation_of_the_final_average_is_no_row():
+    extension = make_extension()
+    fold = make_fold(StepEncoded(1))
+    extension.setup(fold)
+    fold.algorithm.write(0)
+    extension.after_step(fold, 0)
+    extension.at_checkpoint(fold, 0, {"train_out": 0.5, "tr_outloss": 1.0})
+    fold.evaluator.evaluate = _nan_loss_evaluation
+    with pytest.raises(NonFiniteNumberError, match=r"^\[TE0\] SWAD \[0-0\] \(N=1\): tr_outloss = nan, "
+                                                   r"env1_out_loss = nan; no row is built on it"):
+        extension.finish(fold, rows := {})
+    assert rows == {} and fold.final_model is None
+
+
+@pytest.mark.parametrize("strategy", ["IIDMax", "SMA"])
+def test_a_nonfinite_evaluation_of_a_running_average_stops_at_its_checkpoint(strategy):
+    extension = make_extension(strategy, sma_start=0)
+    fold = make_fold(StepEncoded(3))
+    extension.setup(fold)
+    fold.evaluator.evaluate = _nan_loss_evaluation
+    fold.algorithm.write(0)
+    extension.after_step(fold, 0)
+    with pytest.raises(NonFiniteNumberError, match=rf"^\[TE0\] {strategy} average \[0-0\] \(N=1\): tr_outloss = nan"):
+        extension.at_checkpoint(fold, 0, {"train_out": 0.5, "tr_outloss": 1.0})
 
 
 # --- settings -----------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Every bad flag or hparam value is one line on stderr, exit 2, no traceback, no run directory;
-a non-finite training loss stops the run and keeps the checkpoints written before it."""
+a non-finite training loss, validation loss or accuracy, or selection row stops the run with one
+line, keeps the records up to it and the checkpoints written before it, and builds no table."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ import train_all
 from domainbed import algorithms
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_run_settings
+from domainbed.training.finite_loss import FiniteLoss, FiniteRows
+from domainbed.training.finite_numbers import NonFiniteNumberError
 
 TINY = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2", "--checkpoint_freq", "1",
         "--test_envs", "0", "--swad", "False", "--num_workers", "0"]
@@ -147,17 +152,96 @@ class _NaNFromStep3(algorithms.get_algorithm_class("ERM")):
         return {**stats, "loss": math.nan} if self.calls > 3 else stats
 
 
+class _NaNPredictionsFromStep4(algorithms.get_algorithm_class("ERM")):
+    """ERM whose training loss stays finite while its predictions in eval mode are NaN from step 4
+    on: the `--lr 1e3` run whose validation loss was NaN while training went on."""
+
+    def update(self, minibatches):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().update(minibatches)
+
+    def predict(self, x, env=None):
+        logits = super().predict(x, env)
+        return torch.full_like(logits, math.nan) if not self.training and self.calls > 4 else logits
+
+
+def _train_until_error(tmp_path, capsys, *argv):
+    """(exit code, stderr lines, run directory) of a 6-step run with checkpoints at steps 0, 2, 4, 5."""
+    out = tmp_path / "out"
+    code = train_all.main(["nan", "--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "6",
+                           "--checkpoint_freq", "2", "--test_envs", "0", "--num_workers", "0",
+                           "--output_dir", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    (run_dir,) = (out / "Synthetic").iterdir()
+    return code, err, run_dir
+
+
+def _checkpoint_steps(run_dir) -> set:
+    return {int(path.stem.rsplit("step", 1)[1]) for path in (run_dir / "resume").glob("*.pth")}
+
+
+def _no_table(run_dir) -> bool:
+    return not (run_dir / "table.json").exists() and not (run_dir / "table.txt").exists()
+
+
 def test_nonfinite_loss_stops_the_run_and_keeps_earlier_checkpoints(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(algorithms.ALGORITHMS, "ERM", _NaNFromStep3)
-    out = tmp_path / "out"
-    argv = ["nan", "--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "6", "--checkpoint_freq", "2",
-            "--test_envs", "0", "--swad", "False", "--num_workers", "0", "--output_dir", str(out)]
-    code = train_all.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    code, err, run_dir = _train_until_error(tmp_path, capsys, "--swad", "False")
     assert code == 2
-    assert len(err) == 1 and "training loss is nan at step 3" in err[0], err
-    (run_dir,) = (out / "Synthetic").iterdir()
-    checkpoints = sorted(path.name for path in (run_dir / "resume").glob("*.pth"))
-    assert checkpoints and all("step0" in name or "step2" in name for name in checkpoints), checkpoints
+    assert len(err) == 1 and "step 3: training loss = nan" in err[0], err
+    assert _checkpoint_steps(run_dir) and _checkpoint_steps(run_dir) <= {0, 2}
     steps = [line for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert len(steps) == 2  # the records of steps 0 and 2, none after the NaN
+    assert _no_table(run_dir)
+
+
+@pytest.mark.parametrize("swad", ["False", "LossValley"])
+def test_nonfinite_validation_loss_stops_the_run_with_its_record_written(tmp_path, capsys, monkeypatch, swad):
+    monkeypatch.setitem(algorithms.ALGORITHMS, "ERM", _NaNPredictionsFromStep4)
+    code, err, run_dir = _train_until_error(tmp_path, capsys, "--swad", swad)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: [TE0] evaluation at step 4: ") and "tr_outloss = nan" in err[0], err
+    assert "results.jsonl keeps this record" in err[0]
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [0, 2, 4]
+    assert all(math.isfinite(record["tr_outloss"]) for record in records[:2]) and math.isnan(records[2]["tr_outloss"])
+    assert _checkpoint_steps(run_dir) and _checkpoint_steps(run_dir) <= {0, 2}
+    assert _no_table(run_dir)
+    log = (run_dir / "log.txt").read_text()
+    assert "nan" not in "".join(line for line in log.splitlines() if "SWAD" in line)  # averaging never saw it
+    assert "[TE0] oracle =" not in log and "[TE0] iid =" not in log and "=== Summary ===" not in log
+
+
+def _fake_fold():
+    return SimpleNamespace(name="TE0", hparams={"lr": 1000.0}, stats={})
+
+
+def test_a_nonfinite_validation_accuracy_is_refused_at_the_checkpoint():
+    """The evaluator's accuracies are counts over sizes, finite by construction; the check covers
+    every number of the record all the same (an outside evaluator or extension could break that)."""
+    record = {"test_envs": [0], "step": 4, "loss": 0.9, "train_out": math.nan, "test_in": 0.5, "tr_outloss": 1.0}
+    with pytest.raises(NonFiniteNumberError, match=r"^\[TE0\] evaluation at step 4: train_out = nan; "):
+        FiniteLoss().at_checkpoint(_fake_fold(), 4, record)
+    FiniteLoss().at_checkpoint(_fake_fold(), 4, {**record, "train_out": 0.5})
+
+
+def test_an_infinite_training_loss_of_any_name_is_refused():
+    fold = _fake_fold()
+    fold.stats = {"loss": 1.0, "penalty_loss": math.inf, "penalty": math.inf}
+    with pytest.raises(NonFiniteNumberError, match=r"step 7: training penalty_loss = inf; .*lower the lr \(now 1000.0\)"):
+        FiniteLoss().after_step(fold, 7)
+
+
+def test_no_selection_row_is_a_nonfinite_number():
+    with pytest.raises(NonFiniteNumberError, match=r"^\[TE0\] selection row: SWAD = nan; no table is built on it"):
+        FiniteRows().finish(_fake_fold(), {"iid": 0.5, "SWAD": math.nan})
+    FiniteRows().finish(_fake_fold(), {"iid": 0.5, "SWAD": 0.6})
+
+
+def test_nonfinite_checks_run_around_every_other_extension():
+    import domainbed.averaging.extension
+    import domainbed.quant.extension  # noqa: F401  (registers the extensions whose order matters)
+    from domainbed.training.extensions import EXTENSION_FACTORIES
+
+    orders = {factory.__name__: order for order, factory in EXTENSION_FACTORIES}
+    assert orders["finite_loss"] == min(orders.values()) and orders["finite_rows"] == max(orders.values())

@@ -16,6 +16,10 @@ statistics in training, see averaging/batchnorm.py) is evaluated, adds the rows 
 `SWAD (inD)` (`IIDMax` / `IIDMax (inD)`, `SMA` / `SMA (inD)` for those strategies), and becomes
 the fold's saved final model.
 
+Every evaluation of an average (IIDMax's and SMA's per checkpoint, the final model's) must be
+finite: a NaN loss or accuracy stops the run with one line (domainbed/training/finite_numbers.py)
+rather than become a row.
+
 When the algorithm's parameters change identity (quantization swaps Conv2d for QuantConv2d, say)
 the averaging restarts from the new model, as the QT-DoG code restarts SWAD at its swap. An
 extension that swaps modules may also call `restart(fold)` itself.
@@ -30,6 +34,7 @@ from domainbed.errors import UsageError, unknown_choice
 from domainbed.hparams.declare import run_settings
 from domainbed.hparams.rules import choice, int_at_least, nonnegative_float, satisfies
 from domainbed.training.extensions import Extension, register_extension
+from domainbed.training.finite_numbers import require_finite
 
 # Before quantization (order 90), whose `finish` reports the size of our final model.
 ORDER = 50
@@ -45,6 +50,15 @@ RULES = {
 }
 _OFF = {"false", "none", "off", "no", "0", ""}
 _ON = {"true", "yes", "on", "1"}
+
+
+def evaluate_average(fold, model, name: str) -> dict:
+    """The summaries of the evaluation of `model`, the average `name`, which must be finite."""
+    accuracies, losses, summaries = fold.evaluator.evaluate(model)
+    numbers = {**summaries, **accuracies, **{f"{split}_loss": loss for split, loss in losses.items()}}
+    require_finite(numbers, f"[{fold.name}] {name}",
+                   "no row is built on it (results.jsonl and the checkpoints are kept): lower the lr or check the inputs")
+    return summaries
 
 
 def strategy_name(value) -> str | None:
@@ -79,7 +93,7 @@ class WeightAveraging(Extension):
             fold.log(f"[{fold.name}] {message}")
 
         def validation_accuracy(model):
-            return fold.evaluator.evaluate(model)[2]["train_out"]
+            return evaluate_average(fold, model, f"{self.row} average {model.describe()}")["train_out"]
 
         if self.strategy_name == "LossValley":
             return LossValley(**self.kwargs, log=log)
@@ -127,7 +141,7 @@ class WeightAveraging(Extension):
         if self.bn_steps and updates_batchnorm_statistics(fold.algorithm):
             fold.log(f"[{fold.name}] {self.row}: re-estimating BatchNorm statistics on {self.bn_steps} minibatches")
             update_bn(model, fold.train_minibatches, self.bn_steps)
-        _, _, summaries = fold.evaluator.evaluate(model)
+        summaries = evaluate_average(fold, model, f"{self.row} {span}")
         rows[self.row] = summaries["test_in"]
         rows[f"{self.row} (inD)"] = summaries["train_out"]
         fold.row_rules[self.row] = RULES[self.strategy_name]

@@ -11,6 +11,8 @@ segment S_t:
   stops;
 - after training the queue is drained with the same test.
 If it never converged, the last segment's average is the final model (and the log says so).
+A validation loss or threshold that is NaN or infinite raises `NonFiniteNumberError`: a valley
+of NaN would "converge" at once (NaN is never above the threshold) and average broken weights.
 
 `bookkeeping="reference"` (the default) reproduces SWAD's official implementation exactly,
 including these quirks, which the published SWAD numbers come from:
@@ -40,6 +42,7 @@ import torch.nn as nn
 
 from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.errors import unknown_choice
+from domainbed.training.finite_numbers import require_finite
 
 BOOKKEEPING = ("reference", "corrected")
 
@@ -91,6 +94,8 @@ class LossValley:
     def update_and_evaluate(self, segment_model: AveragedModel, val_acc: float, val_loss: float) -> None:
         if self.dead_valley:
             return
+        require_finite({"validation loss": val_loss}, f"SWAD: the segment ending at step {segment_model.end_step}",
+                       "no loss valley can be found on it: lower the lr or check the inputs")
         frozen = segment_model.frozen(self.device)
         frozen.end_loss = float(val_loss)
         self.converge_Q.append(frozen)
@@ -100,7 +105,9 @@ class LossValley:
             if len(self.converge_Q) == self.n_converge:
                 losses = [segment.end_loss for segment in self.converge_Q]
                 if int(np.argmin(losses)) == 0:
-                    self._converge(np.mean(losses))
+                    with np.errstate(over="ignore"):  # an overflow is _converge's one-line error, not a warning
+                        mean_loss = np.mean(losses)
+                    self._converge(mean_loss)
             return
 
         head = self.smooth_Q[0]
@@ -118,6 +125,9 @@ class LossValley:
         start = self.converge_Q[0]
         self.converge_step = start.end_step
         self.threshold = float(mean_loss) * (1.0 + self.tolerance_ratio)
+        require_finite({"threshold": self.threshold}, f"SWAD: convergence at step {self.converge_step}",
+                       f"the mean of the validation losses {[s.end_loss for s in self.converge_Q]} times "
+                       f"{1.0 + self.tolerance_ratio} overflows: lower the lr or check the inputs")
         self.final_model = AveragedModel(start)
         later = list(self.converge_Q)[1:1 + max(0, self.n_converge - self.n_tolerance)]
         if self._corrected:

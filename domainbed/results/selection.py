@@ -6,12 +6,16 @@ the per-run table's rows below and by collect_results' DomainBed selection metho
 Each row is a rule for picking one checkpoint and the number it reports. Only `iid` and
 `last` are honest out-of-domain results; `oracle` peeks at the test domain's held-out split
 and the `(inD)` rows measure in-domain accuracy. Every printed table carries these rules.
-Ties go to the earliest checkpoint.
+Ties go to the earliest checkpoint. A fold whose records hold a NaN or infinite number (a run
+stops there, but older results may hold one) has no result: its every row is nan, never a number
+picked by comparisons that NaN makes meaningless.
 """
 
+import math
 from typing import Callable, NamedTuple
 
 from domainbed.errors import UsageError
+from domainbed.training.finite_numbers import nonfinite
 
 
 def _best(records, key: str) -> dict:
@@ -60,6 +64,8 @@ def select(records) -> dict:
     missing = {"test_in", "test_out", "train_out"} - set(records[0])
     if missing:
         raise UsageError(f"records lack {', '.join(sorted(missing))}; selection needs test_in, test_out, train_out")
+    if any(nonfinite(record) for record in records):
+        return {name: math.nan for name in ROWS}
     return {name: row.checkpoint(records)[row.reports] for name, row in ROWS.items()}
 
 

@@ -1,34 +1,53 @@
-"""Stop a run whose training loss stops being a finite number.
+"""Stop a run as soon as a training loss, a checkpoint's evaluation or a selection row is not finite.
 
 A NaN or infinite loss (too high a learning rate, say) poisons the weights for good: every later
-step, checkpoint and record would be wasted or, worse, reported. This extension checks every
-step's losses (each stat whose name contains "loss") and ends the run with a one-line
-`NonFiniteLossError` before the step's checkpoint is written, so the checkpoints from before it
-stay intact for inspection or a resume with other settings.
+step, checkpoint and record would be wasted or, worse, reported. The training loss can stay
+finite while the model already predicts NaN (the validation loss is NaN from the first checkpoint
+with `--lr 1e3`), and an accuracy of NaN logits is a meaningless number, so three checks:
+
+- after every step, each stat whose name contains "loss";
+- at every checkpoint, before any extension consumes the record (weight averaging would converge
+  on a NaN threshold), every number of the record: the split accuracies and losses and their
+  summaries; the trainer still writes that record to results.jsonl, so the user sees it;
+- after every extension's `finish`, each selection row, so no table row is built on NaN.
+
+Each raises a one-line `NonFiniteNumberError` before the step's checkpoint is written, so the
+checkpoints from before it stay intact for inspection or a resume with other settings.
 """
 
-import math
-
-from domainbed.errors import UsageError
 from domainbed.training.extensions import Extension, register_extension
+from domainbed.training.finite_numbers import require_finite
 
-ORDER = -100  # before any extension that would consume the poisoned weights (weight averaging)
+ORDER = -100  # before any extension that would consume the poisoned weights or numbers (weight averaging)
+ROWS_ORDER = 10_000  # after every extension has added its rows
 
 
-class NonFiniteLossError(UsageError):
-    """The training loss became NaN or infinite."""
+def _stops(fold, step: int, kept: str = "") -> str:
+    return (f"the run stops here ({kept}checkpoints before step {step} are kept): lower the lr "
+            f"(now {fold.hparams.get('lr')}) or check the inputs")
 
 
 class FiniteLoss(Extension):
     def after_step(self, fold, step: int) -> None:
-        for key, value in fold.stats.items():
-            if "loss" in key and not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"[{fold.name}] training {key} is {value} at step {step}; the run stops here (checkpoints "
-                    f"before step {step} are kept): lower the lr (now {fold.hparams.get('lr')}) or check the inputs"
-                )
+        losses = {f"training {key}": value for key, value in fold.stats.items() if "loss" in key}
+        require_finite(losses, f"[{fold.name}] step {step}", _stops(fold, step))
+
+    def at_checkpoint(self, fold, step: int, record: dict) -> None:
+        require_finite(record, f"[{fold.name}] evaluation at step {step}",
+                       _stops(fold, step, kept="results.jsonl keeps this record, "))
+
+
+class FiniteRows(Extension):
+    def finish(self, fold, rows: dict) -> None:
+        require_finite(rows, f"[{fold.name}] selection row",
+                       "no table is built on it; results.jsonl and log.txt hold the records it came from")
 
 
 @register_extension(ORDER)
 def finite_loss(hparams: dict) -> FiniteLoss:
     return FiniteLoss()
+
+
+@register_extension(ROWS_ORDER)
+def finite_rows(hparams: dict) -> FiniteRows:
+    return FiniteRows()

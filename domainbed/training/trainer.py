@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from domainbed import misc
+from domainbed.errors import UsageError
 from domainbed.runs import checkpoint, layout, model_io
 from domainbed.runs.run_files import append_record
 from domainbed.results import selection
@@ -98,9 +99,19 @@ def build_algorithm(settings: FoldSettings, dataset, n_domains: int, hparams: di
     return algorithm
 
 
-def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps_per_epoch: float) -> dict:
-    """The record of the checkpoint at `step`: the interval's training means, every split's
-    accuracy and loss, and what the extensions add."""
+def keep_record(fold: Fold, record: dict, records_path: Path | None) -> None:
+    """The record in `fold.records`, its line in results.jsonl and in the log."""
+    fold.records.append(record)
+    if records_path is not None:
+        append_record(records_path, record)
+    fold.log(f"[{fold.name}] " + _format_record(record))
+
+
+def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps_per_epoch: float,
+                        records_path: Path | None) -> dict:
+    """The record of the checkpoint at `step` (the interval's training means, every split's
+    accuracy and loss, and what the extensions add), kept (`keep_record`) also when an extension
+    refuses its numbers (a NaN validation loss), so that results.jsonl shows the user what stopped the run."""
     record = {"test_envs": list(fold.settings.test_envs), "step": step, "epoch": step / steps_per_epoch}
     record.update({key: float(np.mean(values)) for key, values in interval.items()})
     interval.clear()
@@ -110,8 +121,13 @@ def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps
     record.update(summaries)
     record.update(accuracies)
     record.update({f"{name}_loss": value for name, value in losses.items()})
-    for extension in extensions:
-        extension.at_checkpoint(fold, step, record)
+    try:
+        for extension in extensions:
+            extension.at_checkpoint(fold, step, record)
+    except UsageError:
+        keep_record(fold, record, records_path)
+        raise
+    keep_record(fold, record, records_path)
     return record
 
 
@@ -161,11 +177,7 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
         bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
 
         if step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1:
-            record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch)
-            fold.records.append(record)
-            if records_path is not None:
-                append_record(records_path, record)
-            fold.log(f"[{fold.name}] " + _format_record(record))
+            record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch, records_path)
             save_model_snapshot(fold, step, checkpoints.meta)
             scalars.checkpoint(step, record)
             checkpoints.save(fold, extensions, step)
