@@ -13,7 +13,7 @@ import train_all
 from domainbed import algorithms
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_run_settings
-from domainbed.training.finite_loss import FiniteLoss, FiniteRows
+from domainbed.training.finite_guard import FiniteGuard, FiniteRows
 from domainbed.training.finite_numbers import NonFiniteNumberError
 
 TINY = ["--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2", "--checkpoint_freq", "1",
@@ -221,15 +221,15 @@ def test_a_nonfinite_validation_accuracy_is_refused_at_the_checkpoint():
     every number of the record all the same (an outside evaluator or extension could break that)."""
     record = {"test_envs": [0], "step": 4, "loss": 0.9, "train_out": math.nan, "test_in": 0.5, "tr_outloss": 1.0}
     with pytest.raises(NonFiniteNumberError, match=r"^\[TE0\] evaluation at step 4: train_out = nan; "):
-        FiniteLoss().at_checkpoint(_fake_fold(), 4, record)
-    FiniteLoss().at_checkpoint(_fake_fold(), 4, {**record, "train_out": 0.5})
+        FiniteGuard().at_checkpoint(_fake_fold(), 4, record)
+    FiniteGuard().at_checkpoint(_fake_fold(), 4, {**record, "train_out": 0.5})
 
 
 def test_an_infinite_training_loss_of_any_name_is_refused():
     fold = _fake_fold()
     fold.stats = {"loss": 1.0, "penalty_loss": math.inf, "penalty": math.inf}
     with pytest.raises(NonFiniteNumberError, match=r"step 7: training penalty_loss = inf; .*lower the lr \(now 1000.0\)"):
-        FiniteLoss().after_step(fold, 7)
+        FiniteGuard().after_step(fold, 7)
 
 
 def test_no_selection_row_is_a_nonfinite_number():
@@ -244,4 +244,4 @@ def test_nonfinite_checks_run_around_every_other_extension():
     from domainbed.training.extensions import EXTENSION_FACTORIES
 
     orders = {factory.__name__: order for order, factory in EXTENSION_FACTORIES}
-    assert orders["finite_loss"] == min(orders.values()) and orders["finite_rows"] == max(orders.values())
+    assert orders["finite_numbers"] == min(orders.values()) and orders["finite_rows"] == max(orders.values())

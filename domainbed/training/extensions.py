@@ -26,7 +26,7 @@ EXTENSION_FACTORIES = []
 
 # The harness's own modules that register extensions, imported when the first run builds its
 # extensions; installed packages' come in through their entry points (domainbed/plugins.py).
-EXTENSION_MODULES = ("domainbed.training.finite_loss", "domainbed.quant.extension", "domainbed.averaging.extension")
+EXTENSION_MODULES = ("domainbed.training.finite_guard", "domainbed.quant.extension", "domainbed.averaging.extension")
 
 
 def register_extension(order: int):

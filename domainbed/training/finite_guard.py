@@ -27,7 +27,7 @@ def _stops(fold, step: int, kept: str = "") -> str:
             f"(now {fold.hparams.get('lr')}) or check the inputs")
 
 
-class FiniteLoss(Extension):
+class FiniteGuard(Extension):
     def after_step(self, fold, step: int) -> None:
         losses = {f"training {key}": value for key, value in fold.stats.items() if "loss" in key}
         require_finite(losses, f"[{fold.name}] step {step}", _stops(fold, step))
@@ -44,8 +44,8 @@ class FiniteRows(Extension):
 
 
 @register_extension(ORDER)
-def finite_loss(hparams: dict) -> FiniteLoss:
-    return FiniteLoss()
+def finite_numbers(hparams: dict) -> FiniteGuard:
+    return FiniteGuard()
 
 
 @register_extension(ROWS_ORDER)
