@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 
-
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "domainbed-example-method"
