@@ -6,6 +6,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -210,6 +211,29 @@ def test_nonfinite_validation_loss_stops_the_run_with_its_record_written(tmp_pat
     log = (run_dir / "log.txt").read_text()
     assert "nan" not in "".join(line for line in log.splitlines() if "SWAD" in line)  # averaging never saw it
     assert "[TE0] oracle =" not in log and "[TE0] iid =" not in log and "=== Summary ===" not in log
+
+
+def test_lr_1e3_on_images_stops_at_the_first_evaluation_with_no_table(tmp_path, capsys):
+    """The case the issue measured: ResNet-18 on tiny PACS-layout images with SWAD on, where the
+    training loss stays finite and the validation loss is NaN from step 0."""
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for domain in ("art_painting", "cartoon", "photo", "sketch"):
+        for label in ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person"):
+            folder = tmp_path / "PACS" / domain / label
+            folder.mkdir(parents=True)
+            for index in range(2):
+                Image.fromarray((rng.rand(16, 16, 3) * 255).astype("uint8")).save(folder / f"{index}.jpg")
+    out = tmp_path / "out"
+    code = train_all.main(["lr", "--dataset", "PACS", "--data_dir", str(tmp_path), "--backbone", "resnet18",
+                           "--pretrained", "False", "--image_size", "16", "--lr", "1e3", "--steps", "4",
+                           "--checkpoint_freq", "2", "--test_envs", "0", "--num_workers", "0", "--batch_size", "4",
+                           "--output_dir", str(out)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith("error: [TE0] evaluation at step 0: tr_outloss = nan")
+    (run_dir,) = (out / "PACS").iterdir()
+    assert _no_table(run_dir) and "SWAD" not in (run_dir / "log.txt").read_text().split("HParams:")[1]
 
 
 def _fake_fold():
