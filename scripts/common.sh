@@ -31,8 +31,12 @@ parse_arguments() {  # DEFAULT_DATASETS... -- "$@"
     done
 }
 
+# train_all.py's TIMESTAMP_NAME: a bare *_NAME would also match another run ending in _NAME
+# (ERM_PACS0 for PACS0) and skip or resume the wrong run.
+STAMP='[0-9][0-9][0-9][0-9][0-9][0-9]_[0-9][0-9]-[0-9][0-9]-[0-9][0-9]'
+
 latest_run() {  # DATASET NAME: the newest run directory of that name, or nothing
-    { ls -d "$OUTPUT_DIR/$1"/*_"$2" 2>/dev/null || true; } | sort | tail -n 1
+    { ls -d "$OUTPUT_DIR/$1"/$STAMP"_$2" 2>/dev/null || true; } | sort | tail -n 1
 }
 
 run_line() {  # NAME DATASET TRAIN_ALL_ARGS...: one published command line, skipped when finished

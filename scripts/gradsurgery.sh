@@ -11,7 +11,7 @@ declare -A LINE=([PACS]="3e-5 0.2 1e-4 5000 100" [VLCS]="1e-5 0.1 5e-3 5000 100"
 for dataset in "${DATASETS[@]}"; do
     read -r lr dropout weight_decay steps freq <<< "${LINE[$dataset]}"
     for trial in 0 1 2; do
-        run_line "${dataset}${trial}" "$dataset" --deterministic --trial_seed "$trial" --checkpoint_freq "$freq" \
+        run_line "GradSurgery_${dataset}${trial}" "$dataset" --deterministic --trial_seed "$trial" --checkpoint_freq "$freq" \
             --steps "$steps" --n_parts 10 --alpha 0.6 --use_alpha --data_dir "$DATA" --algorithm GradSurgery \
             --lr "$lr" --resnet_dropout "$dropout" --weight_decay "$weight_decay"
     done

@@ -11,7 +11,7 @@ for dataset in "${DATASETS[@]}"; do
     for trial in 0 1 2; do
         line=(--data_dir "$DATA" --deterministic --trial_seed "$trial" --checkpoint_freq 100
               --lr "${LR[$dataset]}" --weight_decay "${WD[$dataset]}" --resnet_dropout 0.5 --swad False)
-        run_line "${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" --algorithm SAGM_DG --alpha "${ALPHA[$dataset]}"
+        run_line "SAGM_${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" --algorithm SAGM_DG --alpha "${ALPHA[$dataset]}"
         run_line "SAM_${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" --algorithm SAM
         run_line "GSAM_${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" --algorithm GSAM
     done

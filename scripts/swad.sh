@@ -10,7 +10,7 @@ for dataset in "${DATASETS[@]}"; do
     tolerance=(); [ "$dataset" = VLCS ] && tolerance=(--tolerance_ratio 0.2)
     for trial in 0 1 2; do
         line=(--deterministic --trial_seed "$trial" --checkpoint_freq "${FREQ[$dataset]}" --data_dir "$DATA")
-        run_line "${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" "${tolerance[@]}"
+        run_line "SWAD_${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" "${tolerance[@]}"
         run_line "ERM_${NAME[$dataset]}${trial}" "$dataset" "${line[@]}" --swad False
     done
 done

@@ -2,6 +2,8 @@
 
 import json
 import math
+from itertools import combinations
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,6 +119,45 @@ def test_command_line_writes_the_report_and_plots(sweep_dir, capsys):
     assert all((sweep_dir / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
     assert cr.main([str(sweep_dir / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def _results_of_groups(count):
+    """PACS results of `count` method groups named as real ones are, three trial seeds each."""
+    algorithms = ["SAGM_DG", "ERM", "GradSurgery", "GSAM", "RSC"]
+    domains = ["art_painting", "cartoon", "photo", "sketch"]
+    folds = [(env,) for env in range(len(domains))]
+    runs, choices = [], {}
+    for index in range(count):
+        group = f"{algorithms[index % 5]} swad=LossValley lr={index + 1}e-05 resnet_dropout=0.5 [tag{index}]"
+        run = SimpleNamespace(complete=True, dataset="PACS", group=group)
+        runs.append(run)
+        for fold in folds:
+            for trial in range(3):
+                test = .6 + .013 * ((7 * index + 3 * fold[0] + trial) % 30)
+                choices[(TDV, "PACS", group, trial, fold)] = cr.Choice(run, .9, test)
+    return cr.Results(runs, [TDV], choices, {"PACS": folds}, {("PACS", f): d for f, d in zip(folds, domains)})
+
+
+@pytest.mark.parametrize("groups", [3, 30])
+def test_the_accuracy_plot_stays_readable_with_many_long_group_names(tmp_path, groups):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    results = _results_of_groups(groups)
+    figure = cr.plot_accuracies(results, TDV, "PACS", tmp_path / "accuracy.png")
+    FigureCanvasAgg(figure).draw()  # a bare Figure's canvas does not lay out: measure as the PNG is drawn
+    texts = [text for axes in figure.axes
+             for text in (*axes.get_xticklabels(), *axes.get_yticklabels(), *axes.texts)
+             if text.get_visible() and text.get_text()]
+    boxes = [text.get_window_extent() for text in texts]
+    overlapping = [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b) in combinations(zip(texts, boxes), 2)
+                   if box_a.overlaps(box_b)]
+    assert overlapping == []
+    assert all(figure.bbox.contains(box.x0, box.y0) and figure.bbox.contains(box.x1, box.y1) for box in boxes)
+    shown = " ".join(text.get_text().replace("\n", " ") for text in texts)
+    assert all(group in shown for group in results.groups("PACS"))
+    left = min(axes.get_window_extent().x0 for axes in figure.axes)
+    right = max(axes.get_window_extent().x1 for axes in figure.axes)
+    assert right - left >= figure.bbox.width / 2
 
 
 def _drawn(algorithm, dataset, hparams_seed, trial_seed, **chosen):

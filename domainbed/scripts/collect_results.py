@@ -42,6 +42,7 @@ against step, one line per fold).
 import argparse
 import json
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -354,38 +355,61 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
-def plot_accuracies(results: Results, method: str, dataset: str, path: Path) -> None:
-    """Grouped bars: one group of bars per test domain and the average, one bar per method group,
-    the mean with its standard error over trial seeds; the legend sits to the right of the axes."""
+# Group names wrap at this many characters: real ones ("SAGM_DG swad=LossValley lr=3e-05 ...") are
+# long, and a name on one line would take the width the panels need.
+LABEL_CHARACTERS = 44
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, LABEL_CHARACTERS, break_long_words=False, break_on_hyphens=False)
+
+
+def plot_accuracies(results: Results, method: str, dataset: str, path: Path):
+    """One panel per test domain and the average, one row per method group in every panel (its
+    name once, at the left, as in the table), a horizontal bar of the mean over trial seeds with
+    its standard error and its value. Rows keep their height whatever the number of groups, so the
+    figure grows downwards with them and no name or value lands on another. Returns the Figure."""
     from matplotlib.figure import Figure
 
     folds = results.folds[dataset]
     groups = results.groups(dataset)
-    labels = [results.names[(dataset, fold)] for fold in folds] + ["Avg"]
-    width = 0.8 / max(1, len(groups))
-    figure = Figure(figsize=(max(5.0, 2.0 + 0.35 * len(labels) * max(1, len(groups))), 4.2), layout="constrained")
-    axes = figure.add_subplot()
-    for index, group in enumerate(groups):
-        cells = [results.cell(method, dataset, group, fold) for fold in folds]
-        average = results.dataset_average(method, dataset, group)
-        x = [position + (index - (len(groups) - 1) / 2) * width for position in range(len(labels))]
-        means = [100 * c[0] if c else np.nan for c in cells] + [100 * average if average is not None else np.nan]
-        errors = [100 * c[1] if c else np.nan for c in cells] + [np.nan]  # Avg: no error bar, as DomainBed
-        seeds = results.seeds(method, dataset, group)
-        axes.bar(x, means, width, yerr=errors, capsize=3, label=f"{group} (n={seeds})")
-        for position, mean, error in zip(x, means, errors):
-            if not np.isnan(mean):
-                axes.annotate(f"{mean:.1f}", (position, mean + np.nan_to_num(error)), xytext=(0, 2), textcoords="offset points",
-                              ha="center", va="bottom", fontsize=7)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set_xlabel("test domain")
-    axes.set_ylabel("test-domain accuracy (%), mean ± SE over trial seeds")
-    axes.set_ylim(0, 105)
-    axes.grid(axis="y", alpha=0.3)
-    axes.set_title(f"{dataset}: {method}", fontsize=10, wrap=True)
-    axes.legend(title="method (trial seeds)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    labels = [_wrapped(f"{group} (n={results.seeds(method, dataset, group)})") for group in groups]
+    lines_per_label = max((label.count("\n") + 1 for label in labels), default=1)
+    row_inches = 0.15 * lines_per_label + 0.12
+    figure = Figure(figsize=(3.4 + 1.8 * (len(folds) + 1), 1.3 + row_inches * max(1, len(groups))),
+                    layout="constrained")
+    panels = figure.subplots(1, len(folds) + 1, sharey=True, squeeze=False)[0]
+    rows = np.arange(len(groups))
+    for axes, fold in zip(panels, [*folds, None]):
+        if fold is not None:
+            cells = [results.cell(method, dataset, group, fold) for group in groups]
+            means = np.array([100 * c[0] if c else np.nan for c in cells])
+            errors = np.array([100 * c[1] if c else np.nan for c in cells])
+            title, color = results.names[(dataset, fold)], "#9ecae1"
+        else:  # the mean of the domains' means, without an error bar, as DomainBed
+            averages = [results.dataset_average(method, dataset, group) for group in groups]
+            means = np.array([100 * a if a is not None else np.nan for a in averages])
+            errors = np.full(len(groups), np.nan)
+            title, color = "Avg", "#fdae6b"
+        for row in rows[1::2]:  # bands lead the eye along a row across the panels
+            axes.axhspan(row - 0.5, row + 0.5, color="0.94", zorder=0)
+        axes.barh(rows, means, height=0.7, xerr=errors, color=color, ecolor="0.2", capsize=2, zorder=2)
+        for row, mean in zip(rows, means):
+            # at the bar's foot, so a value never meets an error bar or the next panel
+            axes.annotate("X" if np.isnan(mean) else f"{mean:.1f}", (0, row), xytext=(3, 0),
+                          textcoords="offset points", va="center", fontsize=7, zorder=3)
+        axes.set_title(title, fontsize=9)
+        axes.set_xlim(0, 105)
+        axes.set_xticks(range(0, 101, 25))
+        axes.tick_params(labelsize=8)
+        axes.grid(axis="x", alpha=0.3)
+    panels[0].set_yticks(rows, labels, fontsize=8)
+    panels[0].set_ylim(len(groups) - 0.5, -0.5)  # the first group on top, as in the table
+    figure.suptitle(f"{dataset}: {method}", fontsize=10)
+    figure.supxlabel("test-domain accuracy (%), mean ± SE over trial seeds (n: trial seeds)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
+    return figure
 
 
 def plot_curves(run: Run, path: Path) -> None:
