@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -57,3 +58,24 @@ def test_classic_training_batches_are_the_loaders_on_the_device():
     reference = [InfiniteDataLoader(split, 4, 0, seed, start_step=2) for split, seed in zip(splits, [5, 6])]
     step = next(stream)
     assert len(step) == 2 and all(torch.equal(x, next(loader)[0]) for (x, _), loader in zip(step, reference))
+
+
+class _FailsAt(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        if index == 9:
+            raise ValueError("item 9 is bad")
+        return torch.zeros(2)
+
+
+def test_a_failing_loader_stops_its_workers_at_once():
+    import multiprocessing
+
+    from domainbed.data.loaders import DataLoader
+
+    loader = DataLoader(_FailsAt(), batch_size=4, num_workers=2, persistent_workers=True)
+    with pytest.raises(ValueError, match="item 9 is bad") as caught:
+        list(loader)
+    assert caught.value is not None and multiprocessing.active_children() == []  # the traceback still lives

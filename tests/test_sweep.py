@@ -74,14 +74,15 @@ def test_hparams_seed_zero_is_the_defaults_and_others_are_domainbeds_random_draw
 
 def test_status_dry_run_and_bad_arguments(tmp_path, capsys, monkeypatch):
     result = sweep.run(_argv("launch", tmp_path, "--dry_run"))
-    assert result["counts"] == {"done": 0, "incomplete": 0, "not launched": 2}
+    assert result["counts"] == {"done": 0, "failed": 0, "incomplete": 0, "not launched": 2}
     assert capsys.readouterr().out.count("train_all.py ERM_hp") == 2
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     jobs = result["jobs"]
     jobs[0].directory.mkdir(parents=True)
     jobs[1].directory.mkdir(parents=True)
     (jobs[1].directory / "done").touch()
-    assert sweep.run(_argv("status", tmp_path))["counts"] == {"done": 1, "incomplete": 1, "not launched": 0}
+    counts = sweep.run(_argv("status", tmp_path))["counts"]
+    assert counts == {"done": 1, "failed": 0, "incomplete": 1, "not launched": 0}
     assert "1 incomplete" in capsys.readouterr().out
     sweep.run(_argv("delete_incomplete", tmp_path, "--skip_confirmation"))
     assert not jobs[0].directory.exists() and jobs[1].directory.exists()
@@ -115,7 +116,8 @@ def test_local_sweep_killed_half_way_and_relaunched_on_two_fake_gpus(tmp_path, m
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     capsys.readouterr()
     result = sweep.run(_argv("launch", tmp_path, "--launcher", "multi_gpu", n_hparams=3))
-    assert result["failed"] == [] and result["counts"] == {"done": 3, "incomplete": 0, "not launched": 0}
+    assert result["failed"] == []
+    assert result["counts"] == {"done": 3, "failed": 0, "incomplete": 0, "not launched": 0}
     finished = [line for line in capsys.readouterr().out.splitlines() if " done: " in line]
     assert len(finished) == 3 - counts["done"]  # one line per job run now, with its result and what is left
     assert all(line.startswith("Synthetic ERM_hp") and "iid " in line and "%" in line for line in finished)
@@ -132,11 +134,12 @@ def test_submitit_local_executor_jobs_failing_half_way_resume_on_relaunch(tmp_pa
     kill_subprocesses_at("step:2")  # every job dies after the update of step 1
     first = sweep.run(argv)
     assert len(first["failed"]) == 2
-    assert first["counts"] == {"done": 0, "incomplete": 2, "not launched": 0}
+    assert first["counts"] == {"done": 0, "failed": 0, "incomplete": 2, "not launched": 0}
 
     kill_subprocesses_at(None)
     second = sweep.run(argv)
-    assert second["failed"] == [] and second["counts"] == {"done": 2, "incomplete": 0, "not launched": 0}
+    assert second["failed"] == []
+    assert second["counts"] == {"done": 2, "failed": 0, "incomplete": 0, "not launched": 0}
     for job in second["jobs"]:
         assert "[TE0] resumed after step 0" in _check_done_exactly_once(job)
     third = sweep.run(argv)

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from domainbed.data.loaders import DataLoader
 from domainbed.errors import UsageError
 
 MODES = ("train", "eval")

@@ -4,17 +4,36 @@ Training draws each domain's minibatches with replacement from an endless sample
 InfiniteDataLoader; the items of step t, and their random augmentation, depend only on
 (stream seed, t) (see sampling.py).
 Workers persist across the run, memory is pinned when a GPU will consume the batches, and
-in-memory datasets skip workers entirely.
+in-memory datasets skip workers entirely. A loader whose iteration fails (an unreadable image)
+stops its workers at once, so the process exits promptly after the error.
 """
 
 import os
 
 import torch
-from torch.utils.data import DataLoader
+import torch.utils.data
 
 from domainbed.data.sampling import SeededItems, StepBatchSampler
 from domainbed.hparams.declare import run_settings
 from domainbed.hparams.rules import int_at_least
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    """torch's DataLoader, whose worker processes stop as soon as an iteration raises or is closed.
+    Left to the garbage collector, they live as long as the error's traceback, which holds the
+    iterator, and keep decoding prefetched batches meanwhile."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        try:
+            yield from iterator
+        except BaseException:  # an error, Ctrl-C, or close() (GeneratorExit)
+            # DataLoader's own finalizer calls this private method; there is no public one
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._iterator = None  # persistent workers are gone: iterating again starts new ones
+            raise
 
 
 def num_workers_for(requested: int, dataset_max: int, n_loaders: int) -> int:
@@ -52,6 +71,10 @@ class InfiniteDataLoader:
 
     def __next__(self):
         return next(self._iterator)
+
+    def close(self) -> None:
+        """Stop the workers now."""
+        self._iterator.close()
 
 
 def eval_loader(dataset, batch_size: int, num_workers: int, seed: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -60,8 +60,17 @@ class ClassicPipeline(InputPipeline):
         workers = self.workers(len(splits))
         loaders = [InfiniteDataLoader(split, batch_size, workers, seed, pin_memory=self.channels_last,
                                       start_step=start_step) for split, seed in zip(splits, seeds)]
-        return (tuple(to_device(batch, self.device, self.channels_last) for batch in batches)
-                for batches in zip(*loaders))
+        return self._steps(loaders)
+
+    def _steps(self, loaders):
+        """The loaders' batches side by side; when one fails (an unreadable image), or the stream is
+        closed, every loader stops its workers, so that none keeps the process alive."""
+        try:
+            for batches in zip(*loaders):
+                yield tuple(to_device(batch, self.device, self.channels_last) for batch in batches)
+        finally:
+            for loader in loaders:
+                loader.close()
 
     def eval_batches(self, datasets, batch_size: int):
         return eval_loader(ConcatDataset(datasets), batch_size, self.workers(1), self.eval_seed,

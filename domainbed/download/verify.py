@@ -5,7 +5,8 @@ image extension. "extra" means something the loader would pick up that should no
 unexpected domain or class folder, more images than published); other files it skips (a stray
 Thumbs.db) are only mentioned. Where the published counts are per domain, a surplus and a
 deficit within one domain can cancel; PACS has per-class counts and MNIST its md5s, so there
-every difference shows. A full check also decodes every image with the loader's own reader.
+every difference shows. A full check also decodes every image with the loader's own reader;
+`unreadable_images` does only that, for any folder of domains, and names every bad file.
 """
 
 import gzip
@@ -159,20 +160,40 @@ def _image_error(path: Path) -> Optional[str]:
     return None
 
 
-def _decode_all(to_decode: list, report: Report) -> None:
-    """Decode every image on a few threads (Pillow releases the GIL while decoding), in batches
-    so that DomainNet's 586k images never wait as futures all at once."""
+def decode_errors(paths: list, desc: str):
+    """Yield (path, error line) for every one of `paths` that does not decode. Decoding runs on a
+    few threads (Pillow releases the GIL while decoding), in batches so that DomainNet's 586k
+    images never wait as futures all at once, under a progress bar."""
     workers = min(8, 2 * (os.cpu_count() or 1))
     batch = 4096
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(to_decode), unit="img", disable=None,
-                                                   desc=f"decoding {report.dataset}") as bar:
-        for start in range(0, len(to_decode), batch):
-            chunk = to_decode[start:start + batch]
-            for (row, _), error in zip(chunk, pool.map(_image_error, (path for _, path in chunk))):
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), unit="img", disable=None, desc=desc) as bar:
+        for start in range(0, len(paths), batch):
+            chunk = paths[start:start + batch]
+            for path, error in zip(chunk, pool.map(_image_error, chunk)):
                 if error:
-                    row.unreadable += 1
-                    report.problems.append(error)
+                    yield path, error
             bar.update(len(chunk))
+
+
+def _decode_all(to_decode: list, report: Report) -> None:
+    row_of = {path: row for row, path in to_decode}
+    for path, error in decode_errors([path for _, path in to_decode], f"decoding {report.dataset}"):
+        row_of[path].unreadable += 1
+        report.problems.append(error)
+
+
+def image_files(root: Path) -> list:
+    """Every file the loader reads under `root`: <domain>/<class>/<image>, non-hidden folders, files
+    with an image extension."""
+    return [image for domain in _subfolders(root) for name in _subfolders(root / domain)
+            for image in _images(root / domain / name)[0]]
+
+
+def unreadable_images(root: Path, name: str) -> tuple:
+    """(number of images, [(path, error line)] of those that do not decode) under the folder of
+    domains `root`."""
+    paths = image_files(root)
+    return len(paths), list(decode_errors(paths, f"decoding {name}"))
 
 
 def _check_idx(layout: IdxLayout, root: Path, report: Report) -> None:

@@ -11,10 +11,12 @@
       resume/TE{i}_step{N}.pth  resume checkpoints; resume/TE{i}_done.json marks a finished fold
       checkpoints/TE{i}_{N}.pth `--model_save` snapshots
       tensorboard/TE{i}/        TensorBoard events
+      failed.json               a fold failed: the error line, the fold, its last saved step
+                                (a resumed run removes it once the fold continues)
       .lock                     held by the process working in the directory
 
 A fold is named by its test environments: `fold_tag([0])` is "TE0", `fold_tag([0, 1])` "TE0,1".
-Nothing here touches the disk but `is_run_dir` and `final_models`; readers and writers of the
+Nothing here touches the disk but `is_run_dir`, `has_progress` and `final_models`; readers and writers of the
 files are in domainbed/runs/run_files.py.
 """
 
@@ -33,8 +35,10 @@ COMPACT_MODELS = "compact"
 RESUME = "resume"
 SNAPSHOTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+FAILED = "failed.json"
 
 _FINAL_MODEL = re.compile(r"TE(\d+)_final\.pth")
+_PROGRESS = re.compile(r"TE[\d,]+_(step\d+\.pth|done\.json)")
 
 
 def fold_tag(test_envs) -> str:
@@ -106,9 +110,20 @@ def tensorboard_dir(run_dir, test_envs) -> Path:
     return Path(run_dir) / TENSORBOARD / fold_tag(test_envs)
 
 
+def failed_path(run_dir) -> Path:
+    return Path(run_dir) / FAILED
+
+
 def is_run_dir(path) -> bool:
     """Whether `path` holds a run's arguments (a directory train_all.py wrote)."""
     return args_path(path).is_file()
+
+
+def has_progress(run_dir) -> bool:
+    """Whether `run_dir` holds something `--resume` continues from: a fold's checkpoint or a
+    finished fold's marker."""
+    folder = resume_dir(run_dir)
+    return folder.is_dir() and any(_PROGRESS.fullmatch(path.name) for path in folder.iterdir())
 
 
 def final_models(run_dir) -> dict:

@@ -78,3 +78,21 @@ def read_table(run_dir) -> dict | None:
     """table.json of a finished run, or None while the run has not finished."""
     path = layout.table_json_path(run_dir)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_failure(run_dir, error: str, test_envs, last_saved_step: int | None) -> None:
+    """failed.json: the run stopped on `error` (one line) in the fold of `test_envs`, whose last
+    checkpoint is `last_saved_step` (None: it saved none). The sweep's `status` reads it."""
+    failure = {"error": error, "fold": layout.fold_tag(test_envs), "test_envs": list(test_envs),
+               "last_saved_step": last_saved_step}
+    misc.atomic_write_text(layout.failed_path(run_dir), misc.to_json(failure, indent=2))
+
+
+def read_failure(run_dir) -> dict | None:
+    """failed.json of a run that stopped on an error, or None."""
+    path = layout.failed_path(run_dir)
+    return read_json(path) if path.is_file() else None
+
+
+def clear_failure(run_dir) -> None:
+    layout.failed_path(run_dir).unlink(missing_ok=True)

@@ -2,11 +2,15 @@
 
     python -m domainbed.scripts.download --data_dir DATA [--datasets PACS VLCS ...] [--mirror URL_OR_DIR]
     python -m domainbed.scripts.download --data_dir DATA --verify [--datasets ...]
+    python -m domainbed.scripts.download --data_dir DATA --check_images [--datasets ... | ImageFolder]
 
 Exit status: 0 when every dataset asked for is complete; 1 when one failed or differs from the
 published counts; 2 for bad arguments. With --verify and no --datasets, datasets that are absent
 are listed as absent but do not fail the run (a lab may use only PACS), unless none is present;
-a dataset named with --datasets must be present and complete.
+a dataset named with --datasets must be present and complete. --check_images only decodes every
+image the loader would read, whatever the counts, prints every unreadable file on a line of its
+own and exits 1 when there is one; `--datasets ImageFolder` checks DATA itself as a folder of
+domains (train_all.py's --dataset ImageFolder).
 """
 
 import argparse
@@ -17,8 +21,11 @@ from domainbed import cli
 from domainbed.download.catalog import ALIASES, DATASETS
 from domainbed.download.fetch import FetchOptions, is_remote
 from domainbed.download.install import install
-from domainbed.download.verify import check, render
+from domainbed.download.spec import ImageFolderLayout
+from domainbed.download.verify import check, render, unreadable_images
 from domainbed.errors import UsageError, unknown_choice
+
+IMAGE_FOLDER = "ImageFolder"  # any folder of domains, as train_all.py's --dataset ImageFolder reads it
 
 
 def parse_args(argv):
@@ -33,9 +40,13 @@ def parse_args(argv):
     parser.add_argument("--mirror", metavar="URL_OR_DIR",
                         help="take every file from this folder or base URL, by its file name, instead of "
                              "the public sources")
-    parser.add_argument("--verify", action="store_true",
-                        help="download nothing; check domains, classes and image counts against the "
-                             "published ones and decode every image")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--verify", action="store_true",
+                      help="download nothing; check domains, classes and image counts against the "
+                           "published ones and decode every image")
+    mode.add_argument("--check_images", action="store_true",
+                      help="download nothing; decode every image the loader would read and list every "
+                           f"unreadable one (--datasets {IMAGE_FOLDER}: DATA itself is the folder of domains)")
     parser.add_argument("--keep_archives", action="store_true",
                         help="keep the downloaded archives in DATA/.downloads after a successful build")
     parser.add_argument("--timeout", type=float, default=FetchOptions.timeout,
@@ -45,14 +56,15 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def dataset_names(requested) -> list:
+def dataset_names(requested, extra=()) -> list:
+    """The catalog's names of `requested` (None: every dataset); `extra` names are also valid."""
     if requested is None:
         return list(DATASETS)
     names = []
     for name in requested:
         key = ALIASES.get(name, name)
-        if key not in DATASETS:
-            raise unknown_choice("dataset", name, [*DATASETS, *ALIASES])
+        if key not in DATASETS and key not in extra:
+            raise unknown_choice("dataset", name, [*DATASETS, *ALIASES, *extra])
         if key not in names:
             names.append(key)
     return names
@@ -73,6 +85,34 @@ def verify(data_dir: Path, names, explicit: bool) -> int:
         return 1
     print(f"complete: {', '.join(report.dataset for report in present)}")
     return 0
+
+
+def check_images(data_dir: Path, names, explicit: bool) -> int:
+    """Decode every image of the image datasets in `names` (MNIST is checked by --verify); every
+    unreadable file is a line of its own."""
+    if not data_dir.is_dir():
+        raise UsageError(f"--data_dir {data_dir} does not exist")
+    checked, bad, absent = 0, 0, []
+    for name in names:
+        layout = DATASETS[name].layout if name in DATASETS else None
+        if layout is not None and not isinstance(layout, ImageFolderLayout):
+            continue
+        directory = data_dir / layout.directory if layout is not None else data_dir
+        if not directory.is_dir():
+            absent.append(name)
+            continue
+        count, errors = unreadable_images(directory, name)
+        for _, error in errors:
+            print(f"{name}: {error}", flush=True)
+        print(f"{name}: {count} images, {len(errors)} unreadable", flush=True)
+        checked, bad = checked + 1, bad + len(errors)
+    if explicit and absent:
+        print(f"absent: {', '.join(absent)} (no folder under {data_dir})")
+        return 1
+    if not checked:
+        print(f"no image dataset found in {data_dir}")
+        return 1
+    return 1 if bad else 0
 
 
 def download(args, data_dir: Path, names) -> int:
@@ -99,8 +139,10 @@ def download(args, data_dir: Path, names) -> int:
 
 def run(argv=None) -> int:
     args = parse_args(argv)
-    names = dataset_names(args.datasets)
     data_dir = Path(args.data_dir)
+    if args.check_images:
+        return check_images(data_dir, dataset_names(args.datasets, extra=[IMAGE_FOLDER]), args.datasets is not None)
+    names = dataset_names(args.datasets)
     return verify(data_dir, names, args.datasets is not None) if args.verify else download(args, data_dir, names)
 
 

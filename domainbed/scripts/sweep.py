@@ -8,13 +8,15 @@
 
 As DomainBed's sweep: a job's directory is OUTPUT_DIR/<md5 of its arguments>, a job is done when
 that directory holds `done` (written when train_all.py exits 0), incomplete when the directory
-exists without it, not launched otherwise; `hparams_seed` 0 is the registry's defaults and seed
-N > 0 the random draw seeded by seed_hash(N, trial_seed) (train_all.py --hparams_seed); each job's
-seed is seed_hash(dataset, algorithm, hparams_seed, trial_seed). Unlike DomainBed, `launch` also
+exists without it, not launched otherwise (unlike DomainBed, an incomplete job whose run stopped
+on an error, leaving failed.json in its run directory, is failed, and `status` prints the error);
+`hparams_seed` 0 is the registry's defaults and seed N > 0 the random draw seeded by
+seed_hash(N, trial_seed) (train_all.py --hparams_seed); each job's seed is
+seed_hash(dataset, algorithm, hparams_seed, trial_seed). Unlike DomainBed, `launch` also
 relaunches incomplete jobs, which continue where they stopped (every job runs train_all.py with
 --resume), so a relaunch after a crash, a preemption or a killed launcher finishes every job
-exactly once; `delete_incomplete` is only needed to start jobs over. The data directory is not
-part of a job's hash, so a sweep survives moving the data.
+exactly once; `delete_incomplete` (failed jobs too) is only needed to start jobs over. The data
+directory is not part of a job's hash, so a sweep survives moving the data.
 
 Launchers:
 - local: one job at a time in this process's machine;
@@ -40,7 +42,7 @@ from domainbed.errors import UsageError, unknown_choice
 from domainbed.runs import layout
 
 TRAIN_ALL = Path(__file__).resolve().parents[2] / "train_all.py"
-DONE, INCOMPLETE, NOT_LAUNCHED = "done", "incomplete", "not launched"
+DONE, FAILED, INCOMPLETE, NOT_LAUNCHED = "done", "failed", "incomplete", "not launched"
 
 
 @dataclass
@@ -62,7 +64,15 @@ class Job:
     def state(self) -> str:
         if (self.directory / "done").exists():
             return DONE
+        if self.failure() is not None:
+            return FAILED
         return INCOMPLETE if self.directory.exists() else NOT_LAUNCHED
+
+    def failure(self) -> dict | None:
+        """failed.json of the job's newest run directory (DATASET/TIMESTAMP_NAME), or None."""
+        runs = sorted(self.directory.glob(f"*/*/{layout.ARGS}"), key=lambda path: path.parent.name)
+        marker = layout.failed_path(runs[-1].parent) if runs else None
+        return json.loads(marker.read_text()) if marker is not None and marker.is_file() else None
 
     def command(self, data_dir: str) -> list:
         a = self.train_args
@@ -140,15 +150,15 @@ def make_jobs(args) -> list:
 
 
 def count_states(jobs) -> dict:
-    counts = {DONE: 0, INCOMPLETE: 0, NOT_LAUNCHED: 0}
+    counts = {DONE: 0, FAILED: 0, INCOMPLETE: 0, NOT_LAUNCHED: 0}
     for job in jobs:
         counts[job.state] += 1
     return counts
 
 
 def _summary(counts: dict) -> str:
-    return f"{sum(counts.values())} jobs: {counts[DONE]} done, {counts[INCOMPLETE]} incomplete, " \
-           f"{counts[NOT_LAUNCHED]} not launched"
+    return f"{sum(counts.values())} jobs: {counts[DONE]} done, {counts[FAILED]} failed, " \
+           f"{counts[INCOMPLETE]} incomplete, {counts[NOT_LAUNCHED]} not launched"
 
 
 def job_result(job) -> str:
@@ -310,17 +320,23 @@ def run(argv) -> dict:
     failed = []
     if args.command == "status":
         for job in jobs:
-            if job.state != DONE:
-                print(f"  {job.state}: {job.train_args['dataset']} {job.name}: {job.directory}")
+            state = job.state
+            if state == FAILED:
+                failure = job.failure()
+                print(f"  {state}: {job.train_args['dataset']} {job.name}: {job.directory}: "
+                      f"{failure['fold']}: {failure['error']}")
+            elif state != DONE:
+                print(f"  {state}: {job.train_args['dataset']} {job.name}: {job.directory}")
     elif args.command == "delete_incomplete":
-        incomplete = [job for job in jobs if job.state == INCOMPLETE]
+        incomplete = [job for job in jobs if job.state in (INCOMPLETE, FAILED)]
         if incomplete and _confirm(f"delete {len(incomplete)} incomplete job directories?", args):
             for job in incomplete:
                 shutil.rmtree(job.directory)
             print(f"deleted {len(incomplete)} incomplete job directories")
     else:
         pending = [job for job in jobs if job.state != DONE]
-        print(f"launching {len(pending)} jobs ({counts[INCOMPLETE]} resume where they stopped)", flush=True)
+        print(f"launching {len(pending)} jobs ({counts[INCOMPLETE] + counts[FAILED]} resume where they stopped)",
+              flush=True)
         if args.dry_run:
             for job in pending:
                 print(" ".join(job.command(args.data_dir)))

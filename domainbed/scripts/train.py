@@ -20,7 +20,7 @@ from domainbed.errors import UsageError
 from domainbed.hparams.config import parse_overrides
 from domainbed.hparams.help import hparams_help
 from domainbed.runs import layout
-from domainbed.training.experiment import RunInterrupted, run_experiment
+from domainbed.training.experiment import RunFailed, RunInterrupted, error_line, run_experiment
 
 
 EXAMPLE = """examples:
@@ -155,21 +155,16 @@ def resume_command(argv, run_dir) -> str:
     return shlex.join(["python", "train_all.py", *kept, "--resume", str(run_dir)])
 
 
-def _one_line(error: Exception) -> str:
-    """The user-facing line of an error, also when a DataLoader worker re-raised it with the
-    worker's traceback folded into the message."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else type(error).__name__
-    prefix = f"{UsageError.__module__}.{UsageError.__name__}: "
-    return last.split(prefix, 1)[1] if prefix in last else last
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         run(argv)
+    except RunFailed as failed:
+        print(f"error: {failed}; {failed.run_dir} keeps the run so far: fix the cause and continue it with "
+              f"--resume {failed.run_dir}", file=sys.stderr)
+        return 2
     except UsageError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, an unwritable folder: what was written before stays
         print(f"error: cannot write {error.filename or 'the run directory'}: {error.strerror or error}; "

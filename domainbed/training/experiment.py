@@ -5,10 +5,20 @@ be checked before the run directory exists, makes (or, with `--resume`, finds) t
 locks it, writes args.json and hparams.json and the log, trains the folds one after the other
 (a resumed run skips those that finished and continues the unfinished one from its checkpoint,
 domainbed/runs/checkpoint.py), and writes the table as table.txt and table.json.
+
+An error once the directory exists (an unreadable image met by a loader, a non-finite loss) ends
+log.txt with its line. If this launch made the directory and nothing was saved to continue from
+(no fold's checkpoint: the first is written after step 0's update and evaluation), the directory
+is removed, so a failed launch leaves nothing behind. Otherwise it is kept, and an error in a
+fold leaves failed.json (the error line, the fold, its last saved step) for `--resume`, which
+continues the fold and removes the marker, and for the sweep's `status`.
 """
 
+import contextlib
 import os
 import platform
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +37,7 @@ from domainbed.results import report
 from domainbed.runs import checkpoint, layout, run_files
 from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
 from domainbed.training.extensions import build_extensions
+from domainbed.training.finite_numbers import NonFiniteNumberError
 from domainbed.training.log import RunLog
 from domainbed.training.trainer import FoldSettings, train_fold
 
@@ -37,6 +48,37 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path):
         super().__init__()
         self.run_dir = run_dir
+
+
+class RunFailed(UsageError):
+    """A fold stopped on a usage error (a bad image) after the run saved progress: `run_dir` keeps
+    it, with failed.json, and `--resume` continues it once the cause is fixed."""
+
+    def __init__(self, line: str, run_dir: Path):
+        super().__init__(line)
+        self.run_dir = run_dir
+
+
+@dataclass
+class _Training:
+    """The fold being trained, if any: what failed.json names when an error stops the run."""
+
+    test_envs: list | None = None
+
+
+def error_line(error: Exception) -> str:
+    """The user-facing line of an error: a UsageError's message, also when a DataLoader worker
+    re-raised it with the worker's traceback folded into the message; any other error as Python
+    ends its traceback, `Type: message`."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    prefix = f"{UsageError.__module__}.{UsageError.__name__}: "
+    if prefix in last:
+        return last.split(prefix, 1)[1]
+    folded = len(lines) > 1  # a worker's traceback: its last line already names the type
+    return last if isinstance(error, UsageError) or folded else f"{type(error).__name__}: {last}"
 
 
 def environment_report() -> list:
@@ -116,18 +158,38 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
         check_model(args, dataset, hparams)
     out_dir = resolve_run_dir(args.output_dir, args.dataset, args.name, args.resume)
     resuming = args.resume is not None and layout.is_run_dir(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir):  # before the log, so that a second process writes nothing into this run's log
         log = RunLog(layout.log_path(out_dir))
+        training = _Training()
         try:
-            return _run(args, hparams, dataset, out_dir, log, command, resuming)
-        except UsageError as error:
-            log.to_file(f"error: {error}")  # the command line prints it, once
-            raise
+            return _run(args, hparams, dataset, out_dir, log, command, resuming, training)
         except KeyboardInterrupt:
             raise RunInterrupted(out_dir) from None
+        except Exception as error:
+            line = error_line(error)
+            log.to_file(f"error: {line}")  # the command line prints it, once
+            log.close()
+            if created and not layout.has_progress(out_dir) and not layout.records_path(out_dir).exists():
+                shutil.rmtree(out_dir)
+                raise
+            if training.test_envs is None:
+                raise
+            _mark_failed(out_dir, line, training.test_envs)
+            # a non-finite number comes back on resume with the same settings: no resume hint
+            if isinstance(error, UsageError) and not isinstance(error, NonFiniteNumberError):
+                raise RunFailed(line, out_dir) from error
+            raise
         finally:
             log.close()
+
+
+def _mark_failed(out_dir: Path, line: str, test_envs: list) -> None:
+    last_saved_step = max(checkpoint.list_checkpoints(out_dir, test_envs), default=None)
+    # on a full disk the marker cannot be written; the error itself still reaches the user
+    with contextlib.suppress(OSError):
+        run_files.write_failure(out_dir, line, test_envs, last_saved_step)
 
 
 def _log_settings(log, command: str, args, hparams: dict) -> None:
@@ -154,6 +216,11 @@ def _keep_settings(out_dir: Path, args, hparams: dict, resuming: bool, log) -> N
                          f"use the run's own command line, or leave out --resume for a new run")
     stale = checkpoint.remove_temporaries(out_dir)
     log(f"Resuming {out_dir}" + (f" (removed {len(stale)} unfinished temporary files)" if stale else ""))
+    failure = run_files.read_failure(out_dir)
+    if failure is not None:
+        saved = failure["last_saved_step"]
+        where = "before its first checkpoint" if saved is None else f"after its checkpoint of step {saved}"
+        log(f"[{failure['fold']}] had failed {where}: {failure['error']}")
 
 
 def _schedule(args, dataset) -> tuple:
@@ -168,7 +235,7 @@ def _schedule(args, dataset) -> tuple:
     return test_envs, n_steps, checkpoint_freq
 
 
-def _run(args, hparams, dataset, out_dir, log, command, resuming) -> dict:
+def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Training) -> dict:
     _log_settings(log, command, args, hparams)
     _keep_settings(out_dir, args, hparams, resuming, log)
     if args.show:
@@ -195,7 +262,11 @@ def _run(args, hparams, dataset, out_dir, log, command, resuming) -> dict:
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
                 split=args.split, split_dir=args.split_dir,
             )
+            training.test_envs = [env]
+            if resuming:
+                run_files.clear_failure(out_dir)  # the fold continues; failing again writes it anew
             rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, layout.records_path(out_dir))
+            training.test_envs = None
         fold_rows.append(rows)
         rules.update(row_rules)
     return _write_table(args, out_dir, log, dataset, test_envs, fold_rows, rules)
