@@ -135,12 +135,21 @@ def test_defaults_of_every_algorithm_are_valid():
             check_run_settings(args, run_hparams(name, dataset))
 
 
-def test_steps_below_checkpoint_freq_warns(capsys):
-    args = train_all.make_parser().parse_args(["x", "--dataset", "Synthetic", "--steps", "3", "--checkpoint_freq", "5"])
-    check_run_settings(args, {})
-    assert "warning: --steps 3 is smaller than the checkpoint frequency 5" in capsys.readouterr().err
-    args = train_all.make_parser().parse_args(["x", "--dataset", "Synthetic", "--steps", "30"])
-    check_run_settings(args, {})
+@pytest.mark.parametrize("steps, checkpoint_freq, n_steps", [(5000, 100, 5001), (200, 100, 201), (250, 100, 250),
+                                                           (5, 100, 5), (1, 1, 2)])
+def test_steps_are_honoured_and_a_multiple_of_checkpoint_freq_gets_swads_extra_step(steps, checkpoint_freq, n_steps):
+    from domainbed.training.experiment import _schedule
+
+    args = SimpleNamespace(test_envs=None, steps=steps, checkpoint_freq=checkpoint_freq)
+    assert _schedule(args, [None] * 4)[1] == n_steps
+
+
+def test_steps_below_checkpoint_freq_train_those_steps_and_evaluate_the_last(run_train_all, capsys):
+    result = run_train_all("few", *TINY, "--steps", "5", "--checkpoint_freq", "100", "--swad", "LossValley",
+                           "--batch_size", "8")
+    records = [json.loads(line) for line in (result["out_dir"] / "results.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [0, 4]
+    assert "n_steps = 5, checkpoint_freq = 100" in (result["out_dir"] / "log.txt").read_text()
     assert "warning" not in capsys.readouterr().err
 
 

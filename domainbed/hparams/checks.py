@@ -8,8 +8,6 @@ included); the command line's flags against `FLAG_RULES`. The first bad value is
 leaf, by its dotted path (`swad_kwargs.tolerance_ratio`).
 """
 
-import sys
-
 import torch
 
 from domainbed import hparams_registry
@@ -66,8 +64,7 @@ def check_hparams(algorithm: str, dataset: str, hparams: dict) -> None:
 
 
 def check_run_settings(args, hparams: dict) -> None:
-    """Raise a one-line UsageError for the first flag or hparam outside its valid range; warn
-    (on stderr) about settings that are valid but probably not meant."""
+    """Raise a one-line UsageError for the first flag or hparam outside its valid range."""
     for key, rule in FLAG_RULES.items():
         if hasattr(args, key):
             _check("--", key, getattr(args, key), rule)
@@ -87,10 +84,3 @@ def check_run_settings(args, hparams: dict) -> None:
     if repeated:
         raise UsageError(f"--test_envs {' '.join(map(str, test_envs))} repeats {', '.join(map(str, repeated))}; "
                          "valid: each environment at most once")
-
-    if args.steps is not None:
-        checkpoint_freq = args.checkpoint_freq or get_dataset_class(args.dataset).CHECKPOINT_FREQ
-        if args.steps < checkpoint_freq:
-            print(f"warning: --steps {args.steps} is smaller than the checkpoint frequency {checkpoint_freq}: "
-                  "as SWAD, steps are rounded down to a multiple of it plus one, so the run trains 1 step",
-                  file=sys.stderr)

@@ -230,8 +230,11 @@ def _schedule(args, dataset) -> tuple:
     checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
     if n_steps <= 0 or checkpoint_freq <= 0:
         raise UsageError(f"--steps ({n_steps}) and --checkpoint_freq ({checkpoint_freq}) must be positive")
-    # As SWAD: one more step than a multiple of checkpoint_freq, so the last step is evaluated.
-    n_steps = (n_steps // checkpoint_freq) * checkpoint_freq + 1
+    if n_steps % checkpoint_freq == 0:
+        # SWAD's convention: step N itself is evaluated, so --steps 5000 --checkpoint_freq 100 runs 5001 steps.
+        n_steps += 1
+    # Any other N is honoured rather than rounded down as in SWAD (which turns --steps 5 into one
+    # step): the trainer also evaluates the final step.
     return test_envs, n_steps, checkpoint_freq
 
 
