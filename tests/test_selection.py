@@ -36,6 +36,23 @@ def test_every_row_has_a_rule_and_oracle_is_flagged():
     assert "not a result" in selection.describe("oracle")
 
 
+def test_the_two_oracles_are_named_apart():
+    from domainbed.scripts import collect_results
+
+    assert "SWAD's oracle" in selection.describe("oracle")
+    assert "DomainBed's oracle" in collect_results.ORACLE and "last checkpoint" in collect_results.ORACLE
+
+
+def test_legend_heading_names_training_domain_accuracy_of_the_ind_rows():
+    rows = selection.select(RECORDS)
+    text = report.format_table(report.build_table([rows], ["A"]), ["A"],
+                               {row: selection.describe(row) for row in rows})
+    heading = next(line for line in text.splitlines() if not line.startswith(("+", "|")))  # the first under the table
+    assert "test-domain accuracy" in heading and "(inD): training-domain validation accuracy" in heading
+    for row in ("last (inD)", "iid (inD)"):
+        assert selection.describe(row).startswith(("training-domain", "best training-domain"))
+
+
 def test_empty_records_are_an_error():
     with pytest.raises(UsageError, match="no checkpoint records"):
         selection.select([])

@@ -41,5 +41,5 @@ def format_table(table: dict, env_names, rules: dict) -> str:
     notes = [f"  {key}: {text}" for key, text in rules.items() if key not in table and text]
     if any(not math.isfinite(value) for values in table.values() for value in values.values()):
         notes.append(f"  nan: {NONFINITE_NOTE}")
-    return "\n".join([pretty.get_string(), "Test-domain accuracy of the model each rule selects:", *legend,
+    return "\n".join([pretty.get_string(), "What each row reports (test-domain accuracy; (inD): training-domain validation accuracy):", *legend,
                       *(["Notes:", *notes] if notes else [])])

@@ -4,8 +4,9 @@ The record rules (which checkpoint a selection method picks) are defined once he
 the per-run table's rows below and by collect_results' DomainBed selection methods over runs.
 
 Each row is a rule for picking one checkpoint and the number it reports. Only `iid` and
-`last` are honest out-of-domain results; `oracle` peeks at the test domain's held-out split
-and the `(inD)` rows measure in-domain accuracy. Every printed table carries these rules.
+`last` are honest out-of-domain results; `oracle` (SWAD's oracle: the checkpoint of best
+test-domain validation accuracy, unlike DomainBed's, which collect_results uses) peeks at the test
+domain's held-out split and the `(inD)` rows measure in-domain accuracy. Every printed table carries these rules.
 Ties go to the earliest checkpoint. A fold whose records hold a NaN or infinite number (a run
 stops there, but older results may hold one) has no result: its every row is nan, never a number
 picked by comparisons that NaN makes meaningless.
@@ -46,7 +47,8 @@ class Row(NamedTuple):
 
 ROWS = {
     "oracle": Row("test-domain accuracy at the checkpoint of best test-domain validation accuracy "
-                  "(oracle: peeks at the test domain, not a result)", best_test_domain_validation, "test_in"),
+                  "(SWAD's oracle, which stops early; collect_results' is DomainBed's, the last checkpoint; "
+                  "peeks at the test domain, not a result)", best_test_domain_validation, "test_in"),
     "iid": Row("test-domain accuracy at the checkpoint of best training-domain validation accuracy",
                best_training_domain_validation, "test_in"),
     "last": Row("test-domain accuracy at the last checkpoint", last_checkpoint, "test_in"),

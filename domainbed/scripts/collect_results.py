@@ -16,9 +16,9 @@ collect_results:
 1. every run gets a (validation accuracy, test accuracy) pair for the fold:
    - training-domain validation: the checkpoint of best training-domain validation accuracy
      (`train_out`, the mean over the training domains' held-out splits) and its test accuracy;
-   - test-domain validation (oracle): the last checkpoint, validated on the test domain's held-out
-     split (`test_out`); DomainBed's oracle allows no early stopping, unlike the per-run table's
-     `oracle` row;
+   - test-domain validation (DomainBed's oracle): the last checkpoint, validated on the test
+     domain's held-out split (`test_out`); it allows no early stopping, unlike the per-run table's
+     `oracle` row, which is SWAD's (the checkpoint of best `test_out`), so the two differ;
    - averaged models (`SWAD`, `IIDMax`, `SMA`: any row R of a run's table with an `R (inD)`
      companion): the average's test accuracy R, validated by its training-domain validation
      accuracy `R (inD)`;
@@ -60,7 +60,7 @@ from domainbed.runs.reader import Run, find_runs
 RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize"})
 
 TRAINING_DOMAIN = "Training-domain validation"
-ORACLE = "Test-domain validation (oracle)"
+ORACLE = "Test-domain validation (DomainBed's oracle: last checkpoint)"
 
 
 def load_runs(root, group_by=None) -> list:
