@@ -23,5 +23,8 @@ class UnknownNameError(UsageError, KeyError):
 
 
 def unknown_name(what: str, value, valid) -> UnknownNameError:
-    """The 'unknown X' error of a registry look-up."""
-    return UnknownNameError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+    """The 'unknown X' error of a registry look-up, with a hint when only the case is wrong
+    (`pacs` for PACS), the usual slip with names spelt as their papers spell them."""
+    same_but_case = [name for name in map(str, valid) if name.lower() == str(value).lower()]
+    hint = f" (did you mean {same_but_case[0]}?)" if same_but_case else ""
+    return UnknownNameError(f"unknown {what} {value!r}{hint}; valid: {', '.join(map(str, valid))}")

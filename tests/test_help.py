@@ -81,3 +81,34 @@ def test_every_script_help_has_an_example(module):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "example" in result.stdout and f"python -m {module}" in result.stdout
+
+
+def test_help_lists_the_valid_datasets_and_algorithms(capsys):
+    text = " ".join(_help("--help", capsys=capsys).split())  # argparse wraps lines
+    for flag in ("--data_dir DATA_DIR folder", "--dataset DATASET one of", "--algorithm ALGORITHM one of"):
+        assert flag in text
+    assert ", ".join(sorted(datasets.DATASETS)) in text and ", ".join(sorted(algorithms.ALGORITHMS)) in text
+    assert "package.module:Class" in text
+
+
+def test_sweep_help_shows_defaults_and_launchers():
+    from domainbed.scripts import sweep
+
+    text = " ".join(sweep.make_parser().format_help().split())
+    assert "--launcher {local,multi_gpu,slurm}" in text and "(default: local)" in text
+    assert "(default: 20)" in text and "(default: 3)" in text and "(default: datadir/)" in text
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--datadir", "DATA"], "unknown hparam 'datadir' from the command line (did you mean --data_dir?); valid: "),
+    (["--check_freq", "3"], "(did you mean --checkpoint_freq?)"),
+    (["--lrr", "1"], "(did you mean lr?)"),
+    (["--dataset", "synthetic"], "unknown dataset 'synthetic' (did you mean Synthetic?); valid: "),
+    (["--algorithm", "erm"], "unknown algorithm 'erm' (did you mean ERM?); valid: "),
+])
+def test_did_you_mean_covers_flags_and_the_case_of_names(argv, hint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_all.main(["x", "--dataset", "Synthetic", *argv, "--output_dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert hint in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()

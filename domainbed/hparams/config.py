@@ -18,6 +18,8 @@ import yaml
 
 from domainbed.errors import UsageError
 
+COMMAND_LINE = "the command line"  # the source named in errors about a --key value
+
 # SWAD's config.yaml at the top of the repository: the protocol's run settings
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -92,20 +94,30 @@ def coerce(key: str, value, default, source: str):
     return value
 
 
+class UnknownHparamError(UsageError):
+    """An unknown key; its "did you mean" also weighs `flags` (`--data_dir`), which the command
+    line's parser knows and this layer does not."""
+
+    def __init__(self, key: str, valid, source: str, flags=()):
+        candidates = {name: name for name in valid} | {flag.lstrip("-"): flag for flag in flags}
+        close = difflib.get_close_matches(key, list(candidates), n=1)
+        hint = f" (did you mean {candidates[close[0]]}?)" if close else ""
+        super().__init__(f"unknown hparam {key!r} from {source}{hint}; valid: {', '.join(sorted(valid))}")
+        self.key, self.valid, self.source = key, list(valid), source
+
+
 def _check_known(key, valid, source):
     if key not in valid:
-        close = difflib.get_close_matches(key, valid, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UsageError(f"unknown hparam {key!r} from {source}{hint}; valid: {', '.join(sorted(valid))}")
+        raise UnknownHparamError(key, valid, source)
 
 
 def _swad_resnet18(value):
-    return "backbone", "resnet18" if coerce("resnet18", value, False, "the command line") else "resnet50"
+    return "backbone", "resnet18" if coerce("resnet18", value, False, COMMAND_LINE) else "resnet50"
 
 
 def _swad_unsupported(name):
     def translate(value):
-        if coerce(name, value, False, "the command line"):
+        if coerce(name, value, False, COMMAND_LINE):
             raise UsageError(f"hparam {name} (SWAD's) is not supported here; valid: False")
         return None, None
 
@@ -191,7 +203,7 @@ def build_hparams(defaults: dict, base_config, extra_configs=(), overrides=()) -
             key, value = ALIASES[key](value)
             if key is None:
                 continue
-        _set(hparams, resolve_key(key, hparams, "the command line"), value, "the command line")
+        _set(hparams, resolve_key(key, hparams, COMMAND_LINE), value, COMMAND_LINE)
     return hparams
 
 

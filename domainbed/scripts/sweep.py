@@ -268,28 +268,38 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Launch, inspect or clean a sweep of train_all.py jobs",
                                      epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("command", choices=["launch", "status", "delete_incomplete"])
-    parser.add_argument("--datasets", nargs="+", required=True)
-    parser.add_argument("--algorithms", nargs="+", required=True)
-    parser.add_argument("--n_hparams_from", type=int, default=0)
-    parser.add_argument("--n_hparams", type=int, default=20, help="hparams seeds n_hparams_from .. n_hparams-1")
-    parser.add_argument("--n_trials", type=int, default=3)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--data_dir", default="datadir/")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--checkpoint_freq", type=int, default=None)
-    parser.add_argument("--launcher", default="local")
+    parser.add_argument("command", choices=["launch", "status", "delete_incomplete"],
+                        help="launch the jobs not yet done, show their states, or delete the incomplete ones")
+    parser.add_argument("--datasets", nargs="+", required=True, help="dataset names, as train_all.py --help lists them (required)")
+    parser.add_argument("--algorithms", nargs="+", required=True,
+                        help="algorithm names, as train_all.py --help lists them, or package.module:Class (required)")
+    parser.add_argument("--n_hparams_from", type=int, default=0,
+                        help="first hparams seed (default: %(default)s)")
+    parser.add_argument("--n_hparams", type=int, default=20,
+                        help="hparams seeds n_hparams_from .. n_hparams-1 (default: %(default)s)")
+    parser.add_argument("--n_trials", type=int, default=3, help="trial seeds 0 .. n_trials-1 (default: %(default)s)")
+    parser.add_argument("--output_dir", required=True, help="one job directory per run under it (required)")
+    parser.add_argument("--data_dir", default="datadir/", help="passed to every job (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None, help="passed to every job (default: the dataset's)")
+    parser.add_argument("--checkpoint_freq", type=int, default=None,
+                        help="passed to every job (default: the dataset's)")
+    # not argparse's choices: an unknown launcher is parse_args' one-line error, not a usage dump
+    parser.add_argument("--launcher", default="local", metavar="{" + ",".join(LAUNCHERS) + "}",
+                        help="local: one job after another; multi_gpu: one job per visible GPU at once; "
+                             "slurm: a submitit job array (default: %(default)s)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, launch nothing")
-    parser.add_argument("--skip_confirmation", action="store_true")
+    parser.add_argument("--skip_confirmation", action="store_true", help="launch or delete without asking")
     slurm = parser.add_argument_group("slurm (submitit)")
     slurm.add_argument("--cluster", default="slurm", choices=["slurm", "local", "debug"],
-                       help="submitit's executor: slurm, or local/debug to run the same path on this machine")
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes")
-    slurm.add_argument("--gpus", type=int, default=1, help="GPUs per job")
-    slurm.add_argument("--cpus", type=int, default=8, help="CPUs per job")
-    slurm.add_argument("--mem_gb", type=int, default=32)
-    slurm.add_argument("--array_parallelism", type=int, default=64, help="jobs of the array running at once")
+                       help="submitit's executor: slurm, or local/debug to run the same path on this machine "
+                            "(default: %(default)s)")
+    slurm.add_argument("--partition", default=None, help="slurm partition (default: the cluster's)")
+    slurm.add_argument("--time", type=int, default=24 * 60, help="time limit per job, minutes (default: %(default)s)")
+    slurm.add_argument("--gpus", type=int, default=1, help="GPUs per job (default: %(default)s)")
+    slurm.add_argument("--cpus", type=int, default=8, help="CPUs per job (default: %(default)s)")
+    slurm.add_argument("--mem_gb", type=int, default=32, help="memory per job, GB (default: %(default)s)")
+    slurm.add_argument("--array_parallelism", type=int, default=64,
+                       help="jobs of the array running at once (default: %(default)s)")
     slurm.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report failures")
     return parser
 

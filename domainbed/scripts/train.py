@@ -16,8 +16,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from domainbed.algorithms import ALGORITHMS
+from domainbed.datasets import DATASETS
 from domainbed.errors import UsageError
-from domainbed.hparams.config import parse_overrides
+from domainbed.hparams.config import COMMAND_LINE, UnknownHparamError, parse_overrides
 from domainbed.hparams.help import hparams_help
 from domainbed.runs import layout
 from domainbed.training.experiment import RunFailed, RunInterrupted, error_line, run_experiment
@@ -36,9 +38,13 @@ def make_parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False)
     parser.add_argument("name", help="name of the run; its directory is OUTPUT_DIR/DATASET/TIMESTAMP_NAME")
     parser.add_argument("configs", nargs="*", help="extra yaml files of hparams, applied in order")
-    parser.add_argument("--data_dir", default="datadir/")
-    parser.add_argument("--dataset", default="PACS")
-    parser.add_argument("--algorithm", default="ERM")
+    parser.add_argument("--data_dir", default="datadir/",
+                        help="folder holding the datasets, as download.py writes it (default: %(default)s)")
+    parser.add_argument("--dataset", default="PACS",
+                        help=f"one of {', '.join(sorted(DATASETS))} (default: %(default)s)")
+    parser.add_argument("--algorithm", default="ERM",
+                        help=f"one of {', '.join(sorted(ALGORITHMS))}, or an outside method as "
+                             "package.module:Class (default: %(default)s)")
     parser.add_argument("--trial_seed", type=int, default=0, help="seeds the holdout splits and random hparams")
     parser.add_argument("--hparams_seed", type=int, default=0,
                         help="0: the registry's defaults; N > 0: a random draw seeded by (N, trial_seed), as DomainBed")
@@ -143,7 +149,14 @@ def parse(argv) -> tuple:
 def run(argv) -> dict:
     """Run the command line `argv` (without the program name); returns the table (run_experiment's)."""
     args, overrides = parse(argv)
-    return run_experiment(args, overrides, command=f"python train_all.py {' '.join(argv)}")
+    try:
+        return run_experiment(args, overrides, command=f"python train_all.py {' '.join(argv)}")
+    except UnknownHparamError as error:
+        if error.source != COMMAND_LINE:
+            raise
+        # an unknown --key may be a misspelt flag (--datadir), which only this parser knows
+        flags = [flag for flag in make_parser()._option_string_actions if flag.startswith("--")]
+        raise UnknownHparamError(error.key, error.valid, error.source, flags) from None
 
 
 def resume_command(argv, run_dir) -> str:
