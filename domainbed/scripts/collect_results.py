@@ -57,7 +57,8 @@ from domainbed.results import selection
 from domainbed.runs.reader import Run, find_runs
 
 # Hparams that change how a run is computed, not the method: never part of its group.
-RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize"})
+RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize",
+                              "progress_interval"})
 
 TRAINING_DOMAIN = "Training-domain validation"
 ORACLE = "Test-domain validation (oracle)"
