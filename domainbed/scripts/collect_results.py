@@ -109,7 +109,7 @@ def method_group(run) -> str:
     tag = run.args.get("tag") or ""
     if tag:
         return f"{run.algorithm} [{tag}]"
-    drawn = _drawn_hparams(run.algorithm, run.dataset, run.hparams_seed, run.trial_seed)
+    drawn = _drawn_hparams(run.algorithm, run.registered_dataset, run.hparams_seed, run.trial_seed)
     if drawn is None:
         return run.algorithm
     chosen = [f"{key}={_value(value)}" for key, value in sorted(run.hparams.items())

@@ -159,7 +159,9 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
     if dataset is not None:
         check_environments(args, dataset)
         check_model(args, dataset, hparams)
-    out_dir = resolve_run_dir(args.output_dir, args.dataset, args.name, args.resume)
+    # saved in args.json, where collect_results reads it; args.dataset stays the registered name that rebuilds the data
+    args.dataset_title = dataset_class.title(args.dataset, args.data_dir)
+    out_dir = resolve_run_dir(args.output_dir, args.dataset_title, args.name, args.resume)
     resuming = args.resume is not None and layout.is_run_dir(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
