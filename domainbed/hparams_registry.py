@@ -25,6 +25,7 @@ DECLARING_MODULES = (
     "domainbed.training.precision",
     "domainbed.training.compiling",
     "domainbed.training.evaluator",
+    "domainbed.training.progress",
     "domainbed.data.gpu_pipeline",
     "domainbed.data.loaders",
     "domainbed.datasets.image_folder",

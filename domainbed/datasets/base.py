@@ -18,6 +18,11 @@ class MultipleDomainDataset:
     train_transform = None
     eval_transform = None
 
+    @classmethod
+    def title(cls, registered_name: str, data_dir) -> str:
+        """How the run's output directory and collect_results name the dataset."""
+        return registered_name
+
     def __init__(self):
         self.datasets = []
         self.environments = list(self.ENVIRONMENTS or [])

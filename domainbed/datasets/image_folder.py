@@ -95,7 +95,11 @@ class DomainFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        return load_rgb(path), label
+        try:
+            return load_rgb(path), label
+        except UsageError as error:
+            raise UsageError(f"{error}; --skip_bad_images True leaves unreadable images out, and "
+                             "python -m domainbed.scripts.download --check_images lists them all") from None
 
     def __len__(self):
         return len(self.samples)
@@ -103,6 +107,31 @@ class DomainFolder(torch.utils.data.Dataset):
 
 def _subfolders(path: Path):
     return sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _has_images(path: Path) -> bool:
+    return any(entry.is_file() and _is_image(entry.name) for entry in os.scandir(path))
+
+
+def _holds_domains(path: Path) -> bool:
+    """Whether `path` looks like a folder of domains: some `path/<domain>/<class>/` holds images."""
+    return any(_has_images(path / domain / name) for domain in _subfolders(path) for name in _subfolders(path / domain))
+
+
+def dataset_folder(data_dir) -> Path:
+    """The folder of domains that `--dataset ImageFolder --data_dir DATA` means: DATA itself, or,
+    as every other dataset takes the parent of its folder, the one dataset folder inside DATA. A
+    DATA holding several dataset folders is an error naming them."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir() or _holds_domains(data_dir):
+        return data_dir
+    datasets = [name for name in _subfolders(data_dir) if _holds_domains(data_dir / name)]
+    if len(datasets) == 1:
+        return data_dir / datasets[0]
+    if len(datasets) > 1:
+        raise UsageError(f"--data_dir {data_dir} holds several datasets ({', '.join(datasets)}); name the one to "
+                         f"train on, e.g. --data_dir {data_dir / datasets[0]}")
+    return data_dir  # no images anywhere: the checks of the domains say what is missing
 
 
 class MultipleEnvironmentImageFolder(MultipleDomainDataset):
@@ -125,6 +154,8 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
                 f"{self.DIRECTORY or 'the domain folders'} (python -m domainbed.scripts.download --data_dir DIR "
                 "fetches the public datasets)"
             )
+        if self.DIRECTORY is None:
+            data_root = dataset_folder(data_root)
         found = _subfolders(data_root)
         domain_dirs = list(self.DOMAIN_DIRS) if self.DOMAIN_DIRS else found
         if not domain_dirs:
@@ -135,16 +166,23 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
                     f"domain folder {data_root / name} does not exist; expected {', '.join(domain_dirs)}, "
                     f"found {', '.join(found) or 'nothing'}"
                 )
-        classes = _subfolders(data_root / domain_dirs[0])
+        classes_of = {name: _subfolders(data_root / name) for name in domain_dirs}
+        all_classes = sorted(set().union(*classes_of.values()))
+        for name, classes in classes_of.items():
+            if not classes:
+                holds = "images but no class folders" if _has_images(data_root / name) else "no class folders"
+                raise UsageError(
+                    f"domain folder {data_root / name} has {holds}; expected one folder per class "
+                    f"({', '.join(all_classes) or 'the same in every domain'}) holding its images"
+                )
+        classes = classes_of[domain_dirs[0]]
         for name in domain_dirs[1:]:
-            other = _subfolders(data_root / name)
+            other = classes_of[name]
             if other != classes:
                 raise UsageError(
                     f"domain folders disagree on classes: {data_root / domain_dirs[0]} has {', '.join(classes)} "
                     f"but {data_root / name} has {', '.join(other)}"
                 )
-        if not classes:
-            raise UsageError(f"domain folder {data_root / domain_dirs[0]} has no class folders")
         # SWAD names environments (and its table's columns) by their folders; ENVIRONMENTS keeps
         # DomainBed's short names
         self.environments = domain_dirs
@@ -191,7 +229,12 @@ DomainNet = _published("DomainNet", "domain_net", ["clipart", "infograph", "pain
 
 @register_dataset("ImageFolder")
 class ImageFolder(MultipleEnvironmentImageFolder):
-    """Any user directory given as --data_dir whose sub-folders are the domains."""
+    """Your own data: a folder whose sub-folders are the domains, given as --data_dir itself or as
+    its parent (`dataset_folder`). Its folder's name titles the run's output and tables."""
+
+    @classmethod
+    def title(cls, registered_name: str, data_dir) -> str:
+        return dataset_folder(Path(data_dir)).resolve().name
 
 
 @run_settings

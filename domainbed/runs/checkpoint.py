@@ -39,7 +39,7 @@ FORMAT = 2  # 2: checksummed, weights_only-loadable (domainbed/runs/persistence.
 # the newest checkpoints kept per fold, so that a damaged newest one leaves one to fall back to
 KEEP_LAST = 2
 # Hparams that change speed, never results: a run may resume with other values.
-RESUMABLE_HPARAMS = {"num_workers"}
+RESUMABLE_HPARAMS = {"num_workers", "progress_interval"}
 
 
 def list_checkpoints(out_dir, test_envs) -> dict:

@@ -32,6 +32,12 @@ class Run:
 
     @property
     def dataset(self) -> str:
+        """The dataset as tables name it: your own data (ImageFolder) by its folder's name."""
+        return self.args.get("dataset_title", self.args["dataset"])
+
+    @property
+    def registered_dataset(self) -> str:
+        """The name that rebuilds the data and its hparams (`--dataset`)."""
         return self.args["dataset"]
 
     @property

@@ -23,8 +23,8 @@ from domainbed.runs import layout, run_files
 TIMESTAMP = "%y%m%d_%H-%M-%S"
 _STAMPED = re.compile(r"\d{6}_\d{2}-\d{2}-\d{2}_(?P<name>.+)")
 # Arguments that may differ between a run and its resumption: where things are, not what is computed.
-IGNORED_ON_RESUME = {"name", "resume", "output_dir", "data_dir", "device", "show", "keep_best", "tb_freq",
-                     "prebuild_loader", "configs"}
+IGNORED_ON_RESUME = {"name", "resume", "output_dir", "data_dir", "dataset_title", "device", "show", "keep_best",
+                     "tb_freq", "prebuild_loader", "configs"}
 
 
 def new_run_dir(output_dir, dataset: str, name: str) -> Path:

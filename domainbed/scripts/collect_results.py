@@ -57,7 +57,8 @@ from domainbed.results import selection
 from domainbed.runs.reader import Run, find_runs
 
 # Hparams that change how a run is computed, not the method: never part of its group.
-RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize"})
+RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", "test_batchsize",
+                              "progress_interval"})
 
 TRAINING_DOMAIN = "Training-domain validation"
 ORACLE = "Test-domain validation (DomainBed's oracle: last checkpoint)"
@@ -108,7 +109,7 @@ def method_group(run) -> str:
     tag = run.args.get("tag") or ""
     if tag:
         return f"{run.algorithm} [{tag}]"
-    drawn = _drawn_hparams(run.algorithm, run.dataset, run.hparams_seed, run.trial_seed)
+    drawn = _drawn_hparams(run.algorithm, run.registered_dataset, run.hparams_seed, run.trial_seed)
     if drawn is None:
         return run.algorithm
     chosen = [f"{key}={_value(value)}" for key, value in sorted(run.hparams.items())

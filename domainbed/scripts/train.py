@@ -11,6 +11,7 @@ domainbed/training/experiment.py.
 """
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -184,8 +185,13 @@ def main(argv=None) -> int:
               "free space or choose a writable --output_dir, then continue with --resume", file=sys.stderr)
         return 1
     except RunInterrupted as interrupted:
-        print(f"interrupted: {interrupted.run_dir} holds the records and checkpoints so far; continue it with\n"
-              f"  {resume_command(argv, interrupted.run_dir)}", file=sys.stderr)
+        by = f" by {interrupted.signal_name}" if interrupted.signal_name else ""
+        line = (f"interrupted{by}: {interrupted.run_dir} holds the records and checkpoints so far; continue it with\n"
+                f"  {resume_command(argv, interrupted.run_dir)}")
+        print(line, file=sys.stderr)
+        # log.txt is closed by now; a run whose output is a file (Slurm, nohup) keeps the hint there too
+        with contextlib.suppress(OSError), open(layout.log_path(interrupted.run_dir), "a", encoding="utf-8") as log:
+            log.write(line + "\n")
         return 130
     except KeyboardInterrupt:
         print("interrupted before the run directory was made: nothing to resume", file=sys.stderr)

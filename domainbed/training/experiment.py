@@ -39,15 +39,18 @@ from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
 from domainbed.training.extensions import build_extensions
 from domainbed.training.finite_numbers import NonFiniteNumberError
 from domainbed.training.log import RunLog
+from domainbed.training.termination import Terminated, sigterm_as_interrupt
 from domainbed.training.trainer import FoldSettings, train_fold
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C after the run directory was made: `run_dir` holds the records and checkpoints so far."""
+    """Ctrl-C or SIGTERM after the run directory was made: `run_dir` holds the records and
+    checkpoints so far; `signal_name` is "SIGTERM" when that stopped it, None for Ctrl-C."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, signal_name: str | None = None):
         super().__init__()
         self.run_dir = run_dir
+        self.signal_name = signal_name
 
 
 class RunFailed(UsageError):
@@ -140,8 +143,8 @@ def check_model(args, dataset, hparams) -> None:
 def run_experiment(args, overrides=(), command: str = "") -> dict:
     """Run every fold that `args` (train_all.py's parsed flags) asks for, with the hparams
     `overrides` ([(key, raw value)], from `--key value`); `command` is logged as the run's command
-    line. Returns the table as table.json holds it, plus `out_dir`, the run directory. Ctrl-C once
-    the run directory exists raises `RunInterrupted`."""
+    line. Returns the table as table.json holds it, plus `out_dir`, the run directory. Ctrl-C or
+    SIGTERM once the run directory exists raises `RunInterrupted`."""
     dataset_class = get_dataset_class(args.dataset)
     get_algorithm_class(args.algorithm)
     hparams = run_hparams(args.algorithm, args.dataset, args.hparams_seed, args.trial_seed, args.configs, overrides)
@@ -156,17 +159,20 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
     if dataset is not None:
         check_environments(args, dataset)
         check_model(args, dataset, hparams)
-    out_dir = resolve_run_dir(args.output_dir, args.dataset, args.name, args.resume)
+    # saved in args.json, where collect_results reads it; args.dataset stays the registered name that rebuilds the data
+    args.dataset_title = dataset_class.title(args.dataset, args.data_dir)
+    out_dir = resolve_run_dir(args.output_dir, args.dataset_title, args.name, args.resume)
     resuming = args.resume is not None and layout.is_run_dir(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(out_dir):  # before the log, so that a second process writes nothing into this run's log
+    # the lock before the log, so that a second process writes nothing into this run's log
+    with sigterm_as_interrupt(), RunLock(out_dir):
         log = RunLog(layout.log_path(out_dir))
         training = _Training()
         try:
             return _run(args, hparams, dataset, out_dir, log, command, resuming, training)
-        except KeyboardInterrupt:
-            raise RunInterrupted(out_dir) from None
+        except KeyboardInterrupt as interrupt:
+            raise RunInterrupted(out_dir, "SIGTERM" if isinstance(interrupt, Terminated) else None) from None
         except Exception as error:
             line = error_line(error)
             log.to_file(f"error: {line}")  # the command line prints it, once
@@ -252,7 +258,7 @@ def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Tra
     log(f"n_steps = {n_steps}, checkpoint_freq = {checkpoint_freq}, test_envs = {test_envs}")
 
     fold_rows, rules = [], {}
-    for env in test_envs:
+    for index, env in enumerate(test_envs):
         finished = checkpoint.finished(out_dir, [env]) if resuming else None
         if finished is not None:
             log(f"[{layout.fold_tag([env])}] finished earlier: skipped")
@@ -264,6 +270,7 @@ def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Tra
                 evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
                 split=args.split, split_dir=args.split_dir,
+                later_steps=n_steps * (len(test_envs) - index - 1),  # later folds never start before this one ends
             )
             training.test_envs = [env]
             if resuming:

@@ -28,6 +28,7 @@ from domainbed.training.evaluator import Evaluator
 from domainbed.training.extensions import build_extensions
 from domainbed.training.fold_splits import make_splits
 from domainbed.training.precision import Precision
+from domainbed.training.progress import Progress
 from domainbed.training.scalars import ScalarLog
 
 
@@ -51,6 +52,7 @@ class FoldSettings:
     tb_freq: int = 10  # TensorBoard scalars of the update every tb_freq steps (0: none at all)
     split: str = "random"  # random: DomainBed's seeded holdout; official: PACS's kfold lists in split_dir
     split_dir: str | None = None
+    later_steps: int = 0  # steps of the run's folds still to train after this one, for the run's ETA
 
 
 @dataclass
@@ -159,6 +161,8 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
     end_step = start_step if fold.stop else fold.settings.n_steps  # an extension stopped it before the crash
     bar = tqdm(total=fold.settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
                disable=None, leave=False)
+    progress = Progress(fold.log, fold.name, start_step, fold.settings.n_steps, fold.settings.later_steps,
+                        fold.hparams["progress_interval"])
     for step in range(start_step, end_step):
         start = time.perf_counter()
         minibatches = next(fold.train_minibatches)
@@ -175,9 +179,12 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
         scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
         bar.update(1)
         bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
+        progress.after_step(step)
 
         if step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1:
+            progress.before_evaluation(step)
             record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch, records_path)
+            progress.after_evaluation(record["eval_time"])
             save_model_snapshot(fold, step, checkpoints.meta)
             scalars.checkpoint(step, record)
             checkpoints.save(fold, extensions, step)
