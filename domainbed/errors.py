@@ -28,3 +28,12 @@ def unknown_name(what: str, value, valid) -> UnknownNameError:
     same_but_case = [name for name in map(str, valid) if name.lower() == str(value).lower()]
     hint = f" (did you mean {same_but_case[0]}?)" if same_but_case else ""
     return UnknownNameError(f"unknown {what} {value!r}{hint}; valid: {', '.join(map(str, valid))}")
+
+
+def first_line(error: Exception, with_type: bool = False) -> str:
+    """The first non-blank line of `error`'s message (with `Type: ` in front when `with_type`),
+    or its type's name when the message is empty: what a one-line error quotes of a cause."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]

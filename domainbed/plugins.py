@@ -18,15 +18,10 @@ Two ways in, both ending in the same registries as the built-in ones:
 import importlib
 import importlib.metadata
 
-from domainbed.errors import UsageError
+from domainbed.errors import UsageError, first_line
 
 GROUPS = ("domainbed.algorithms", "domainbed.datasets", "domainbed.backbones", "domainbed.extensions")
 _loaded = False
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def load_entry_points() -> None:
@@ -41,7 +36,7 @@ def load_entry_points() -> None:
                 entry_point.load()
             except Exception as error:
                 raise UsageError(f"entry point {entry_point.name} = {entry_point.value} (group {group}) "
-                                 f"cannot be imported: {_first_line(error)}") from None
+                                 f"cannot be imported: {first_line(error, with_type=True)}") from None
 
 
 def is_object_path(name) -> bool:
@@ -56,7 +51,7 @@ def load_object(path: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
-        raise UsageError(f"cannot import {module_name} for {path!r}: {_first_line(error)}; valid: a module "
+        raise UsageError(f"cannot import {module_name} for {path!r}: {first_line(error, with_type=True)}; valid: a module "
                          "on the python path (PYTHONPATH) or in an installed package") from None
     obj = module
     for part in attribute.split("."):

@@ -30,11 +30,6 @@ class Registry:
 
         return decorator
 
-    def names(self) -> list:
-        """Every registered name, installed packages' included."""
-        plugins.load_entry_points()
-        return sorted(self.entries)
-
     def get(self, name: str):
         """The entry named `name`; a KeyError (also a UsageError) lists the valid names."""
         if name in self.entries:

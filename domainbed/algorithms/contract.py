@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from domainbed import hparams_registry
 from domainbed.algorithms.registry import get_algorithm_class
-from domainbed.errors import UsageError
+from domainbed.errors import UsageError, first_line
 from domainbed.hparams.checks import check_hparams
 from domainbed.hparams.declare import DeclarationError
 from domainbed.quant import quantize_model
@@ -92,11 +92,6 @@ def _one_line(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
-
-
 def _snapshot(algorithm) -> dict:
     return {n: p.detach().clone() for n, p in algorithm.named_parameters()}
 
@@ -120,7 +115,7 @@ def check_declarations(name: str, datasets=DECLARATION_DATASETS) -> list:
         except DeclarationError as error:
             return [str(error)]
         except Exception as error:  # a broken declare_hparams is the method's defect, in one line
-            return [f"{name}.declare_hparams(hparam, {dataset!r}) raised {_first_line(error)}"]
+            return [f"{name}.declare_hparams(hparam, {dataset!r}) raised {first_line(error, with_type=True)}"]
         defects += [f"{name} declares hparam {key!r} with a help of several lines; valid: one line"
                     for key, hparam in declared.items() if "\n" in hparam.help and hparam.owner == name]
         try:
@@ -189,7 +184,7 @@ def check_state_round_trip(subject_: Subject) -> list:
     try:
         copy_.load_state_dict(copy.deepcopy(algorithm.state_dict()), strict=True)
     except RuntimeError as error:
-        return [f"{name}.load_state_dict(state_dict(), strict=True) fails on a fresh instance: {_first_line(error)}"]
+        return [f"{name}.load_state_dict(state_dict(), strict=True) fails on a fresh instance: {first_line(error, with_type=True)}"]
     if set(copy_.optimizers()) != set(algorithm.optimizers()):
         return [f"{name}.optimizers() names {sorted(copy_.optimizers())} on a fresh instance, "
                 f"{sorted(algorithm.optimizers())} after an update; valid: the same names"]
@@ -335,5 +330,5 @@ def run_contract(name: str) -> tuple:
         try:
             defects += check()
         except Exception as error:
-            defects.append(f"{subject_.name} ({what}) raised {_first_line(error)}")
+            defects.append(f"{subject_.name} ({what}) raised {first_line(error, with_type=True)}")
     return checked, defects

@@ -43,7 +43,7 @@ from domainbed.runs import model_io
 from domainbed.runs.layout import compact_model_path
 from domainbed.runs.model_io import register_rebuild
 from domainbed.quant.compact import model_size_mb, save_compact
-from domainbed.quant.lsq import MAX_BITS, MIN_BITS, check_bits
+from domainbed.quant.lsq import MAX_BITS, MIN_BITS
 from domainbed.quant.swap import check_exclude, parse_exclude, quantizable_names, quantize_model
 
 ORDER = 90  # after weight averaging, so that `finish` sees its final model and its rows
@@ -117,7 +117,7 @@ class Quantization(Extension):
 def make_quantization(hparams):
     if not hparams.get("quant", False):
         return None
-    return Quantization(hparams["q_steps"], check_bits(hparams["q_bits"]), bool(hparams["q_linear"]),
+    return Quantization(hparams["q_steps"], hparams["q_bits"], bool(hparams["q_linear"]),
                         parse_exclude(hparams["q_exclude"]))
 
 

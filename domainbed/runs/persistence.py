@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from domainbed import misc
-from domainbed.errors import UsageError
+from domainbed.errors import UsageError, first_line
 
 
 class DamagedFile(UsageError):
@@ -57,11 +57,6 @@ def save(obj, path) -> None:
         torch.save({"sha256": digest(obj), "content": obj}, handle)
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 # torch's refusals open with advice to load the file unsafely; the line that names what was
 # refused is further down
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -88,7 +83,7 @@ def load_plain(path, what: str = "file"):
         raise DamagedFile(f"refused {what} {path}: it holds more than tensors and plain data, and loading it "
                           f"could run code ({_refusal_reason(error)})") from None
     except Exception as error:
-        raise DamagedFile(f"cannot read {what} {path}: {_first_line(error)}") from None
+        raise DamagedFile(f"cannot read {what} {path}: {first_line(error)}") from None
 
 
 def load(path, what: str = "file"):

@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from domainbed import misc
-from domainbed.errors import UsageError
 from domainbed.runs import checkpoint, layout, model_io
 from domainbed.runs.run_files import append_record
 from domainbed.results import selection
@@ -126,10 +125,8 @@ def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps
     try:
         for extension in extensions:
             extension.at_checkpoint(fold, step, record)
-    except UsageError:
+    finally:
         keep_record(fold, record, records_path)
-        raise
-    keep_record(fold, record, records_path)
     return record
 
 
