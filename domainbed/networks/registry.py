@@ -13,6 +13,12 @@ algorithm that needs one a backbone lacks raises a UsageError):
   (channel for maps), with that input's width.
 - `style_sites()`: [module, ...], the modules after whose output feature statistics may be
   mixed (MixStyle: ResNet's layer1-3, the MNIST CNN's first three blocks).
+- `stage_sites()`: [module, ...] in forward order, whose outputs are the backbone's intermediate
+  features, the stem and each stage (ResNet: maxpool, layer1-4; a ViT: the patch embedding and
+  evenly spaced blocks, as MIRO picks them); MIRO regularises these outputs.
+- `input_normalization`: (mean, std) per channel that the backbone's pretrained weights expect
+  (ImageNet's unless declared; CLIP's differ). Read from the backbone's builder before the model
+  exists, so both input pipelines normalise for it.
 """
 
 from domainbed.registry import Registry
