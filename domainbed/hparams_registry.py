@@ -24,6 +24,7 @@ DECLARING_MODULES = (
     "domainbed.quant.extension",
     "domainbed.training.precision",
     "domainbed.training.compiling",
+    "domainbed.training.fold_splits",
     "domainbed.training.evaluator",
     "domainbed.training.progress",
     "domainbed.data.gpu_pipeline",

@@ -22,11 +22,12 @@ class SplitDataset(torch.utils.data.Dataset):
         return len(self.keys)
 
 
-def split_dataset(dataset, n: int, seed: int = 0):
-    """(first n items, the rest) of a seeded shuffle of `dataset`: DomainBed's split, so the same
-    `trial_seed` selects the same holdout items as DomainBed and SWAD do."""
-    if not 0 <= n <= len(dataset):
-        raise ValueError(f"cannot hold out {n} of {len(dataset)} items")
-    keys = list(range(len(dataset)))
+def split_dataset(dataset, n: int, seed: int = 0, keys=None):
+    """(first n items, the rest) of a seeded shuffle of `dataset` (of its items `keys`, when
+    given): DomainBed's split, so the same `trial_seed` selects the same holdout items as DomainBed
+    and SWAD do."""
+    keys = list(range(len(dataset))) if keys is None else list(keys)
+    if not 0 <= n <= len(keys):
+        raise ValueError(f"cannot hold out {n} of {len(keys)} items")
     np.random.RandomState(seed).shuffle(keys)
     return SplitDataset(dataset, keys[:n]), SplitDataset(dataset, keys[n:])

@@ -84,3 +84,6 @@ def check_run_settings(args, hparams: dict) -> None:
     if repeated:
         raise UsageError(f"--test_envs {' '.join(map(str, test_envs))} repeats {', '.join(map(str, repeated))}; "
                          "valid: each environment at most once")
+    if hparams.get("examples_per_domain") and getattr(args, "split", "random") == "official":
+        raise UsageError(f"--examples_per_domain {hparams['examples_per_domain']} samples the data before DomainBed's "
+                         "random split; with --split official the kfold lists fix the items: drop one of the two")

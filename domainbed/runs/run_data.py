@@ -14,4 +14,5 @@ def eval_splits(run, dataset, test_env: int) -> list:
     """The evaluation splits of `run`'s fold `test_env`, exactly as its trainer made them."""
     args = run.args
     return make_splits(dataset, [test_env], args["holdout_fraction"], args["trial_seed"],
-                       args.get("split", "random"), args.get("split_dir"))[1]
+                       args.get("split", "random"), args.get("split_dir"),
+                       run.hparams.get("examples_per_domain", 0))[1]

@@ -46,6 +46,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--algorithm", default="ERM",
                         help=f"one of {', '.join(sorted(ALGORITHMS))}, or an outside method as "
                              "package.module:Class (default: %(default)s)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the dataset into --data_dir first when it is not there (as download.py does)")
     parser.add_argument("--trial_seed", type=int, default=0, help="seeds the holdout splits and random hparams")
     parser.add_argument("--hparams_seed", type=int, default=0,
                         help="0: the registry's defaults; N > 0: a random draw seeded by (N, trial_seed), as DomainBed")

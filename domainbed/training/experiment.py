@@ -30,6 +30,7 @@ from domainbed import misc
 from domainbed.algorithms import get_algorithm_class
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.official_split import SPLITS, list_path
+from domainbed.download.on_demand import fetch_if_missing
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_run_settings
 from domainbed.hparams.config import flatten, run_hparams
@@ -154,6 +155,8 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
     args.split_dir = official_split_dir(args)  # resolved once, and saved so the tools rebuild the same splits
 
     check_run_name(args.name)
+    if getattr(args, "download", False) and not args.show:
+        fetch_if_missing(args.dataset, args.data_dir)
     # everything that can be checked is checked before the run directory exists
     dataset = None if args.show else dataset_class(args.data_dir, [], hparams)
     if dataset is not None:

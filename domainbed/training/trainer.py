@@ -199,7 +199,8 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     misc.set_seed(fold_seed)
     device = resolve_device(settings.device)
     train_splits, eval_splits = make_splits(dataset, settings.test_envs, settings.holdout_fraction,
-                                            settings.trial_seed, settings.split, settings.split_dir)
+                                            settings.trial_seed, settings.split, settings.split_dir,
+                                            hparams["examples_per_domain"])
     stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
     pipeline = build_pipeline(hparams, dataset, device, eval_seed=misc.seed_hash(fold_seed, "eval"))
     precision = Precision(hparams["precision"], device)
