@@ -142,3 +142,11 @@ def test_download_of_an_own_folder_is_refused_in_one_line(tmp_path, capsys):
                            "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "ImageFolder" in err and "PACS" in err
+
+
+def test_download_of_a_generated_dataset_fetches_nothing(tmp_path, monkeypatch):
+    from domainbed.download import on_demand
+
+    monkeypatch.setattr(on_demand, "install", lambda *args, **kwargs: pytest.fail("nothing to download"))
+    on_demand.fetch_if_missing("Synthetic", tmp_path)
+    assert list(tmp_path.iterdir()) == []

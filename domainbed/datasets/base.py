@@ -12,6 +12,7 @@ class MultipleDomainDataset:
     N_STEPS = 5000
     CHECKPOINT_FREQ = 100
     N_WORKERS = 4
+    GENERATED = False  # made in memory: nothing to read from --data_dir, nothing to download
     ENVIRONMENTS = None
     input_shape = None
     num_classes = None

@@ -18,6 +18,7 @@ class Synthetic(MultipleDomainDataset):
     N_STEPS = 100
     CHECKPOINT_FREQ = 20
     N_WORKERS = 0
+    GENERATED = True
     SAMPLES_PER_DOMAIN = 60
     input_shape = (3, 28, 28)
     num_classes = 3

@@ -8,16 +8,15 @@ exists, in one line that says how to bring the files by hand.
 from pathlib import Path
 from typing import Callable
 
+from domainbed.datasets import get_dataset_class
 from domainbed.download.catalog import ALIASES, DATASETS
 from domainbed.download.install import install
 from domainbed.errors import UsageError
 
-NOTHING_TO_FETCH = ("Synthetic", "Debug28")  # generated in memory
-
 
 def fetch_if_missing(dataset: str, data_dir, log: Callable[[str], None] = print) -> None:
     """Install `dataset` (a registered dataset name) under `data_dir` unless it is complete there."""
-    if dataset in NOTHING_TO_FETCH:
+    if get_dataset_class(dataset).GENERATED:
         return
     name = ALIASES.get(dataset, dataset)
     if name not in DATASETS:
