@@ -26,6 +26,7 @@ DECLARING_MODULES = (
     "domainbed.training.compiling",
     "domainbed.training.evaluator",
     "domainbed.training.progress",
+    "domainbed.training.initialization",
     "domainbed.data.gpu_pipeline",
     "domainbed.data.loaders",
     "domainbed.datasets.image_folder",

@@ -38,6 +38,7 @@ from domainbed.runs import checkpoint, layout, run_files
 from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
 from domainbed.training.extensions import build_extensions
 from domainbed.training.finite_numbers import NonFiniteNumberError
+from domainbed.training.initialization import initialize
 from domainbed.training.log import RunLog
 from domainbed.training.termination import Terminated, sigterm_as_interrupt
 from domainbed.training.trainer import FoldSettings, train_fold
@@ -131,11 +132,14 @@ def official_split_dir(args) -> str | None:
 
 def check_model(args, dataset, hparams) -> None:
     """Build the algorithm once on the CPU, as a fold will, so that what only the model can tell (a
-    backbone's weights file, a layer a method or quantization asks for that it lacks) is a one-line
-    error before the run directory exists. The folds seed themselves, so this costs no determinism."""
+    backbone's weights file, every fold's initial model, a layer a method or quantization asks for
+    that it lacks) is a one-line error before the run directory exists. The folds seed themselves,
+    so this costs no determinism."""
     n_train_domains = len(dataset) - 1  # every fold holds one environment out
     algorithm = get_algorithm_class(args.algorithm)(dataset.input_shape, dataset.num_classes, n_train_domains,
                                                     hparams)
+    for env in args.test_envs if args.test_envs is not None else range(len(dataset)):
+        initialize(algorithm, hparams, dataset, [env])
     for extension in build_extensions(hparams):
         extension.check_model(algorithm, args.algorithm)
 
