@@ -261,6 +261,9 @@ def test_checkpoint_of_other_settings_or_extensions_is_refused(tmp_path):
         now.restore(None, [], state)
     with pytest.raises(UsageError, match=r"extensions \['ParameterTrace'\], this run has \[\]"):
         checkpoint.FoldCheckpoints(settings, {"lr": 0.1, "num_workers": 0}, {}, {}).restore(None, [], state)
+    state = {**state, "extensions": [], "meta": {"initial_weights": "a1"}}
+    with pytest.raises(UsageError, match=r"started from other weights than this run starts from \(was its --init_path"):
+        checkpoint.FoldCheckpoints(settings, {"lr": 0.1}, {"initial_weights": "b2"}, {}).restore(None, [], state)
 
 
 def test_prune_keeps_the_newest_and_the_best(tmp_path):

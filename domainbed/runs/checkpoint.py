@@ -218,15 +218,15 @@ class FoldCheckpoints:
         if changed:
             raise UsageError(f"checkpoint {state['path']} was written with other settings ({', '.join(changed)}); "
                              f"resume with the run's own command line")
-        initial, saved_initial = self.meta.get("initial_weights"), state["meta"].get("initial_weights")
-        if initial and saved_initial and initial != saved_initial:
-            raise UsageError(f"checkpoint {state['path']} continues a fold that started from other weights than "
-                             "this run starts from (was its --init_path model replaced?); resume with the run's own")
         kinds = [type(e).__qualname__ for e in extensions]
         saved_kinds = [entry["type"] for entry in state["extensions"]]
         if kinds != saved_kinds:
             raise UsageError(f"checkpoint {state['path']} was written with extensions {saved_kinds}, "
                              f"this run has {kinds}")
+        initial, saved_initial = self.meta.get("initial_weights"), state["meta"].get("initial_weights")
+        if initial and saved_initial and initial != saved_initial:
+            raise UsageError(f"checkpoint {state['path']} continues a fold that started from other weights than "
+                             "this run starts from (was its --init_path model replaced?); resume with the run's own")
 
         algorithm = fold.algorithm
         # transforms an extension's setup already applied, as in the original run, are not replayed
