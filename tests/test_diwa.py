@@ -152,6 +152,32 @@ def test_models_of_other_architectures_are_not_averaged():
         mean.add(nn.Linear(3, 1), "wide")
 
 
+class FrozenBatchNorm(nn.Sequential):
+    """Keeps its BatchNorm in eval mode while training, as a pretrained ResNet with freeze_bn."""
+
+    def train(self, mode=True):
+        super().train(mode)
+        self[1].eval()
+        return self
+
+
+def test_batchnorm_statistics_are_re_estimated_only_where_training_updates_them():
+    opened = []
+
+    def minibatches():
+        opened.append(True)
+        return ([(torch.full((4, 2), 3.0), torch.zeros(4))] for _ in range(10))
+
+    updating = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert diwa.refresh_batchnorm(updating, minibatches, 5) and opened
+    assert not torch.equal(updating[1].running_mean, torch.zeros(2))
+    frozen = FrozenBatchNorm(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    opened.clear()
+    assert not diwa.refresh_batchnorm(frozen, minibatches, 5) and not opened
+    assert not diwa.refresh_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), minibatches, 0)
+    assert not opened
+
+
 def test_greedy_on_the_runs_of_one_trial_seed(sweep):
     said = []
     result = diwa.diwa([sweep["dir"]], "greedy", trial_seed=0, device="cpu", num_workers=0, log=said.append)

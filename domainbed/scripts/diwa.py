@@ -115,7 +115,17 @@ def check_shared_init(runs, metas, test_env: int) -> None:
                          f"{described}; train them from one --init_path (docs/diwa.md)")
 
 
-class Fold:
+def refresh_batchnorm(average, minibatches, n_steps: int) -> bool:
+    """Re-estimate the BatchNorm statistics of `average` on `n_steps` minibatches of the stream
+    `minibatches()` opens, when its network updates them in training; whether it did."""
+    if not n_steps or not updates_batchnorm_statistics(average):
+        return False
+    with contextlib.closing(minibatches()) as stream:
+        update_bn(average, stream, n_steps)
+    return True
+
+
+class FoldRuns:
     """One held-out domain of a dataset: its runs' weights, the evaluators, the BatchNorm refresh."""
 
     def __init__(self, runs, test_env, which, dataset, device, batch_size, num_workers, bn_steps, log):
@@ -148,22 +158,17 @@ class Fold:
         return whole_domain_accuracy(self.evaluator, accuracies, self.test_env), summaries["train_out"]
 
     def refresh_batchnorm(self, average) -> None:
-        """Re-estimate the average's BatchNorm statistics when its network updates them in training."""
-        if not self.bn_steps or not updates_batchnorm_statistics(average):
-            return
-        if not self._bn_said:
+        if refresh_batchnorm(average, self.minibatches, self.bn_steps) and not self._bn_said:
             self.log(f"TE{self.test_env}: the network updates BatchNorm statistics in training: each average's are "
                      f"re-estimated on {self.bn_steps} training minibatches")
             self._bn_said = True
-        with contextlib.closing(self.minibatches()) as stream:
-            update_bn(average, stream, self.bn_steps)
 
     def validation_accuracy(self, average) -> float:
         self.refresh_batchnorm(average)
         return self.validator.evaluate(average)[2]["train_out"]
 
 
-def average_fold(fold: Fold, selection: str) -> dict:
+def average_fold(fold: FoldRuns, selection: str) -> dict:
     """Evaluate every run and the average `selection` picks; returns the fold's numbers."""
     scores, mean = {}, ParameterMean()
     for run in tqdm(fold.runs, desc=f"TE{fold.test_env}: evaluating runs", unit="run", disable=None, leave=False):
@@ -215,7 +220,7 @@ def diwa_dataset(runs, selection, which, test_envs, data_dir, device, batch_size
     details = {}
     for test_env in folds:
         members = [run for run in runs if test_env in run.models]
-        fold = Fold(members, test_env, which, dataset, device, batch_size, num_workers, bn_steps, log)
+        fold = FoldRuns(members, test_env, which, dataset, device, batch_size, num_workers, bn_steps, log)
         result = average_fold(fold, selection)
         rows["test"].append(result.pop("test"))
         rows["inD"].append(result.pop("inD"))
