@@ -5,6 +5,7 @@ probe LP, and three runs started from it with --keep_best (trial seeds 0, 0 and 
 and learning rates), as a DiWA sweep after LP-FT.
 """
 
+import contextlib
 import json
 import shutil
 
@@ -19,7 +20,7 @@ from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.runs import checkpoint, layout, model_io, persistence
 from domainbed.runs.reader import read_trained_run
-from domainbed.runs.run_data import build_dataset, eval_splits, whole_domain_accuracy
+from domainbed.runs.run_data import build_dataset, eval_splits, train_minibatches, whole_domain_accuracy
 from domainbed.scripts import diwa
 from domainbed.training.evaluator import Evaluator
 from domainbed.training.initialization import fingerprint, initialize
@@ -176,6 +177,13 @@ def test_batchnorm_statistics_are_re_estimated_only_where_training_updates_them(
     assert not diwa.refresh_batchnorm(frozen, minibatches, 5) and not opened
     assert not diwa.refresh_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), minibatches, 0)
     assert not opened
+
+
+def test_the_fold_training_minibatches_of_a_run(sweep):
+    run = read_trained_run(sweep["runs"][0])
+    with contextlib.closing(train_minibatches(run, build_dataset(run), 0, torch.device("cpu"))) as stream:
+        batches = next(stream)
+    assert len(batches) == 3 and all(x.shape == (8, 3, 28, 28) and len(y) == 8 for x, y in batches)
 
 
 def test_greedy_on_the_runs_of_one_trial_seed(sweep):

@@ -25,9 +25,10 @@ def eval_splits(run, dataset, test_env: int) -> list:
 
 def train_minibatches(run, dataset, test_env: int, device):
     """An endless stream of training minibatches of `run`'s fold `test_env` (one (x, y) per training
-    domain, augmented, on `device`), as the fold's input pipeline draws them; close it when done."""
+    domain, augmented, on `device`): the fold's own from its first step; close it when done."""
     train_splits = _splits(run, dataset, test_env)[0]
-    seeds = [misc.seed_hash(run.args.get("seed", 0), "bn", i) for i in range(len(train_splits))]
+    fold_seed = misc.fold_seed(run.args.get("seed", 0), run.args["trial_seed"], [test_env])
+    seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
     pipeline = build_pipeline(run.hparams, dataset, device)
     return pipeline.train_minibatches(train_splits, seeds, run.hparams["batch_size"])
 
