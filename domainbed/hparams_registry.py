@@ -27,6 +27,7 @@ DECLARING_MODULES = (
     "domainbed.training.fold_splits",
     "domainbed.training.evaluator",
     "domainbed.training.progress",
+    "domainbed.training.initialization",
     "domainbed.data.gpu_pipeline",
     "domainbed.data.loaders",
     "domainbed.datasets.image_folder",

@@ -261,6 +261,9 @@ def test_checkpoint_of_other_settings_or_extensions_is_refused(tmp_path):
         now.restore(None, [], state)
     with pytest.raises(UsageError, match=r"extensions \['ParameterTrace'\], this run has \[\]"):
         checkpoint.FoldCheckpoints(settings, {"lr": 0.1, "num_workers": 0}, {}, {}).restore(None, [], state)
+    state = {**state, "extensions": [], "meta": {"initial_weights": "a1"}}
+    with pytest.raises(UsageError, match=r"started from other weights than this run starts from \(was its --init_path"):
+        checkpoint.FoldCheckpoints(settings, {"lr": 0.1}, {"initial_weights": "b2"}, {}).restore(None, [], state)
 
 
 def test_prune_keeps_the_newest_and_the_best(tmp_path):
@@ -300,3 +303,18 @@ def test_augmentation_depends_on_step_only_with_any_workers():
         x, y = next(workers)
         assert torch.equal(x, batches[step][0]) and torch.equal(y, batches[step][1])
     assert not torch.equal(batches[0][0], batches[1][0])
+
+
+def test_a_run_saved_before_a_run_setting_existed_resumes_at_its_default(run_train_all, tmp_path):
+    """An older run's hparams.json lacks the keys of run settings added since (and its args.json
+    the flags): it was computed with their defaults, so it resumes; another value is refused."""
+    run_train_all("old", *FAST, "--show")
+    (run_dir,) = (tmp_path / "out" / "Synthetic").iterdir()
+    hparams = json.loads((run_dir / "hparams.json").read_text())
+    args = json.loads((run_dir / "args.json").read_text())
+    del hparams["examples_per_domain"], args["download"]
+    (run_dir / "hparams.json").write_text(json.dumps(hparams))
+    (run_dir / "args.json").write_text(json.dumps(args))
+    assert run_train_all("old", *FAST, "--resume", str(run_dir))["out_dir"] == run_dir
+    with pytest.raises(UsageError, match="hparam examples_per_domain: 0 -> 10"):
+        run_train_all("old", *FAST, "--examples_per_domain", "10", "--resume", str(run_dir))

@@ -5,6 +5,7 @@
     iid_max.py          IIDMax, SWAD's average from the checkpoint of best validation accuracy
     sma.py              SMA, EoA's simple moving average, kept at its best validation accuracy
     batchnorm.py        whether and how an average's BatchNorm statistics are re-estimated
+    diwa.py             DiWA's uniform and greedy averages of several runs' weights (domainbed/scripts/diwa.py)
     extension.py        the trainer extension behind --swad
 
 A strategy receives, at every checkpoint, the segment average of the steps since the last one

@@ -223,6 +223,10 @@ class FoldCheckpoints:
         if kinds != saved_kinds:
             raise UsageError(f"checkpoint {state['path']} was written with extensions {saved_kinds}, "
                              f"this run has {kinds}")
+        initial, saved_initial = self.meta.get("initial_weights"), state["meta"].get("initial_weights")
+        if initial and saved_initial and initial != saved_initial:
+            raise UsageError(f"checkpoint {state['path']} continues a fold that started from other weights than "
+                             "this run starts from (was its --init_path model replaced?); resume with the run's own")
 
         algorithm = fold.algorithm
         # transforms an extension's setup already applied, as in the original run, are not replayed

@@ -30,14 +30,17 @@ def register_rebuild(key: str):
 final_model_path = layout.final_model_path
 
 
-def model_meta(algorithm: str, dataset, num_domains: int, hparams: dict, test_envs, transforms=None) -> dict:
-    """What `load_model` needs to rebuild a fold's algorithm."""
+def model_meta(algorithm: str, dataset, num_domains: int, hparams: dict, test_envs, transforms=None,
+               initial_weights: str | None = None) -> dict:
+    """What `load_model` needs to rebuild a fold's algorithm, and the fingerprint of the weights its
+    training started from (domainbed/training/initialization.py), which weight averages across
+    runs compare."""
     return {
         "algorithm": algorithm, "input_shape": tuple(dataset.input_shape),
         "num_classes": dataset.num_classes, "num_domains": num_domains, "hparams": hparams,
         "dataset": getattr(dataset, "NAME", type(dataset).__name__),
         "environments": list(dataset.environments), "test_envs": list(test_envs),
-        "transforms": dict(transforms or {}),
+        "transforms": dict(transforms or {}), "initial_weights": initial_weights,
     }
 
 
@@ -91,3 +94,19 @@ def read_meta(path) -> dict:
     if not isinstance(saved, dict) or "meta" not in saved:
         raise UsageError(f"model file {path} has no metadata")
     return saved["meta"]
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_members(runs, metas) -> None:
+    """One-line errors when the models of `runs` (their metadata `metas`) are not of one task: the
+    same dataset, domains, class count and input shape, as ensembles and weight averages need."""
+    first, reference = runs[0], metas[0]
+    for run, meta in zip(runs[1:], metas[1:]):
+        for key, what in (("dataset", "dataset"), ("environments", "domains"), ("num_classes", "class count"),
+                          ("input_shape", "input shape")):
+            if _plain(meta[key]) != _plain(reference[key]):
+                raise UsageError(f"runs disagree on the {what}: {first.name} has {reference[key]}, "
+                                 f"{run.name} has {meta[key]}")

@@ -87,6 +87,16 @@ def read_trained_run(path) -> Run:
     return run
 
 
+def distinct_names(runs) -> list:
+    """`runs`, renamed `NAME #2`, `NAME #3` ... where several have the same directory name."""
+    seen = {}
+    for run in runs:
+        seen[run.name] = seen.get(run.name, 0) + 1
+        if seen[run.name] > 1:
+            run.name = f"{run.name} #{seen[run.name]}"
+    return runs
+
+
 def find_runs(root) -> list:
     """Every run directory under `root` (sweeps nest them in job directories), in path order."""
     return [read_run(path.parent) for path in sorted(Path(root).rglob(layout.ARGS))]

@@ -24,7 +24,7 @@ TIMESTAMP = "%y%m%d_%H-%M-%S"
 _STAMPED = re.compile(r"\d{6}_\d{2}-\d{2}-\d{2}_(?P<name>.+)")
 # Arguments that may differ between a run and its resumption: where things are, not what is computed.
 IGNORED_ON_RESUME = {"name", "resume", "output_dir", "data_dir", "dataset_title", "device", "show", "keep_best",
-                     "tb_freq", "prebuild_loader", "configs"}
+                     "tb_freq", "prebuild_loader", "configs", "download"}
 
 
 def new_run_dir(output_dir, dataset: str, name: str) -> Path:
@@ -59,8 +59,10 @@ def resolve_run_dir(output_dir, dataset: str, name: str, resume) -> Path:
     return path
 
 
-def compare_settings(run_dir: Path, args: dict, hparams: dict, resumable_hparams=()) -> list:
-    """['key: saved -> now', ...] for every argument and hparam that differs from the saved run."""
+def compare_settings(run_dir: Path, args: dict, hparams: dict, resumable_hparams=(), added_defaults=None) -> list:
+    """['key: saved -> now', ...] for every argument and hparam that differs from the saved run.
+    A run saved before a run setting existed lacks its key; that matches the setting's default,
+    `added_defaults[key]`, which is what the run was computed with."""
     now_args = json.loads(misc.to_json(args))
     now_hparams = json.loads(misc.to_json(hparams))
     saved_args = run_files.read_args(run_dir)
@@ -69,9 +71,11 @@ def compare_settings(run_dir: Path, args: dict, hparams: dict, resumable_hparams
     for key in sorted(set(saved_args) | set(now_args)):
         if key not in IGNORED_ON_RESUME and saved_args.get(key) != now_args.get(key):
             differences.append(f"--{key}: {saved_args.get(key)!r} -> {now_args.get(key)!r}")
+    added_defaults = json.loads(misc.to_json(added_defaults or {}))
     for key in sorted(set(saved_hparams) | set(now_hparams)):
-        if key not in resumable_hparams and saved_hparams.get(key) != now_hparams.get(key):
-            differences.append(f"hparam {key}: {saved_hparams.get(key)!r} -> {now_hparams.get(key)!r}")
+        saved = saved_hparams.get(key, added_defaults.get(key))
+        if key not in resumable_hparams and saved != now_hparams.get(key):
+            differences.append(f"hparam {key}: {saved!r} -> {now_hparams.get(key)!r}")
     return differences
 
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from domainbed import cli, misc
 from domainbed.runs import model_io
-from domainbed.runs.reader import read_trained_run
-from domainbed.runs.run_data import build_dataset, eval_splits
+from domainbed.runs.reader import distinct_names, read_trained_run
+from domainbed.runs.run_data import build_dataset, eval_splits, whole_domain_accuracy
 from domainbed.results import report
 from domainbed.data import num_workers_for
 from domainbed.errors import UsageError
@@ -37,32 +37,12 @@ from domainbed.training.trainer import resolve_device
 
 
 def read_runs(paths) -> list:
-    runs = [read_trained_run(path) for path in paths]
-    seen = {}
-    for run in runs:
-        seen[run.name] = seen.get(run.name, 0) + 1
-        if seen[run.name] > 1:
-            run.name = f"{run.name} #{seen[run.name]}"
+    runs = distinct_names([read_trained_run(path) for path in paths])
     for run in runs[1:]:
         if run.args["dataset"] != runs[0].args["dataset"]:
             raise UsageError(f"runs disagree on the dataset: {runs[0].name} is {runs[0].args['dataset']}, "
                              f"{run.name} is {run.args['dataset']}")
     return runs
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def check_members(runs, metas) -> None:
-    """One-line errors when the runs' models cannot be ensembled."""
-    first, reference = runs[0], metas[0]
-    for run, meta in zip(runs[1:], metas[1:]):
-        for key, what in (("dataset", "dataset"), ("environments", "domains"), ("num_classes", "class count"),
-                          ("input_shape", "input shape")):
-            if _plain(meta[key]) != _plain(reference[key]):
-                raise UsageError(f"runs disagree on the {what}: {first.name} has {reference[key]}, "
-                                 f"{run.name} has {meta[key]}")
 
 
 class LogitSum(nn.Module):
@@ -106,7 +86,7 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
     ensemble_row = f"Ensemble ({len(runs)} runs)"
     test_rows, ind_rows = [], []
     for test_env in common:
-        check_members(runs, [model_io.read_meta(run.models[test_env]) for run in runs])
+        model_io.check_members(runs, [model_io.read_meta(run.models[test_env]) for run in runs])
         loaded = [model_io.load_model(run.models[test_env], device) for run in runs]
         evaluator = Evaluator(eval_splits(runs[0], dataset, test_env), [test_env],
                               batch_size or runs[0].hparams.get("test_batchsize", 256),
@@ -116,13 +96,10 @@ def ensemble(paths, data_dir=None, device="auto", num_workers=-1, batch_size=Non
         candidates.append((ensemble_row, LogitSum([loaded[i][0] for i in order]).to(device)))
         for run in runs:
             log(f"TE{test_env} {run.name}: {run.models[test_env]}")
-        sizes = {split.name: len(split.dataset) for split in evaluator.splits}
-        parts = [f"env{test_env}_in", f"env{test_env}_out"]
         for name, model in tqdm(candidates, desc=f"TE{test_env}: evaluating models", unit="model", disable=None,
                                 leave=False):
             accuracies, _, summaries = evaluator.evaluate(model)
-            # EoA's protocol: the whole held-out environment, its in and out splits together
-            test[name] = sum(accuracies[part] * sizes[part] for part in parts) / sum(sizes[part] for part in parts)
+            test[name] = whole_domain_accuracy(evaluator, accuracies, test_env)  # EoA's protocol
             ind[name] = summaries["train_out"]
             log(f"TE{test_env} {name}: test {100 * test[name]:.2f}%, in-domain {100 * ind[name]:.2f}%")
         test_rows.append(test)

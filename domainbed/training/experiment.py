@@ -34,11 +34,13 @@ from domainbed.download.on_demand import fetch_if_missing
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_run_settings
 from domainbed.hparams.config import flatten, run_hparams
+from domainbed.hparams_registry import run_setting_defaults
 from domainbed.results import report
 from domainbed.runs import checkpoint, layout, run_files
 from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
 from domainbed.training.extensions import build_extensions
 from domainbed.training.finite_numbers import NonFiniteNumberError
+from domainbed.training.initialization import initialize
 from domainbed.training.log import RunLog
 from domainbed.training.termination import Terminated, sigterm_as_interrupt
 from domainbed.training.trainer import FoldSettings, train_fold
@@ -132,11 +134,14 @@ def official_split_dir(args) -> str | None:
 
 def check_model(args, dataset, hparams) -> None:
     """Build the algorithm once on the CPU, as a fold will, so that what only the model can tell (a
-    backbone's weights file, a layer a method or quantization asks for that it lacks) is a one-line
-    error before the run directory exists. The folds seed themselves, so this costs no determinism."""
+    backbone's weights file, every fold's initial model, a layer a method or quantization asks for
+    that it lacks) is a one-line error before the run directory exists. The folds seed themselves,
+    so this costs no determinism."""
     n_train_domains = len(dataset) - 1  # every fold holds one environment out
     algorithm = get_algorithm_class(args.algorithm)(dataset.input_shape, dataset.num_classes, n_train_domains,
                                                     hparams)
+    for env in args.test_envs if args.test_envs is not None else range(len(dataset)):
+        initialize(algorithm, hparams, dataset, [env])
     for extension in build_extensions(hparams):
         extension.check_model(algorithm, args.algorithm)
 
@@ -219,7 +224,8 @@ def _keep_settings(out_dir: Path, args, hparams: dict, resuming: bool, log) -> N
     if not resuming:
         run_files.write_settings(out_dir, vars(args), hparams)
         return
-    differences = compare_settings(out_dir, vars(args), hparams, checkpoint.RESUMABLE_HPARAMS)
+    differences = compare_settings(out_dir, vars(args), hparams, checkpoint.RESUMABLE_HPARAMS,
+                                   run_setting_defaults(args.algorithm, args.dataset))
     if differences:
         raise UsageError(f"cannot resume {out_dir}: its settings differ ({'; '.join(differences)}); "
                          f"use the run's own command line, or leave out --resume for a new run")

@@ -26,6 +26,7 @@ from domainbed.data.gpu_pipeline import build_pipeline
 from domainbed.training.evaluator import Evaluator
 from domainbed.training.extensions import build_extensions
 from domainbed.training.fold_splits import make_splits
+from domainbed.training.initialization import fingerprint, initialize
 from domainbed.training.precision import Precision
 from domainbed.training.progress import Progress
 from domainbed.training.scalars import ScalarLog
@@ -90,8 +91,9 @@ def _format_record(record: dict) -> str:
 
 
 def build_algorithm(settings: FoldSettings, dataset, n_domains: int, hparams: dict, device, precision):
-    algorithm = get_algorithm_class(settings.algorithm)(
-        dataset.input_shape, dataset.num_classes, n_domains, hparams).to(device)
+    algorithm = get_algorithm_class(settings.algorithm)(dataset.input_shape, dataset.num_classes, n_domains, hparams)
+    initialize(algorithm, hparams, dataset, settings.test_envs)
+    algorithm = algorithm.to(device)
     if device.type == "cuda":
         algorithm = algorithm.to(memory_format=torch.channels_last)
     precision.attach(algorithm)
@@ -204,14 +206,15 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
     pipeline = build_pipeline(hparams, dataset, device, eval_seed=misc.seed_hash(fold_seed, "eval"))
     precision = Precision(hparams["precision"], device)
-    meta = model_io.model_meta(settings.algorithm, dataset, len(train_splits), hparams, settings.test_envs)
-    checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
-    saved = checkpoints.load_latest(log) if settings.resume else None
-    start_step = saved["step"] + 1 if saved else 0
     evaluator = Evaluator(eval_splits, settings.test_envs, hparams["test_batchsize"], 0, device,
                           settings.evalmode, make_loader=pipeline.eval_batches, autocast=precision.autocast)
     steps_per_epoch = min(len(split) / hparams["batch_size"] for split in train_splits)
     algorithm = build_algorithm(settings, dataset, len(train_splits), hparams, device, precision)
+    meta = model_io.model_meta(settings.algorithm, dataset, len(train_splits), hparams, settings.test_envs,
+                               initial_weights=fingerprint(algorithm))
+    checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
+    saved = checkpoints.load_latest(log) if settings.resume else None
+    start_step = saved["step"] + 1 if saved else 0
     log(f"[{layout.fold_tag(settings.test_envs)}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
         f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {device}, "
         f"{pipeline.name} pipeline, {precision.name}")
