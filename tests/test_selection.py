@@ -103,3 +103,40 @@ def test_collect_results_selects_by_the_same_rules_as_the_rows():
     rows = selection.select(RECORDS)
     assert collect_results._training_domain(run, (0,)) == (rows["iid (inD)"], rows["iid"])
     assert collect_results._oracle(run, (0,)) == (RECORDS[-1]["test_out"], rows["last"])
+
+
+def _loo_record(test_envs, step, **accuracies):
+    return {"test_envs": list(test_envs), "step": step, **accuracies}
+
+
+def test_leave_one_domain_out_follows_domainbeds_rule_by_hand():
+    # Three environments; the fold of test environment 0 at steps 0, 10, 20. Each record evaluates
+    # env0..env2's out splits, which is how the rule counts the environments.
+    outs = {"env0_out": 0.1, "env1_out": 0.1, "env2_out": 0.1}
+    single = [_loo_record([0], 0, test_in=0.30, env0_in=0.30, **outs),
+              _loo_record([0], 10, test_in=0.50, env0_in=0.50, **outs),
+              _loo_record([0], 20, test_in=0.70, env0_in=0.70, **outs)]
+    # dyadic accuracies, so that the means and the tie are exact
+    pairs = {
+        1: [_loo_record([0, 1], 0, env1_in=0.5, env0_in=0.0), _loo_record([0, 1], 10, env1_in=0.75, env0_in=0.0),
+            _loo_record([0, 1], 20, env1_in=1.0, env0_in=0.0)],
+        # no record at step 20: that step cannot be validated, however good fold (0, 1) is there
+        2: [_loo_record([0, 2], 0, env2_in=0.75, env0_in=0.0), _loo_record([0, 2], 10, env2_in=0.25, env0_in=0.0)],
+    }
+    # step 0: (0.5 + 0.75) / 2 = 0.625; step 10: (0.75 + 0.25) / 2 = 0.5; step 20: not validated
+    assert selection.leave_one_domain_out(single, pairs) == (0.625, 0.30)
+    pairs[2][1]["env2_in"] = 0.5  # step 10: (0.75 + 0.5) / 2 = 0.625, a tie: the earlier step
+    assert selection.leave_one_domain_out(single, pairs) == (0.625, 0.30)
+    pairs[2][1]["env2_in"] = 0.75  # step 10: 0.75
+    assert selection.leave_one_domain_out(single, pairs) == (0.75, 0.50)
+
+
+def test_leave_one_domain_out_without_a_pair_fold_or_with_a_nan_has_no_result():
+    outs = {"env0_out": 0.1, "env1_out": 0.1, "env2_out": 0.1}
+    single = [_loo_record([1], 0, test_in=0.5, **outs)]
+    complete = {0: [_loo_record([0, 1], 0, env0_in=0.6)], 2: [_loo_record([1, 2], 0, env2_in=0.8)]}
+    assert selection.leave_one_domain_out(single, complete) == pytest.approx((0.7, 0.5))
+    assert selection.leave_one_domain_out(single, {0: complete[0]}) is None
+    assert selection.leave_one_domain_out(single, {}) is None
+    nan = {**complete, 2: [_loo_record([1, 2], 0, env2_in=math.nan)]}
+    assert selection.leave_one_domain_out(single, nan) is None

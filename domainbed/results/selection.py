@@ -7,12 +7,14 @@ Each row is a rule for picking one checkpoint and the number it reports. Only `i
 `last` are honest out-of-domain results; `oracle` (SWAD's oracle: the checkpoint of best
 test-domain validation accuracy, unlike DomainBed's, which collect_results uses) peeks at the test
 domain's held-out split and the `(inD)` rows measure in-domain accuracy. Every printed table carries these rules.
-Ties go to the earliest checkpoint. A fold whose records hold a NaN or infinite number (a run
+Ties go to the earliest checkpoint. `leave_one_domain_out` is DomainBed's third rule, which needs the
+run's pair folds and so has no row in a run's table. A fold whose records hold a NaN or infinite number (a run
 stops there, but older results may hold one) has no result: its every row is nan, never a number
 picked by comparisons that NaN makes meaningless.
 """
 
 import math
+import re
 from typing import Callable, NamedTuple
 
 from domainbed.errors import UsageError
@@ -74,3 +76,36 @@ def select(records) -> dict:
 def describe(row: str) -> str:
     """The rule behind a row name; rows added by other parts (averaging) describe themselves."""
     return ROWS[row].rule if row in ROWS else ""
+
+
+_ENVIRONMENT = re.compile(r"env(\d+)_(?:in|out)$")
+
+
+def leave_one_domain_out(records, pair_records: dict):
+    """DomainBed's leave-one-domain-out cross-validation for the single fold of test environment i
+    whose records are `records`: (validation accuracy, test accuracy) of its chosen checkpoint, or
+    None when no checkpoint can be validated. `pair_records` is {j: the records of the fold holding
+    out i and j}. A checkpoint (a step) is validated by the mean over the other environments j of
+    fold (i, j)'s accuracy on environment j's `in` split at the same step, and the checkpoint of best
+    validation is chosen (the earliest of equals); a step lacking a pair fold's record, as every step
+    does while a pair fold is missing, cannot be validated. The environments are those the records
+    evaluate, as DomainBed counts them. A non-finite number in any of these records leaves the fold
+    without a result (None), as `select` does."""
+    (test_env,) = records[0]["test_envs"]
+    environments = sorted({int(match[1]) for key in records[0] if (match := _ENVIRONMENT.match(key))})
+    others = [env for env in environments if env != test_env]
+    held_out = {j: {record["step"]: record for record in pair_records.get(j, [])} for j in others}
+    used = [*records, *(record for by_step in held_out.values() for record in by_step.values())]
+    if any(nonfinite(record) for record in used):
+        return None
+    candidates = []
+    for record in records:
+        pair = [held_out[j].get(record["step"]) for j in others]
+        if any(p is None or f"env{j}_in" not in p for j, p in zip(others, pair)):
+            continue
+        validation = sum(p[f"env{j}_in"] for j, p in zip(others, pair)) / len(others)
+        candidates.append({"validation": validation, "test": record["test_in"]})
+    if not candidates:
+        return None
+    best = _best(candidates, "validation")
+    return best["validation"], best["test"]

@@ -25,6 +25,8 @@ _STAMPED = re.compile(r"\d{6}_\d{2}-\d{2}-\d{2}_(?P<name>.+)")
 # Arguments that may differ between a run and its resumption: where things are, not what is computed.
 IGNORED_ON_RESUME = {"name", "resume", "output_dir", "data_dir", "dataset_title", "device", "show", "keep_best",
                      "tb_freq", "prebuild_loader", "configs", "download"}
+# Arguments added after runs were saved: a saved run without one was computed with this value.
+ADDED_ARGS = {"pair_folds": False}
 
 
 def new_run_dir(output_dir, dataset: str, name: str) -> Path:
@@ -69,7 +71,8 @@ def compare_settings(run_dir: Path, args: dict, hparams: dict, resumable_hparams
     saved_hparams = run_files.read_hparams(run_dir)
     differences = []
     for key in sorted(set(saved_args) | set(now_args)):
-        if key not in IGNORED_ON_RESUME and saved_args.get(key) != now_args.get(key):
+        saved, now = saved_args.get(key, ADDED_ARGS.get(key)), now_args.get(key, ADDED_ARGS.get(key))
+        if key not in IGNORED_ON_RESUME and saved != now:
             differences.append(f"--{key}: {saved_args.get(key)!r} -> {now_args.get(key)!r}")
     added_defaults = json.loads(misc.to_json(added_defaults or {}))
     for key in sorted(set(saved_hparams) | set(now_hparams)):

@@ -16,6 +16,11 @@ collect_results:
 1. every run gets a (validation accuracy, test accuracy) pair for the fold:
    - training-domain validation: the checkpoint of best training-domain validation accuracy
      (`train_out`, the mean over the training domains' held-out splits) and its test accuracy;
+   - leave-one-domain-out cross-validation, for runs trained with `--pair_folds` (the table
+     appears when some run has pair folds): the checkpoint of best mean, over the other
+     environments j, of the accuracy on environment j of the fold holding out the test domain and
+     j at the same step (domainbed/results/selection.py, as DomainBed's); a run whose pair folds
+     are missing has no such result;
    - test-domain validation (DomainBed's oracle): the last checkpoint, validated on the test
      domain's held-out split (`test_out`); it allows no early stopping, unlike the per-run table's
      `oracle` row, which is SWAD's (the checkpoint of best `test_out`), so the two differ;
@@ -61,6 +66,7 @@ RUNTIME_HPARAMS = frozenset({"num_workers", "pipeline", "cache_dir", "compile", 
                               "progress_interval"})
 
 TRAINING_DOMAIN = "Training-domain validation"
+LEAVE_ONE_OUT = "Leave-one-domain-out cross-validation"
 ORACLE = "Test-domain validation (DomainBed's oracle: last checkpoint)"
 
 
@@ -136,6 +142,15 @@ def _training_domain(run, fold):
     return best["train_out"], best["test_in"]
 
 
+def _leave_one_out(run, fold):
+    (test_env,) = fold
+    pairs = {}
+    for pair_fold, records in run.records.items():
+        if len(pair_fold) == 2 and test_env in pair_fold:
+            pairs[pair_fold[1] if pair_fold[0] == test_env else pair_fold[0]] = records
+    return selection.leave_one_domain_out(run.records[fold], pairs)
+
+
 def _oracle(run, fold):
     # DomainBed's oracle: the last checkpoint, validated on the test domain's held-out split
     last = selection.last_checkpoint(run.records[fold])
@@ -152,7 +167,11 @@ def _averaged(row):
 
 def selection_methods(runs) -> dict:
     """{method name: run_result(run, fold) -> (validation accuracy, test accuracy) or None}."""
-    methods = {TRAINING_DOMAIN: _training_domain, ORACLE: _oracle}
+    methods = {TRAINING_DOMAIN: _training_domain}
+    # only where some run trained pair folds (--pair_folds), lest every table without them gain a column of X
+    if any(len(fold) == 2 for run in runs for fold in run.records):
+        methods[LEAVE_ONE_OUT] = _leave_one_out
+    methods[ORACLE] = _oracle
     averaged = {row for run in runs for rows in run.rows.values() for row in rows
                 if row not in selection.ROWS and f"{row} (inD)" in rows}
     for row in sorted(averaged):

@@ -2,7 +2,7 @@
 
     python -m domainbed.scripts.sweep launch --datasets PACS VLCS --algorithms ERM SAGM_DG \\
         --n_hparams 20 --n_trials 3 --data_dir DATA --output_dir sweeps/main --launcher slurm \\
-        [--steps N] [--checkpoint_freq K] [--dry_run] [slurm options] [-- more train_all.py arguments]
+        [--steps N] [--checkpoint_freq K] [--pair_folds] [--dry_run] [slurm options] [-- more train_all.py arguments]
     python -m domainbed.scripts.sweep status            (the same arguments)
     python -m domainbed.scripts.sweep delete_incomplete (the same arguments)
 
@@ -17,6 +17,12 @@ relaunches incomplete jobs, which continue where they stopped (every job runs tr
 --resume), so a relaunch after a crash, a preemption or a killed launcher finishes every job
 exactly once; `delete_incomplete` (failed jobs too) is only needed to start jobs over. The data
 directory is not part of a job's hash, so a sweep survives moving the data.
+
+DomainBed runs a job per test environment and, unless `--single_test_envs`, per pair of test
+environments, for leave-one-domain-out selection. Here a job trains every single fold, and
+`--pair_folds` makes it also train the pair folds (i, j) in the same run, which collect_results
+reads for that selection; `--single_test_envs` (the default) and `--command_launcher` (for
+`--launcher`) are accepted in DomainBed's spelling.
 
 Launchers:
 - local: one job at a time in this process's machine;
@@ -82,6 +88,8 @@ class Job:
         for key in ("steps", "checkpoint_freq"):
             if a[key] is not None:
                 command += [f"--{key}", str(a[key])]
+        if a.get("pair_folds"):
+            command.append("--pair_folds")
         # --resume last: it takes an optional value, which must not swallow a positional argument.
         return command + list(a["train_all_args"]) + ["--resume"]
 
@@ -138,10 +146,13 @@ def make_jobs(args) -> list:
     if not 0 <= args.n_hparams_from <= args.n_hparams or args.n_trials < 1:
         raise UsageError(f"need 0 <= --n_hparams_from ({args.n_hparams_from}) <= --n_hparams ({args.n_hparams}) "
                          f"and --n_trials ({args.n_trials}) >= 1")
+    # a key only when set, so that the jobs of sweeps launched before the option keep their hashes
+    pairs = {"pair_folds": True} if args.pair_folds else {}
     return [
         Job.create(args.output_dir, dataset=dataset, algorithm=algorithm, hparams_seed=hparams_seed,
                    trial_seed=trial_seed, seed=misc.seed_hash(dataset, algorithm, hparams_seed, trial_seed),
-                   steps=args.steps, checkpoint_freq=args.checkpoint_freq, train_all_args=list(args.train_all_args))
+                   steps=args.steps, checkpoint_freq=args.checkpoint_freq, train_all_args=list(args.train_all_args),
+                   **pairs)
         for dataset in args.datasets
         for algorithm in args.algorithms
         for hparams_seed in range(args.n_hparams_from, args.n_hparams)
@@ -283,8 +294,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="passed to every job (default: the dataset's)")
     parser.add_argument("--checkpoint_freq", type=int, default=None,
                         help="passed to every job (default: the dataset's)")
+    folds = parser.add_mutually_exclusive_group()
+    folds.add_argument("--pair_folds", action="store_true",
+                       help="every job also trains the folds holding out two environments (train_all.py "
+                            "--pair_folds), DomainBed's jobs for collect_results' leave-one-domain-out selection")
+    folds.add_argument("--single_test_envs", action="store_true",
+                       help="only the single folds: DomainBed's flag, here the default")
     # not argparse's choices: an unknown launcher is parse_args' one-line error, not a usage dump
-    parser.add_argument("--launcher", default="local", metavar="{" + ",".join(LAUNCHERS) + "}",
+    parser.add_argument("--launcher", "--command_launcher", default="local", metavar="{" + ",".join(LAUNCHERS) + "}",
                         help="local: one job after another; multi_gpu: one job per visible GPU at once; "
                              "slurm: a submitit job array (default: %(default)s)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, launch nothing")

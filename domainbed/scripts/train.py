@@ -56,6 +56,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_freq", type=int, default=None, help="evaluate every N steps")
     parser.add_argument("--test_envs", type=int, nargs="+", default=None,
                         help="the folds to run, one per test environment (default: all)")
+    parser.add_argument("--pair_folds", action="store_true",
+                        help="also train every fold holding out two environments (one of them a fold's test "
+                             "environment), as DomainBed's sweep does for collect_results' leave-one-domain-out "
+                             "selection; the run's table still reports the single folds")
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--split", choices=["random", "official"], default="random",
                         help="random: DomainBed's seeded holdout (SWAD); official: PACS's train/crossval kfold "

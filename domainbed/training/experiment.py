@@ -3,6 +3,8 @@
 `run_experiment(args, overrides)` is train_all.py after the parsing: it checks everything that can
 be checked before the run directory exists, makes (or, with `--resume`, finds) the directory and
 locks it, writes args.json and hparams.json and the log, trains the folds one after the other
+(with `--pair_folds`, then the folds holding out two environments, which only collect_results'
+leave-one-domain-out selection reads)
 (a resumed run skips those that finished and continues the unfinished one from its checkpoint,
 domainbed/runs/checkpoint.py), and writes the table as table.txt and table.json.
 
@@ -109,6 +111,9 @@ def check_environments(args, dataset) -> None:
             )
     if len(dataset) < 2:
         raise UsageError(f"{args.dataset} has {len(dataset)} environment; leave-one-domain-out needs at least 2")
+    if getattr(args, "pair_folds", False) and len(dataset) < 3:
+        raise UsageError(f"--pair_folds needs a dataset of at least 3 environments (a pair fold keeps a training "
+                         f"domain); {args.dataset} has {len(dataset)}")
 
 
 def check_run_name(name: str) -> None:
@@ -137,13 +142,32 @@ def check_model(args, dataset, hparams) -> None:
     backbone's weights file, every fold's initial model, a layer a method or quantization asks for
     that it lacks) is a one-line error before the run directory exists. The folds seed themselves,
     so this costs no determinism."""
-    n_train_domains = len(dataset) - 1  # every fold holds one environment out
+    n_train_domains = len(dataset) - 1  # a single fold holds one environment out
     algorithm = get_algorithm_class(args.algorithm)(dataset.input_shape, dataset.num_classes, n_train_domains,
                                                     hparams)
-    for env in args.test_envs if args.test_envs is not None else range(len(dataset)):
-        initialize(algorithm, hparams, dataset, [env])
+    for fold in folds(args, dataset):
+        initialize(algorithm, hparams, dataset, fold)
     for extension in build_extensions(hparams):
         extension.check_model(algorithm, args.algorithm)
+
+
+def single_test_envs(args, dataset) -> list:
+    return args.test_envs if args.test_envs is not None else list(range(len(dataset)))
+
+
+def pair_folds(args, dataset) -> list:
+    """`--pair_folds`: every fold holding out a pair of environments one of which is a single
+    fold's test environment, as DomainBed's sweep runs them for leave-one-domain-out selection
+    (collect_results validates the fold of test environment i on environment j of fold (i, j))."""
+    if not getattr(args, "pair_folds", False):
+        return []
+    tested = single_test_envs(args, dataset)
+    return [[i, j] for i in range(len(dataset)) for j in range(i + 1, len(dataset)) if i in tested or j in tested]
+
+
+def folds(args, dataset) -> list:
+    """The test environments of every fold the run trains: the single ones, then the pairs."""
+    return [[env] for env in single_test_envs(args, dataset)] + pair_folds(args, dataset)
 
 
 def run_experiment(args, overrides=(), command: str = "") -> dict:
@@ -240,7 +264,7 @@ def _keep_settings(out_dir: Path, args, hparams: dict, resuming: bool, log) -> N
 
 def _schedule(args, dataset) -> tuple:
     """(test environments, n_steps, checkpoint_freq)."""
-    test_envs = args.test_envs if args.test_envs is not None else list(range(len(dataset)))
+    test_envs = single_test_envs(args, dataset)
     n_steps = args.steps or dataset.N_STEPS
     checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
     if n_steps <= 0 or checkpoint_freq <= 0:
@@ -267,27 +291,29 @@ def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Tra
     log(f"n_steps = {n_steps}, checkpoint_freq = {checkpoint_freq}, test_envs = {test_envs}")
 
     fold_rows, rules = [], {}
-    for index, env in enumerate(test_envs):
-        finished = checkpoint.finished(out_dir, [env]) if resuming else None
+    every_fold = folds(args, dataset)
+    for index, fold in enumerate(every_fold):
+        finished = checkpoint.finished(out_dir, fold) if resuming else None
         if finished is not None:
-            log(f"[{layout.fold_tag([env])}] finished earlier: skipped")
+            log(f"[{layout.fold_tag(fold)}] finished earlier: skipped")
             rows, row_rules = finished["rows"], finished["row_rules"]
         else:
             settings = FoldSettings(
-                algorithm=args.algorithm, test_envs=[env], n_steps=n_steps, checkpoint_freq=checkpoint_freq,
+                algorithm=args.algorithm, test_envs=fold, n_steps=n_steps, checkpoint_freq=checkpoint_freq,
                 seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
                 evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
                 split=args.split, split_dir=args.split_dir,
-                later_steps=n_steps * (len(test_envs) - index - 1),  # later folds never start before this one ends
+                later_steps=n_steps * (len(every_fold) - index - 1),  # later folds never start before this one ends
             )
-            training.test_envs = [env]
+            training.test_envs = fold
             if resuming:
                 run_files.clear_failure(out_dir)  # the fold continues; failing again writes it anew
             rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, layout.records_path(out_dir))
             training.test_envs = None
-        fold_rows.append(rows)
-        rules.update(row_rules)
+        if len(fold) == 1:  # the table reports the single folds; pair folds only feed collect_results' selection
+            fold_rows.append(rows)
+            rules.update(row_rules)
     return _write_table(args, out_dir, log, dataset, test_envs, fold_rows, rules)
 
 
