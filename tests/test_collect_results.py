@@ -258,3 +258,57 @@ def test_a_sweep_of_erm_swad_and_qtdog_launched_by_sweep_py_gives_three_rows(tmp
     assert [row.split("|")[1].strip() for row in rows] == [
         "ERM batch_size=8", "ERM batch_size=8 q_bits=4 q_steps=1 quant=true", "ERM batch_size=8 swad=LossValley"]
     assert all(row.count("+/-") == 2 and row.split("|")[-2].strip() == "2" for row in rows)
+
+
+LOO = cr.LEAVE_ONE_OUT
+
+
+def make_loo_run(root, name, trial_seed, hparams_seed, singles, pairs):
+    """A finished ERM run on "Tri" (environments A, B, C): `singles` {env: [(step, test_in), ...]},
+    `pairs` {(i, j): [(step, env_i_in, env_j_in), ...]}; training-domain numbers are constant."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps({"dataset": "Tri", "algorithm": "ERM", "trial_seed": trial_seed,
+                                                   "hparams_seed": hparams_seed, "test_envs": None, "tag": None}))
+    outs = {f"env{env}_out": .5 for env in range(3)}
+    lines, rows = [], {}
+    for env, points in singles.items():
+        records = [{"test_envs": [env], "step": step, "train_out": .5, "test_in": test, "test_out": .5,
+                    f"env{env}_in": test, **outs} for step, test in points]
+        lines += records
+        rows[env] = selection.select(records)
+    for (i, j), points in pairs.items():
+        lines += [{"test_envs": [i, j], "step": step, "train_out": .5, "test_in": (a + b) / 2, "test_out": .5,
+                   f"env{i}_in": a, f"env{j}_in": b, **outs} for step, a, b in points]
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(record) + "\n" for record in lines))
+    names = {0: "A", 1: "B", 2: "C"}
+    table = {"test_envs": list(singles), "environments": [names[env] for env in singles],
+             "rows": {row: {names[env]: rows[env][row] for env in singles} for row in rows[0]}}
+    (run_dir / "table.json").write_text(json.dumps(table))
+
+
+def test_leave_one_domain_out_over_runs_by_hand(tmp_path):
+    singles = {1: [(0, .5)], 2: [(0, .5)]}  # folds B and C lack pair fold (1, 2): no result
+    # trial 0, hparams 0: step 0 (.5 + .75) / 2 = .625, step 1 (.75 + .25) / 2 = .5 -> (.625, test .40)
+    make_loo_run(tmp_path, "t0_h0", 0, 0, {0: [(0, .40), (1, .50)], **singles},
+                 {(0, 1): [(0, .1, .5), (1, .1, .75)], (0, 2): [(0, .1, .75), (1, .1, .25)]})
+    # trial 0, hparams 1: step 0 .25, step 1 .75 -> (.75, test .70): the better validation, chosen
+    make_loo_run(tmp_path, "t0_h1", 0, 1, {0: [(0, .60), (1, .70)], **singles},
+                 {(0, 1): [(0, .1, .25), (1, .1, .75)], (0, 2): [(0, .1, .25), (1, .1, .75)]})
+    # trial 1, hparams 0: a tie of .5 at steps 0 and 1 -> the earlier, test .55
+    make_loo_run(tmp_path, "t1_h0", 1, 0, {0: [(0, .55), (1, .65)], **singles},
+                 {(0, 1): [(0, .1, .5), (1, .1, .5)], (0, 2): [(0, .1, .5), (1, .1, .5)]})
+    # trial 1, hparams 1: pair fold (0, 2) missing -> no result, however good fold (0, 1) is
+    make_loo_run(tmp_path, "t1_h1", 1, 1, {0: [(0, .99)], **singles}, {(0, 1): [(0, .1, 1.0)]})
+    results = cr.collect(tmp_path)
+    assert results.methods == [TDV, LOO, ORACLE]
+    assert results.trial_results(LOO, "Tri", "ERM", (0,)) == {0: .70, 1: .55}
+    assert results.choices[(LOO, "Tri", "ERM", 0, (0,))].validation == .75
+    assert results.cell(LOO, "Tri", "ERM", (0,)) == pytest.approx((.625, .075 / math.sqrt(2)))
+    assert results.cell(LOO, "Tri", "ERM", (1,)) is None and results.dataset_average(LOO, "Tri", "ERM") is None
+    # the other methods ignore the pair folds: training-domain validation ties at .5, the lowest hparams seed
+    assert results.trial_results(TDV, "Tri", "ERM", (0,)) == {0: .40, 1: .55}
+    text = cr.format_report(results)
+    assert text.index("=== " + TDV) < text.index("=== " + LOO) < text.index("=== " + ORACLE)
+    loo_table = text.split(f"=== {LOO} ===")[1].split("===")[0]
+    assert "| ERM       | 62.5 +/- 5.3 | X | X |  X  |  0-2  |" in loo_table
