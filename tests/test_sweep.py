@@ -146,3 +146,20 @@ def test_submitit_local_executor_jobs_failing_half_way_resume_on_relaunch(tmp_pa
     assert third["counts"]["done"] == 2
     submitted = [path for path in (tmp_path / "submitit").iterdir() if path.name.isdigit()]
     assert len(submitted) == 4  # the third launch submitted nothing
+
+
+def test_pair_folds_and_domainbeds_flags(tmp_path, capsys):
+    plain = sweep.run(_argv("launch", tmp_path, "--dry_run"))["jobs"]
+    assert "--pair_folds" not in capsys.readouterr().out
+    single = sweep.run(_argv("launch", tmp_path, "--dry_run", "--single_test_envs", "--command_launcher", "local",
+                             "--skip_confirmation"))["jobs"]
+    capsys.readouterr()
+    # the option adds no key to a job's arguments unless set: sweeps launched before it keep their jobs
+    assert [job.directory for job in single] == [job.directory for job in plain]
+    assert "pair_folds" not in plain[0].train_args
+    pairs = sweep.run(_argv("launch", tmp_path, "--dry_run", "--pair_folds"))["jobs"]
+    assert capsys.readouterr().out.count("--pair_folds --batch_size") == 2
+    assert {job.directory for job in pairs}.isdisjoint(job.directory for job in plain)
+    with pytest.raises(SystemExit):
+        sweep.run(_argv("launch", tmp_path, "--dry_run", "--pair_folds", "--single_test_envs"))
+    assert "not allowed with argument" in capsys.readouterr().err
