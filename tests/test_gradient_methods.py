@@ -359,7 +359,7 @@ def test_layout_part_count_matches_torch_chunk(rows, n_parts):
     tensor = torch.randn(rows, 3)
     matrix = layout.matrix(1)[0]
     layout.pack([tensor], matrix)
-    assert torch.equal(layout.unpack(matrix)[0], tensor)
+    assert torch.equal(layout.unpack(matrix, like=[tensor])[0], tensor)
     squared_norms = layout.part_dots(matrix, matrix)
     expected = torch.stack([c.double().pow(2).sum() for c in torch.chunk(tensor, n_parts)])
     torch.testing.assert_close(squared_norms, expected, rtol=1e-6, atol=0)
