@@ -114,6 +114,11 @@ class LossScaler:
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         self._update_if_used(optimizer, self._stepped)
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and not all(
+                group.get("fused") for group in optimizer.param_groups):
+            # a fused optimizer that loaded the groups of a checkpoint written with the other
+            # kernels runs those, which take no found_inf: GradScaler reads it on the host then
+            optimizer._step_supports_amp_scaling = False
         self.scaler.step(optimizer)
         self._stepped.add(id(optimizer))
         self.steps += 1

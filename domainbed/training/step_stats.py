@@ -14,15 +14,10 @@ produced the value, before that step's checkpoint could be written.
 import torch
 
 
-def scalar_value(value) -> float | int | bool:
-    """`value` (a python number or a one-element tensor) as a python number; reads a device
-    tensor on the host (a synchronisation): for one-off callers, not for the training loop."""
-    return value.item() if torch.is_tensor(value) else value
-
-
 def as_numbers(stats: dict) -> dict:
-    """`update`'s stats with every value a python number (one read per tensor)."""
-    return {key: scalar_value(value) for key, value in stats.items()}
+    """`update`'s stats with every value a python number, for a caller outside the training loop
+    (a test, a notebook): each tensor is read on the host, a synchronisation on a GPU."""
+    return {key: value.item() if torch.is_tensor(value) else value for key, value in stats.items()}
 
 
 class PendingStats:
