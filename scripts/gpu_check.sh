@@ -1,32 +1,60 @@
 #!/usr/bin/env bash
 # One check of the CUDA path, offline, in under eight minutes on one GPU:
-#   1. the tests marked `cuda` (pytest -m cuda);
+#   1. the tests marked `cuda` (pytest -m cuda): host synchronisations in a training step, both
+#      input pipelines and bf16 on CUDA, RSC's step;
 #   2. the PACS demo (README: ResNet-50 from scratch, 64 px, 21 steps per fold) on CUDA, with the
-#      gpu input pipeline and with the classic one;
+#      gpu input pipeline and with the classic one (SWAD's BatchNorm re-estimation on 20
+#      minibatches instead of 500: the demo's model is untrained, and 500 PIL-loaded minibatches
+#      per fold would take minutes);
 #   3. the benchmark: training and evaluation img/s of ERM and SAGM_DG, ResNet-50 at 224 px,
 #      32 x 3 domains, fp32 and bf16, gpu pipeline and classic;
-# then one summary table (check, status, seconds, result). Logs stay in $WORK (printed).
+# then one summary table (check, status, seconds, result), the benchmark's table and the figures
+# of the performance goals (docs/speed.md): train img/s of ERM and SAGM_DG at bf16, SAGM_DG's step
+# over ERM's, evaluation img/s and the evaluation share of a PACS run, peak GPU memory. Logs stay
+# in $WORK (printed).
 #
-#     scripts/gpu_check.sh                 # DATA_DIR=../shared/data by default
-#     DATA_DIR=/data PYTHON=.venv/bin/python scripts/gpu_check.sh
+#     scripts/gpu_check.sh                 # DATA_DIR=../shared/data, PYTHON=.venv/bin/python by default
+#     DATA_DIR=/data PYTHON=/opt/env/bin/python scripts/gpu_check.sh
 #
 # Without real PACS under DATA_DIR the demo runs on generated images in PACS's layout (a check
 # of the code path; its accuracy means nothing); the benchmark always uses generated images, so
 # nothing needs the internet. Pretrained weights are not needed (--pretrained False).
-# Exit status: 0 when every check passed, 1 when one failed or there is no CUDA GPU.
+# Exit status: 0 when every check passed, 1 when one failed or CUDA is not usable (one line says
+# why: torch does not import, is built without CUDA, finds no driver or no device).
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PYTHON="${PYTHON:-python}"
+DEFAULT_PYTHON=python
+[ -x "$ROOT/.venv/bin/python" ] && DEFAULT_PYTHON="$ROOT/.venv/bin/python"
+PYTHON="${PYTHON:-$DEFAULT_PYTHON}"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
 WORK="${WORK:-$(mktemp -d -t gpu_check.XXXXXX)}"
 mkdir -p "$WORK"
 
-if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "gpu_check: no CUDA GPU visible to torch ($PYTHON: torch.cuda.is_available() is False); nothing checked" >&2
+# why CUDA is unusable, as the last line of the probe's output (nothing when it is usable)
+WHY_NOT="$("$PYTHON" - 2>&1 <<'EOF'
+import os
+import sys
+
+try:
+    import torch
+except BaseException as error:  # a missing package, or a library that does not load
+    sys.exit(f"cannot import torch: {type(error).__name__}: {' '.join(str(error).split())}")
+if torch.version.cuda is None:
+    sys.exit(f"torch {torch.__version__} is built without CUDA")
+if not torch.cuda.is_available():
+    try:
+        torch.cuda.init()  # raises the driver's reason: no driver, or one too old for this torch
+    except Exception as error:
+        sys.exit(f"torch {torch.__version__} (CUDA {torch.version.cuda}): {' '.join(str(error).split())}")
+    sys.exit(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device "
+             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+EOF
+)" || {
+    echo "gpu_check: CUDA is not usable with $PYTHON: $(printf '%s\n' "${WHY_NOT:-it does not run}" | tail -n 1); nothing checked" >&2
     exit 1
-fi
+}
 
 echo "gpu_check: logs and outputs in $WORK"
 STATUS="$WORK/status.tsv"
@@ -60,7 +88,7 @@ generate_images(Path(sys.argv[1]), get_dataset_class('PACS'), 24)" "$DEMO_DATA"
 fi
 for pipeline in gpu classic; do
     check "demo_$pipeline" "$WORK/demo_$pipeline" "$PYTHON" train_all.py demo --dataset PACS --data_dir "$DEMO_DATA" \
-        --algorithm ERM --pretrained False --image_size 64 --steps 20 --checkpoint_freq 10 \
+        --algorithm ERM --pretrained False --image_size 64 --steps 20 --checkpoint_freq 10 --swad_bn_steps 20 \
         --device cuda --pipeline "$pipeline" --output_dir "$WORK/demo_$pipeline"
 done
 
@@ -116,5 +144,27 @@ for row in sorted(bench, key=lambda r: (r["algorithm"], r["pipeline"], r["precis
                    "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f}"])
 print("ResNet-50, 224 px, 32 x 3 domains, generated PACS-layout images:")
 print(speed)
+
+# The performance goals (docs/speed.md) at bf16 with the gpu pipeline. A PACS run of SWAD's
+# protocol trains 96 images a step and evaluates every 100 steps, in the fast mode the test
+# domain and 20% of the training domains: 0.4 x 9,991 images per fold on average.
+STEP_IMAGES, CHECKPOINT_FREQ, EVAL_IMAGES = 96, 100, 0.4 * 9991
+rows = {row["algorithm"]: row for row in bench if (row["pipeline"], row["precision"]) == ("gpu", "bf16")}
+goals = PrettyTable(["goal, gpu pipeline, bf16", "measured", "target"], align="l")
+for algorithm, row in sorted(rows.items()):
+    base = reference.get(algorithm)
+    times = f" ({row['train_ips'] / base:.2f}x classic fp32)" if base else ""
+    goals.add_row([f"{algorithm} train img/s", f"{row['train_ips']:.0f}{times}",
+                   ">= 5x classic fp32" if algorithm == "ERM" else "-"])
+if {"ERM", "SAGM_DG"} <= set(rows):
+    goals.add_row(["SAGM_DG step / ERM step", f"{rows['SAGM_DG']['step_ms'] / rows['ERM']['step_ms']:.2f}", "<= 2.05"])
+if "ERM" in rows:
+    erm = rows["ERM"]
+    train_s, eval_s = CHECKPOINT_FREQ * STEP_IMAGES / erm["train_ips"], EVAL_IMAGES / erm["eval_ips"]
+    goals.add_row(["ERM eval img/s", f"{erm['eval_ips']:.0f}", ">= 10000"])
+    goals.add_row(["evaluation share of an ERM PACS run", f"{100 * eval_s / (train_s + eval_s):.1f}%", "-"])
+for algorithm, row in sorted(rows.items()):
+    goals.add_row([f"{algorithm} peak GPU memory", "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f} GiB", "-"])
+print(goals)
 sys.exit(0 if all(rc == "0" or (name == "cuda_tests" and rc == "5") for name, rc, _, _ in checks) else 1)
 EOF

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from domainbed import algorithms, hparams_registry
 from domainbed.algorithms.fishr import gradient_variances, per_sample_gradients
+from domainbed.training.step_stats import as_numbers
 
 N_CLASSES, N_DOMAINS, BATCH, LR = 3, 3, 6, 0.1
 INPUT = (8,)
@@ -422,7 +423,7 @@ def test_fishr_anneal_keeps_the_penalty_out_then_resets_the_optimizer():
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     expected = sgd_reference(algorithm, lambda network: F.cross_entropy(network(x), y))
     algorithm.on_step_begin(0, 2)
-    stats = algorithm.update(batches)
+    stats = as_numbers(algorithm.update(batches))
     assert stats["loss"] == pytest.approx(stats["nll"])
     assert_weights(algorithm, expected)
     assert algorithm.optimizer.state

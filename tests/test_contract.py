@@ -6,6 +6,7 @@ method is covered by registering it. How a method is built for the checks (`CONT
 `CONTRACT_HPARAMS`) is set on its class.
 """
 
+import functools
 import importlib
 import inspect
 import json
@@ -62,7 +63,7 @@ def test_declarations_give_help_and_defaults_in_their_ranges(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_update_returns_finite_floats_and_changes_the_weights(name):
+def test_update_returns_finite_scalars_and_changes_the_weights(name):
     assert contract.check_update(contract.subject(name)) == []
 
 
@@ -95,13 +96,44 @@ def test_predict_is_deterministic_in_eval_mode(name):
     assert contract.check_predict_is_deterministic(contract.subject(name)) == []
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_averaged_copy_holds_the_modules_state_only(name):
+    assert contract.check_averaged_copy(contract.subject(name)) == []
+
+
 # Broken methods, built in this process without being registered (a registration would leak
 # into other tests' registries): each check names the defect in one line.
 
-class ReturnsATensor(ERM):
+class ReturnsAGraph(ERM):
+    """Returns its loss with the autograd graph attached (kept alive until the trainer reads it)
+    and a per-sample vector, beside a NaN."""
+
     def update(self, minibatches):
-        stats = super().update(minibatches)
-        return {"loss": torch.tensor(stats["loss"]), "penalty": float("nan")}
+        x, y = torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])
+        losses = F.cross_entropy(self.predict(x), y, reduction="none")
+        self.optimizer.zero_grad()
+        self.backward(losses.mean())
+        self.optimizer_step(self.optimizer)
+        return {"loss": losses.mean(), "per_sample": losses.detach(), "penalty": torch.tensor(float("nan"))}
+
+
+class KeepsAConstantInAnAttribute(ERM):
+    """Its predict needs a tensor that is neither a parameter nor a buffer."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.prior = torch.zeros(contract.NUM_CLASSES)
+
+    def predict(self, x, env=None):
+        return super().predict(x) + self.prior
+
+
+class KeepsScratchInAClosure(ERM):
+    """Holds a tensor where a copy cannot tell it is scratch (a bound argument of a partial)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.scale = functools.partial(torch.mul, torch.ones(()))
 
 
 class ForgetsTheHead(ERM):
@@ -149,10 +181,13 @@ def _one_line_each(defects):
 
 
 def test_update_defects_are_named():
-    defects = _one_line_each(contract.check_update(_broken(ReturnsATensor)))
-    assert defects[0].startswith("ReturnsATensor.update returned {'loss': tensor(")
-    assert defects[0].endswith(")}: every value must be a python float")
-    assert defects[1:] == ["ReturnsATensor.update returned {'penalty': nan}: every value must be finite"]
+    defects = _one_line_each(contract.check_update(_broken(ReturnsAGraph)))
+    assert len(defects) == 3
+    for defect, key in zip(defects[:2], ("loss", "per_sample")):
+        assert defect.startswith(f"ReturnsAGraph.update returned {{'{key}': tensor(")
+        assert defect.endswith(": every value must be a python float or a detached 0-dim floating-point tensor")
+    assert defects[2] == "ReturnsAGraph.update returned {'penalty': nan}: every value must be finite"
+    assert contract.check_update(_broken(ERM)) == []  # ERM returns a detached tensor
     defects = _one_line_each(contract.check_update(_broken(ForgetsTheHead)))
     assert defects == [f"parameter classifier.{p} is in no optimizer of ForgetsTheHead.optimizers(); valid: exactly one"
                        for p in ("weight", "bias")]
@@ -170,6 +205,15 @@ def test_state_and_predict_defects_are_named():
                          "differs in exp_avg, exp_avg_sq")
     defects = _one_line_each(contract.check_predict_is_deterministic(_broken(SamplesInEval)))
     assert defects[0] == "SamplesInEval.predict(x, env=None) differs between two calls in eval mode"
+
+
+def test_averaged_copy_defects_are_named():
+    (defect,) = _one_line_each(contract.check_averaged_copy(_broken(KeepsScratchInAClosure)))
+    assert defect.startswith("the averaged copy of KeepsScratchInAClosure holds 1 tensors besides its parameters "
+                             "and buffers (shapes ())")
+    (defect,) = _one_line_each(contract.check_averaged_copy(_broken(KeepsAConstantInAnAttribute)))
+    assert defect.startswith("the averaged copy of KeepsAConstantInAnAttribute cannot predict: TypeError: ")
+    assert defect.endswith("(a tensor predict needs must be a parameter or a buffer)")
 
 
 def test_a_method_that_bypasses_the_loss_scaling_hooks_is_refused_under_fp16():

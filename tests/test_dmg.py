@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from domainbed import hparams_registry, networks
 from domainbed.algorithms import get_algorithm_class
 from domainbed.errors import UsageError
+from domainbed.training.step_stats import as_numbers
 
 K = 5  # classes
 D = 3  # source domains
@@ -80,7 +81,7 @@ def test_penalties_and_loss_match_the_formula():
     sparsity = sum(p.sum() / p.shape[1] for p in probs.values())
     assert alg.masks.overlap_penalty().item() == pytest.approx(overlap.item(), rel=1e-6)
     assert alg.masks.sparsity_penalty().item() == pytest.approx(sparsity.item(), rel=1e-6)
-    stats = alg.update(minibatches((3, 32, 32), batch=2))
+    stats = as_numbers(alg.update(minibatches((3, 32, 32), batch=2)))
     assert stats["overlap"] == pytest.approx(overlap.item(), rel=1e-6)
     assert stats["sparsity"] == pytest.approx(sparsity.item(), rel=1e-6)
     assert stats["loss"] == pytest.approx(stats["ce"] + 0.1 * stats["overlap"] + 0.5 * stats["sparsity"], rel=1e-6)

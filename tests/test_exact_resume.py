@@ -67,3 +67,41 @@ def test_every_algorithm_resumes_exactly_with_workers_and_averaging_or_quantizat
     # killed during an evaluation (the one at step 2), then after the update of step 3
     check_exact_resume(run_train_all, monkeypatch,
                        [*TINY, "--algorithm", algorithm, *CONFIGURATIONS[configuration]], ["eval:2", "step:2"])
+
+
+# --- the CUDA random state across machines ---------------------------------------------------
+
+def _rng(**extra):
+    from domainbed.runs.checkpoint import _rng_state
+
+    return {**_rng_state("cpu"), **extra}
+
+
+def test_the_run_devices_cuda_state_is_restored_whatever_the_gpu_count(monkeypatch):
+    import torch
+
+    from domainbed.runs.checkpoint import _set_rng_state
+
+    restored, lines = [], []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    saved = torch.zeros(16, dtype=torch.uint8)
+    _set_rng_state(_rng(device="cuda:3", cuda_device=saved), "cuda:0", lines.append)
+    assert restored == [(saved, "cuda:0")] and lines == []
+
+
+def test_a_checkpoint_without_the_devices_cuda_state_says_which_draws_will_differ(monkeypatch):
+    import torch
+
+    from domainbed.runs.checkpoint import _set_rng_state
+
+    lines = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored for another GPU count"))
+    _set_rng_state(_rng(cuda=[torch.zeros(16, dtype=torch.uint8)] * 4), "cuda:1", lines.append, "[TE0] ")
+    _set_rng_state(_rng(), "cuda:1", lines.append, "[TE0] ")
+    _set_rng_state(_rng(), "cpu", lines.append, "[TE0] ")  # a CPU run draws nothing on a GPU
+    assert lines == [
+        f"[TE0] warning: the checkpoint holds no random state for cuda:1 (written {written}): random draws on the GPU "
+        "(dropout, DMG's mask samples, RSC's random scores, ...) will differ from those of an uninterrupted run"
+        for written in ("on a machine with 4 GPUs (this one has 2)", "by a run on cpu")]

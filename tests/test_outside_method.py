@@ -159,7 +159,7 @@ def test_check_method_passes_the_example():
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines() == [
         f"{METHOD} keeps the contract: hparam declarations, update, state round trip, predict in eval mode, "
-        "quantization swap, bf16, fp16"]
+        "quantization swap, averaged copy, bf16, fp16"]
 
 
 BROKEN_MODULE = '''
@@ -170,9 +170,9 @@ import torch
 from domainbed.algorithms.erm import ERM
 
 
-class ReturnsATensor(ERM):
+class ReturnsAVector(ERM):
     def update(self, minibatches):
-        return {"loss": torch.tensor(super().update(minibatches)["loss"])}
+        return {"loss": super().update(minibatches)["loss"].expand(2)}
 
 
 class ForgetsTheHead(ERM):
@@ -194,14 +194,15 @@ class DeclaresWithoutHelp(ERM):
 
 def test_check_method_reports_each_defect_in_one_line(tmp_path):
     (tmp_path / "broken_methods.py").write_text(textwrap.dedent(BROKEN_MODULE))
-    names = [f"broken_methods:{name}" for name in ("ReturnsATensor", "ForgetsTheHead", "DeclaresWithoutHelp",
+    names = [f"broken_methods:{name}" for name in ("ReturnsAVector", "ForgetsTheHead", "DeclaresWithoutHelp",
                                                       "BuiltOnAWrongInput")]
     result = _run(*names, module="domainbed.scripts.check_method", path=(tmp_path,))
     assert result.returncode == 1, result.stderr
     lines = result.stdout.strip().splitlines()
     assert all("keeps the contract" not in line and any(name in line for name in names) for line in lines), lines
-    assert any(line.startswith("broken_methods:ReturnsATensor.update returned {'loss': tensor(")
-               and line.endswith("every value must be a python float") for line in lines), lines
+    assert any(line.startswith("broken_methods:ReturnsAVector.update returned {'loss': tensor(")
+               and line.endswith("every value must be a python float or a detached 0-dim floating-point tensor")
+               for line in lines), lines
     assert ("parameter classifier.weight is in no optimizer of broken_methods:ForgetsTheHead.optimizers(); "
             "valid: exactly one") in lines
     assert "broken_methods:DeclaresWithoutHelp declares hparam 'k' without help (one line of meaning)" in lines

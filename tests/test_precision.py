@@ -12,7 +12,7 @@ from domainbed import algorithms, hparams_registry
 from domainbed.algorithms.base import Algorithm
 from domainbed.training.compiling import compile_featurizer
 from domainbed.errors import UsageError
-from domainbed.training.precision import Precision, native_cpu_bf16
+from domainbed.training.precision import Precision, check_precision, fuse, native_cpu_bf16
 
 pytestmark = pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")
 
@@ -216,3 +216,87 @@ def test_compile_runs_end_to_end_and_keeps_state_dict_keys(run_train_all):
     assert list(algorithm.state_dict()) == keys
     records = _records(run_train_all("compiled", *FAST, "--compile", "--pipeline", "gpu"))
     assert all(math.isfinite(r["loss"]) for r in records)
+
+
+def _pretend_cuda(monkeypatch, capability, name="Tesla V100-SXM2-16GB"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+def test_bf16_on_a_gpu_without_bf16_arithmetic_is_one_line_suggesting_fp16(monkeypatch):
+    _pretend_cuda(monkeypatch, (7, 0))
+    with pytest.raises(UsageError, match=r"^--precision bf16: Tesla V100-SXM2-16GB \(compute capability 7.0\) has no "
+                                         r"bf16 arithmetic, which needs 8.0 \(Ampere\) or newer; use --precision fp16 "):
+        check_precision("bf16", "cuda")
+    check_precision("fp16", "cuda")
+    check_precision("bf16", "cpu")
+    _pretend_cuda(monkeypatch, (8, 0), "NVIDIA A100")
+    check_precision("bf16", "cuda:0")
+
+
+def test_bf16_on_a_gpu_without_it_stops_before_the_run_directory_exists(monkeypatch, tmp_path, capsys):
+    import train_all
+
+    _pretend_cuda(monkeypatch, (7, 5), "Tesla T4")
+    code = train_all.main(["t4", *FAST, "--device", "cuda", "--precision", "bf16", "--output_dir", str(tmp_path / "out")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Tesla T4 (compute capability 7.5) has no bf16 arithmetic" in line and "fp16" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_fp16_steps_with_fused_optimizers_that_gradscaler_tells_about_overflows():
+    algorithm = _build("DMG")
+    Precision("fp16", "cpu").attach(algorithm)
+    assert all(group["fused"] for optimizer in algorithm.optimizers().values() for group in optimizer.param_groups)
+    assert all(optimizer._step_supports_amp_scaling for optimizer in algorithm.optimizers().values())
+    plain = _build("DMG")
+    Precision("bf16", "cpu").attach(plain)
+    assert not any(group["fused"] for optimizer in plain.optimizers().values() for group in optimizer.param_groups)
+    stepped = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])
+    stepped.param_groups[0]["params"][0].grad = torch.ones(2)
+    stepped.step()
+    assert not fuse(stepped)  # its state was built for the other kernel
+
+
+def test_fp16_unscale_answers_on_the_device():
+    algorithm = _build("SAGM_DG")
+    precision = Precision("fp16", "cpu")
+    precision.attach(algorithm)
+    with precision.autocast():
+        loss = F.cross_entropy(algorithm.predict(torch.randn(4, 16)), torch.tensor([0, 1, 2, 0]))
+    algorithm.optimizer.zero_grad()
+    algorithm.backward(loss)
+    finite = algorithm.unscale_gradients(algorithm.optimizer)
+    assert torch.is_tensor(finite) and finite.dtype == torch.bool and finite.dim() == 0 and bool(finite)
+    assert _build("SAGM_DG").unscale_gradients(algorithm.optimizer) is True  # no scaler: nothing to do
+
+
+@pytest.mark.parametrize("name", ["SAM", "SAGM_DG"])
+def test_sam_family_under_fp16_leaves_weights_and_adam_alone_when_the_first_gradient_overflows(name):
+    algorithm = _build(name)
+    precision = Precision("fp16", "cpu")
+    precision.attach(algorithm)
+    with precision.training_step(algorithm):
+        algorithm.update(_minibatches())
+    def adam_state():
+        return {(id(p), k): v.clone() for p, s in algorithm.optimizer.state.items() for k, v in s.items()}
+
+    before = adam_state()
+    _assert_an_inf_input_skips_the_step(algorithm, precision)
+    after = adam_state()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fp16_resumes_an_optimizer_state_written_with_the_other_kernels():
+    written = _build("ERM")
+    written.update(_minibatches())  # plain Adam: its step counts live on the host
+    algorithm = _build("ERM")
+    precision = Precision("fp16", "cpu")
+    precision.attach(algorithm)
+    algorithm.optimizer.load_state_dict(written.optimizer.state_dict())
+    before = [p.detach().clone() for p in algorithm.parameters()]
+    with precision.training_step(algorithm):
+        algorithm.update(_minibatches(1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, algorithm.parameters()))

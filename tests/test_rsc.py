@@ -306,6 +306,7 @@ def test_domainbed_variant_matches_domainbed_to_float32_rounding(input_shape, f_
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to detect host synchronisation")
 @pytest.mark.parametrize("variant", ["official", "domainbed"])
 def test_step_does_not_synchronise_with_the_host(variant):

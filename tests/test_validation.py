@@ -259,10 +259,27 @@ def test_a_nonfinite_validation_accuracy_is_refused_at_the_checkpoint():
 
 
 def test_an_infinite_training_loss_of_any_name_is_refused():
-    fold = _fake_fold()
-    fold.stats = {"loss": 1.0, "penalty_loss": math.inf, "penalty": math.inf}
+    stats = {"loss": 1.0, "penalty_loss": math.inf, "penalty": math.inf}
     with pytest.raises(NonFiniteNumberError, match=r"step 7: training penalty_loss = inf; .*lower the lr \(now 1000.0\)"):
-        FiniteGuard().after_step(fold, 7)
+        FiniteGuard().on_stats(_fake_fold(), 7, stats)
+    FiniteGuard().on_stats(_fake_fold(), 7, {**stats, "penalty_loss": 1.0})
+
+
+class _DeviceNaNFromStep3(_NaNFromStep3):
+    """Its NaN is a tensor, as the stats of the methods are."""
+
+    def update(self, minibatches):
+        return {key: torch.as_tensor(value) for key, value in super().update(minibatches).items()}
+
+
+def test_a_nonfinite_loss_is_named_by_its_step_when_the_stats_are_read(tmp_path, capsys, monkeypatch):
+    """The trainer reads the stats on the host only every tb_freq steps and at checkpoints: a NaN
+    at step 3 is found at the checkpoint of step 4 and named by step 3, before step 4's record."""
+    monkeypatch.setitem(algorithms.ALGORITHMS, "ERM", _DeviceNaNFromStep3)
+    code, err, run_dir = _train_until_error(tmp_path, capsys, "--swad", "False", "--tb_freq", "0")
+    assert code == 2 and len(err) == 1 and "step 3: training loss = nan" in err[0], err
+    assert [json.loads(line)["step"] for line in (run_dir / "results.jsonl").read_text().splitlines()] == [0, 2]
+    assert _checkpoint_steps(run_dir) <= {0, 2}
 
 
 def test_no_selection_row_is_a_nonfinite_number():

@@ -56,7 +56,7 @@ class GradientMask(ERM):
                 p.grad = m * g.mean(0) / (1e-10 + m.mean())
         self.optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": losses.mean().item()}
+        return {"loss": losses.mean().detach()}
 
 
 def sign_agreement(grads):

@@ -25,9 +25,14 @@ class Algorithm(nn.Module):
 
     update(minibatches) -> dict
         One training step. `minibatches` is a list of (x, y), one pair per training domain, in
-        environment order (all on the algorithm's device). Returns python floats, at least
-        `loss`, all finite for finite inputs. The step changes trainable parameters (fp16 may
-        skip a step whose gradients are inf or nan, as GradScaler does).
+        environment order (all on the algorithm's device). Returns its statistics, at least
+        `loss`, all finite for finite inputs, each a detached 0-dim floating-point tensor (left on
+        the device: the trainer reads them on the host only when it logs them,
+        domainbed/training/step_stats.py) or a python float. The step changes trainable
+        parameters (fp16 may skip a step whose gradients are inf or nan, as GradScaler does).
+        On a GPU nothing in it should wait for the device: no `.item()`, `float()`, `bool()` or
+        `.tolist()` of a device tensor, no tensor built from python numbers on the device
+        (tests/test_host_sync.py checks the methods of the GPU path).
 
     predict(x, env=None) -> logits
         `env` is a training domain's index (its position in `update`'s list) for in-domain
@@ -53,9 +58,18 @@ class Algorithm(nn.Module):
         `self.optimizer_step(optimizer)`: plain calls under fp32/bf16, GradScaler's scaled
         backward and unscale-then-step (skipped on inf/nan) under fp16. A method that needs the
         true gradient between backward and step (the SAM family's perturbation) calls
-        `self.unscale_gradients(optimizer)` first, which returns False when a gradient is inf or
-        nan. `torch.autograd.grad` on a loss inside `update` (penalties on gradients) is not
+        `self.unscale_gradients(optimizer)` first, which says whether every gradient is finite
+        (under fp16 as a bool tensor on the device, to be used in tensor arithmetic, not in an
+        `if`). `torch.autograd.grad` on a loss inside `update` (penalties on gradients) is not
         scaled; such methods keep the gradient graph in the autocast dtype's range themselves.
+
+    Weight averaging (domainbed/averaging/)
+        An averaged model is a copy of the method holding its parameters and buffers only:
+        optimizers, gradients and any other tensor held in a plain attribute (caches, scratch
+        memory, GradSurgery's layout) are left out of the copy (the attribute is None there),
+        so nothing of the training step is duplicated in every SWAD segment. A tensor that
+        `predict` needs is therefore a parameter or a buffer (`persistent=False` for a
+        constant).
 
     Quantization (domainbed/quant/swap.py)
         `quantize_model` may swap Conv2d/Linear modules in place for quantized ones that keep the
@@ -90,7 +104,8 @@ class Algorithm(nn.Module):
 
     def update(self, minibatches) -> dict:
         """One training step on `minibatches`: a list of (x, y), one pair per training domain,
-        in environment order. Returns a dict of python floats (at least `loss`)."""
+        in environment order. Returns a dict of detached 0-dim tensors or python floats (at
+        least `loss`)."""
         raise NotImplementedError
 
     def predict(self, x, env: int | None = None):
@@ -119,10 +134,12 @@ class Algorithm(nn.Module):
         else:
             self.loss_scaler.backward(loss)
 
-    def unscale_gradients(self, optimizer) -> bool:
+    def unscale_gradients(self, optimizer):
         """Make the `.grad` of `optimizer`'s parameters the true gradients now (under fp16 they
         are divided by the loss scale, GradScaler.unscale_; at most once per optimizer and step)
-        and say whether they are all finite. Plain True, with no work, under fp32 and bf16."""
+        and say whether they are all finite: plain True, with no work, under fp32 and bf16; under
+        fp16 a 0-dim bool tensor on the device (GradScaler's verdict; branching on it in python
+        would make the host wait for the device)."""
         if self.loss_scaler is None:
             return True
         return self.loss_scaler.unscale(optimizer)

@@ -14,8 +14,10 @@ and the class's `CONTRACT_HPARAMS` on top.
 """
 
 import copy
+import gc
 import math
 import random
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ import torch.nn as nn
 
 from domainbed import hparams_registry
 from domainbed.algorithms.registry import get_algorithm_class
+from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.errors import UsageError, first_line
 from domainbed.hparams.checks import check_hparams
 from domainbed.hparams.declare import DeclarationError
@@ -131,18 +134,26 @@ def check_declarations(name: str, datasets=DECLARATION_DATASETS) -> list:
     return []
 
 
+def _is_scalar(value) -> bool:
+    """A python float, or a detached 0-dim floating-point tensor (what the trainer reads later)."""
+    if torch.is_tensor(value):
+        return value.dim() == 0 and value.is_floating_point() and not value.requires_grad
+    return type(value) is float
+
+
 def check_finite_floats(subject_: Subject, stats) -> list:
-    """`update`'s result: a dict with `loss` whose values are finite python floats."""
+    """`update`'s result: a dict with `loss` whose values are finite scalars: python floats or
+    detached 0-dim floating-point tensors."""
     name = subject_.name
     if not isinstance(stats, dict) or "loss" not in stats:
         return [f"{name}.update returned {_one_line(stats)}: it must be a dict with at least 'loss'"]
     defects = []
     for key, value in stats.items():
-        if type(value) is not float:
+        if not _is_scalar(value):
             defects.append(f"{name}.update returned {{{key!r}: {_one_line(value)}}}: every value must be a "
-                           "python float")
+                           "python float or a detached 0-dim floating-point tensor")
         elif not math.isfinite(value):
-            defects.append(f"{name}.update returned {{{key!r}: {value}}}: every value must be finite")
+            defects.append(f"{name}.update returned {{{key!r}: {float(value)}}}: every value must be finite")
     return defects
 
 
@@ -164,7 +175,7 @@ def check_every_trainable_parameter_in_one_optimizer(subject_: Subject, algorith
 
 
 def check_update(subject_: Subject) -> list:
-    """One update returns finite python floats (with `loss`) and changes the weights."""
+    """One update returns finite scalars (with `loss`) and changes the weights."""
     algorithm = subject_.build()
     defects = check_every_trainable_parameter_in_one_optimizer(subject_, algorithm)
     before = _snapshot(algorithm)
@@ -226,7 +237,7 @@ def _record_compute_dtypes(algorithm) -> set:
 
 def check_mixed_precision(subject_: Subject, precision_name: str) -> list:
     """Under `precision_name` (bf16, fp16) the layers compute in that dtype, updates return finite
-    floats and change the weights within a few steps, and parameters stay float32."""
+    scalars and change the weights within a few steps, and parameters stay float32."""
     name, dtype = subject_.name, PRECISIONS[precision_name]
     algorithm = subject_.build()
     precision = Precision(precision_name, "cpu")
@@ -260,7 +271,7 @@ def check_mixed_precision(subject_: Subject, precision_name: str) -> list:
 def check_quantization_swap(subject_: Subject) -> list:
     """After `quantize_model` swaps every Conv2d/Linear (the QT-DoG extension's path), the step
     sizes join their weights' optimizers, every trainable parameter is optimized once, and an
-    update still returns finite floats, changes the weights and learns step sizes."""
+    update still returns finite scalars, changes the weights and learns step sizes."""
     name = subject_.name
     algorithm = subject_.build()
     subject_.update(algorithm, 0)
@@ -304,6 +315,58 @@ def check_predict_is_deterministic(subject_: Subject) -> list:
     return defects
 
 
+def _reachable_tensors(root) -> list:
+    """Every tensor reachable from `root` through the garbage collector's references (objects,
+    containers, closures), stopping at tensors, functions' code and globals, classes and python
+    modules."""
+    stop = (types.FunctionType, types.BuiltinFunctionType, types.ModuleType, types.CodeType, type)
+    found, seen, todo = [], set(), [root]
+    while todo:
+        value = todo.pop()
+        if id(value) in seen or isinstance(value, stop):
+            continue
+        seen.add(id(value))
+        if torch.is_tensor(value):
+            found.append(value)
+            continue
+        todo.extend(gc.get_referents(value))
+    return found
+
+
+def check_averaged_copy(subject_: Subject) -> list:
+    """The copy weight averaging keeps of the method (every SWAD segment is one) after an update
+    holds its parameters and buffers and no other tensor (no optimizer state, gradient or scratch
+    memory), and predicts as the method does."""
+    name = subject_.name
+    algorithm = subject_.build()
+    subject_.update(algorithm, 0)
+    averaged = AveragedModel(algorithm)
+    state = {id(t) for t in [*averaged.parameters(), *averaged.buffers()]}
+    others = [t for t in _reachable_tensors(averaged) if id(t) not in state]
+    defects = []
+    if others:
+        shapes = ", ".join(str(tuple(t.shape)) for t in others[:5])
+        defects.append(f"the averaged copy of {name} holds {len(others)} tensors besides its parameters and "
+                       f"buffers (shapes {shapes}): a tensor predict needs is a parameter or buffer; scratch state is "
+                       "left out of the copy only when held in a plain attribute")
+    with_grad = [n for n, p in averaged.named_parameters() if p.grad is not None]
+    if with_grad:
+        defects.append(f"the averaged copy of {name} holds gradients of {', '.join(with_grad[:5])}")
+    algorithm.eval()
+    averaged.eval()
+    x = subject_.minibatches(5)[0][0]
+    with torch.no_grad():
+        for env in (None, 0):
+            try:
+                same = torch.equal(algorithm.predict(x, env=env), averaged.predict(x, env=env))
+            except Exception as error:  # a plain attribute predict needs is None in the copy
+                return defects + [f"the averaged copy of {name} cannot predict: {first_line(error, with_type=True)} "
+                                  "(a tensor predict needs must be a parameter or a buffer)"]
+            if not same:
+                defects.append(f"the averaged copy of {name} predicts otherwise than {name} (env={env})")
+    return defects
+
+
 def contract_checks(subject_: Subject) -> dict:
     """{what is checked: a function of no arguments returning its defects}, in the order to run."""
     checks = {
@@ -311,6 +374,7 @@ def contract_checks(subject_: Subject) -> dict:
         "state round trip": lambda: check_state_round_trip(subject_),
         "predict in eval mode": lambda: check_predict_is_deterministic(subject_),
         "quantization swap": lambda: check_quantization_swap(subject_),
+        "averaged copy": lambda: check_averaged_copy(subject_),
     }
     for precision_name in PRECISIONS:
         checks[precision_name] = lambda precision_name=precision_name: check_mixed_precision(subject_, precision_name)

@@ -88,8 +88,7 @@ class FeatureMatching(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(objective + self.hparams["mmd_gamma"] * penalty)
         self.optimizer_step(self.optimizer)
-        loss, penalty = torch.stack([objective.detach(), penalty.detach().to(objective.dtype)]).tolist()
-        return {"loss": loss, "penalty": penalty}
+        return {"loss": objective.detach(), "penalty": penalty.detach().to(objective.dtype)}
 
 
 @register_algorithm("CORAL")

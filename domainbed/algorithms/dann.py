@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from domainbed import networks
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.algorithms.update_count import count_update, register_update_count, updates_so_far
 from domainbed.hparams.declare import SMALL_IMAGES
 
 
@@ -56,7 +57,7 @@ class AbstractDANN(Algorithm):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        register_update_count(self)
         self.featurizer = networks.Featurizer(input_shape, hparams)
         self.classifier = networks.Classifier(self.featurizer.n_outputs, num_classes, hparams["nonlinear_classifier"])
         self.network = nn.Sequential(self.featurizer, self.classifier)
@@ -88,7 +89,7 @@ class AbstractDANN(Algorithm):
         return loss + self.hparams["grad_penalty"] * penalty
 
     def update(self, minibatches):
-        self.update_count += 1
+        count_update(self)
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         d = torch.cat([torch.full_like(y, i) for i, (_, y) in enumerate(minibatches)])
@@ -97,15 +98,15 @@ class AbstractDANN(Algorithm):
         k = self.hparams["d_steps_per_g_step"]
         self.disc_optimizer.zero_grad(set_to_none=True)
         self.gen_optimizer.zero_grad(set_to_none=True)
-        if self.update_count.item() % (1 + k) < k:
+        if updates_so_far(self) % (1 + k) < k:
             self.backward(disc_loss)
             self.optimizer_step(self.disc_optimizer)
-            return {"loss": disc_loss.item(), "disc_loss": disc_loss.item()}
+            return {"loss": disc_loss.detach(), "disc_loss": disc_loss.detach()}
         gen_loss = F.cross_entropy(self.classifier(z), y) - self.hparams["lambda"] * disc_loss
         self.backward(gen_loss)
         self.optimizer_step(self.gen_optimizer)
         self.disc_optimizer.zero_grad(set_to_none=True)
-        return {"loss": gen_loss.item(), "gen_loss": gen_loss.item()}
+        return {"loss": gen_loss.detach(), "gen_loss": gen_loss.detach()}
 
     def predict(self, x, env=None):
         return self.network(x)

@@ -229,8 +229,7 @@ class DMG(ERM):
         self.backward(loss)
         self.optimizer_step(self.optimizer)
         self.optimizer_step(self.mask_optimizer)
-        values = torch.stack([loss, ce, overlap, sparsity]).detach().tolist()
-        return dict(zip(("loss", "ce", "overlap", "sparsity"), values))
+        return {"loss": loss.detach(), "ce": ce.detach(), "overlap": overlap.detach(), "sparsity": sparsity.detach()}
 
     def predict(self, x, env=None):
         if env is not None and not 0 <= env < self.num_domains:

@@ -34,7 +34,7 @@ class ERM(Algorithm):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x, env=None):
         return self.network(x)

@@ -105,4 +105,4 @@ class Fish(ERM):
                     b.copy_(b_tilde)
         self.optimizer.step()  # never unscaled: theta - theta_tilde carries no loss scale
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}

@@ -96,6 +96,4 @@ class Fishr(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(objective)
         self.optimizer_step(self.optimizer)
-        stats = torch.stack([objective.detach(), nll.detach(), penalty.detach().to(nll.dtype)])
-        objective, nll, penalty = stats.tolist()
-        return {"loss": objective, "nll": nll, "penalty": penalty}
+        return {"loss": objective.detach(), "nll": nll.detach(), "penalty": penalty.detach().to(nll.dtype)}

@@ -24,8 +24,12 @@ How: the surgered gradients of each domain are packed into one zero-padded (bloc
 matrix in which every part occupies whole rows, so all parts of all layers are handled by a
 few dense operations; only the loop over ordered domain pairs stays in Python. A part's dot
 product adds its rows' (BLAS) dot products in float64, as accurate as torch.dot on the part.
-Nothing inside the step waits for the device; the loss and the conflict rate are read once at
-the end of `update`. The per-domain gradients come from one forward and one backward per
+A tensor is packed in its memory order (dim 0 stays outermost in the contiguous and the
+channels_last layout, so every part is one run of memory) and the surgered gradients come back
+in their parameters' layout: channels_last convolutions on CUDA get channels_last gradients,
+which Adam's multi-tensor kernels need for their fast path. Nothing inside the step waits for
+the device; the loss and the conflict rate are returned as device tensors (read when the
+trainer logs them). The per-domain gradients come from one forward and one backward per
 domain, as in the official code: that costs the FLOPs of one ERM step, whereas one forward
 over the concatenated batch would need one backward over the whole batch per domain; and it
 keeps per-domain BatchNorm statistics (and dropout draws) when BatchNorm is not frozen.
@@ -42,8 +46,8 @@ Differences from the official code, and why:
   them with the last domain's gradient only.
 - Surgery applies to Conv2d, Linear and (with all_layers) BatchNorm parameters, including
   subclasses; GroupNorm / LayerNorm parameters are summed, as the official isinstance test does.
-- The conflict rate is computed on the device and read once per step; the official code also
-  records a mean "change percentage" (sin of the projection angle), which we do not.
+- The conflict rate is computed on the device; the official code also records a mean "change
+  percentage" (sin of the projection angle), which we do not.
 - Norms, means and stds of the outlier rule are computed in float64 from float64 part sums
   (the official code takes float32 norms to numpy float64).
 - A part that the projections cancel (e.g. g_i^j antiparallel to g_p^j, or inside the span of
@@ -128,7 +132,7 @@ class PartLayout:
         flat_matrix = matrix.view(-1)
         destinations, sources = [], []
         for tensor, slots in zip(tensors, self._slots):
-            flat = tensor.reshape(-1)
+            flat = _memory_order(tensor)
             offset = 0
             for first_block, count, length, blocks in slots:
                 start = first_block * self.BLOCK
@@ -152,8 +156,9 @@ class PartLayout:
         destinations, sources = self._views(tensors, matrix)
         torch._foreach_copy_(destinations, sources)
 
-    def unpack(self, matrix) -> list:
-        tensors = [torch.empty(shape, dtype=matrix.dtype, device=matrix.device) for shape in self.shapes]
+    def unpack(self, matrix, like) -> list:
+        """The tensors packed in `matrix`, each in the memory layout of its tensor in `like`."""
+        tensors = [torch.empty_like(t, dtype=matrix.dtype, device=matrix.device) for t in like]
         destinations, sources = self._views(tensors, matrix)
         torch._foreach_copy_(sources, destinations)
         return tensors
@@ -177,6 +182,14 @@ class PartLayout:
     def per_row_of_tensor(self, per_tensor) -> torch.Tensor:
         """(..., tensors) -> (..., blocks, 1)."""
         return self.per_row(per_tensor.index_select(-1, self.tensor_of_part))
+
+
+def _memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """The elements of `tensor` as a 1-D view in memory order: for a channels_last tensor its
+    (N, H, W, C) order, whose dim 0 is outermost as in the contiguous layout."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).view(-1)
+    return tensor.reshape(-1)
 
 
 def project_conflicts(G, layout: PartLayout):
@@ -236,7 +249,7 @@ def gradient_surgery(domain_grads, n_parts: int, alpha: float, use_alpha: bool, 
         outlier_rule(G, squared_norms, layout, alpha)
     total = G.sum(0)
     comparisons = layout.n_parts * n_domains * (n_domains - 1)
-    return layout.unpack(total), conflicts / max(comparisons, 1)
+    return layout.unpack(total, like=domain_grads[0]), conflicts / max(comparisons, 1)
 
 
 @register_algorithm("GradSurgery")
@@ -316,5 +329,4 @@ class GradSurgery(ERM):
             p.grad = g
         self.optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, conflict_rate = torch.stack([torch.stack(losses).mean(), conflict_rate.to(losses[0].dtype)]).tolist()
-        return {"loss": loss, "conflict_rate": conflict_rate}
+        return {"loss": torch.stack(losses).mean(), "conflict_rate": conflict_rate.to(losses[0].dtype)}

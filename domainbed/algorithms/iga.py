@@ -40,5 +40,4 @@ class IGA(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(mean_risk + self.hparams["penalty"] * penalty)
         self.optimizer_step(self.optimizer)
-        loss, penalty = torch.stack([mean_risk.detach(), penalty.detach().to(mean_risk.dtype)]).tolist()
-        return {"loss": loss, "penalty": penalty}
+        return {"loss": mean_risk.detach(), "penalty": penalty.detach().to(mean_risk.dtype)}

@@ -13,7 +13,8 @@ Departures from DomainBed's code (facebookresearch/DomainBed, algorithms.IRM):
   lambda; we clear the optimizer's state instead, which is the same step but keeps the param
   groups (quantization's step sizes, a resumed optimizer) intact.
 - The dummy scale s lives on the logits' device (DomainBed hard-codes `.cuda()`).
-- The update counter is a buffer, as DomainBed's, so checkpoints resume it.
+- The update counter is a buffer, as DomainBed's, so checkpoints resume it; the step reads its
+  host copy (domainbed/algorithms/update_count.py).
 """
 
 import torch
@@ -21,11 +22,12 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.algorithms.update_count import count_update, register_update_count, updates_so_far
 
 
 def irm_penalty(logits, y):
     """grad_s CE(s * logits[::2]) * grad_s CE(s * logits[1::2]) at s = 1 (differentiable)."""
-    s = torch.tensor(1.0, device=logits.device, requires_grad=True)
+    s = torch.ones((), device=logits.device, requires_grad=True)
     loss_even = F.cross_entropy(logits[::2] * s, y[::2])
     loss_odd = F.cross_entropy(logits[1::2] * s, y[1::2])
     (grad_even,) = torch.autograd.grad(loss_even, [s], create_graph=True)
@@ -41,11 +43,11 @@ class PenaltyAnneal(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        register_update_count(self)
 
     def penalty_weight(self) -> float:
         anneal = self.hparams[f"{self.prefix}_penalty_anneal_iters"]
-        return self.hparams[f"{self.prefix}_lambda"] if self.update_count.item() >= anneal else 1.0
+        return self.hparams[f"{self.prefix}_lambda"] if updates_so_far(self) >= anneal else 1.0
 
     def objective(self, minibatches, lambda_t):
         """(loss, {name: 0-dim tensor}) for this step's penalty weight `lambda_t`."""
@@ -54,14 +56,13 @@ class PenaltyAnneal(ERM):
     def update(self, minibatches):
         lambda_t = self.penalty_weight()
         loss, stats = self.objective(minibatches, lambda_t)
-        if self.update_count.item() == self.hparams[f"{self.prefix}_penalty_anneal_iters"]:
+        if updates_so_far(self) == self.hparams[f"{self.prefix}_penalty_anneal_iters"]:
             self.optimizer.state.clear()  # DomainBed's fresh Adam at the end of the anneal
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        self.update_count += 1
-        values = torch.stack([loss.detach(), *[v.detach() for v in stats.values()]]).tolist()
-        return dict(zip(["loss", *stats], values))
+        count_update(self)
+        return {"loss": loss.detach(), **{key: value.detach() for key, value in stats.items()}}
 
 
 @register_algorithm("IRM")

@@ -21,7 +21,8 @@ Differences from SWAD's code (khanrc/swad, domainbed/models/resnet_mixstyle.py, 
   harness's 28 x 28 datasets) MixStyle follows the first three of its four conv blocks, the
   analogue of ResNet's first three stages; SWAD has no such case.
 - The coin flip uses torch's generator instead of python's `random`, so the run's torch seed
-  alone fixes every MixStyle draw.
+  alone fixes every MixStyle draw. All draws are made on the host (CPU generator) and copied to
+  the device without blocking, so a forward pass never waits for the device.
 """
 
 import torch
@@ -46,8 +47,10 @@ class MixStyle(nn.Module):
         batch = x.size(0)
         mu = x.mean(dim=(2, 3), keepdim=True).detach()
         sigma = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
-        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((batch, 1, 1, 1)).to(x.device, x.dtype)
-        perm = self.partners(batch)
+        # drawn on the host, then copied without blocking: the step never waits for the device
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((batch, 1, 1, 1)).to(x.device, x.dtype,
+                                                                                            non_blocking=True)
+        perm = self.partners(batch).to(x.device, non_blocking=True)
         mu_mix = lam * mu + (1 - lam) * mu[perm]
         sigma_mix = lam * sigma + (1 - lam) * sigma[perm]
         return sigma_mix * (x - mu) / sigma + mu_mix

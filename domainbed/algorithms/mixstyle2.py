@@ -53,4 +53,4 @@ class Mixstyle2(Mixstyle):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}

@@ -33,4 +33,4 @@ class Mixup(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(objective)
         self.optimizer_step(self.optimizer)
-        return {"loss": objective.item()}
+        return {"loss": objective.detach()}

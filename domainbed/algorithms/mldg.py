@@ -61,7 +61,8 @@ class MLDG(ERM):
             G_j = F.cross_entropy(inner_net(x_j), y_j)
             self.backward(G_j)
             self._add_grads(inner_net, beta / n)
-            objective += F_i.item() + beta * G_j.item()
+            # in float64, python's arithmetic on the two losses' values
+            objective = objective + (F_i.detach().double() + beta * G_j.detach().double())
         self.optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": objective / n}

@@ -65,7 +65,7 @@ class MultiHead(Algorithm):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x, env=None):
         if env is not None and not 0 <= env < self.num_domains:

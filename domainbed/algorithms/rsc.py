@@ -185,8 +185,7 @@ class RSC(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        values = torch.stack([loss.detach(), *stats.values()]).tolist()
-        return dict(zip(["loss", *stats], values))
+        return {"loss": loss.detach(), **stats}
 
     # official variant ----------------------------------------------------------------------
 

@@ -97,8 +97,7 @@ class SagNet(Algorithm):
         self.optimizer_step(self.optimizer_f)
         self.optimizer_s.zero_grad(set_to_none=True)  # the adversary's pass reached h_s too
 
-        values = torch.stack([loss_c.detach(), loss_s.detach(), loss_adv.detach()]).tolist()
-        return dict(zip(("loss", "loss_s", "loss_adv"), values))
+        return {"loss": loss_c.detach(), "loss_s": loss_s.detach(), "loss_adv": loss_adv.detach()}
 
     def predict(self, x, env=None):
         return self.classifier(self.featurizer(x))

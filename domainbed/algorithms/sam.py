@@ -60,19 +60,19 @@ class SAM(ERM):
         loss = self.empirical_risk(minibatches)  # L(w)
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
-        # e is computed from g: under fp16 it must be the true gradient, and a step whose g
-        # overflowed is skipped before w moves (GradScaler then lowers the scale)
-        if not self.unscale_gradients(self.perturbation):
-            self.optimizer.zero_grad(set_to_none=True)
-            return {"loss": loss.item()}
-        self.perturbation.first_step(zero_grad=True)
+        # e is computed from g: under fp16 it must be the true gradient; a g that overflowed
+        # gives e = 0 and skips the base step (GradScaler then lowers the scale), decided on the
+        # device so that the host never waits for it
+        g_finite = self.unscale_gradients(self.perturbation)
+        self.perturbation.first_step(zero_grad=True, finite=g_finite)
 
         with optim.frozen_running_stats(self.network):
             self.backward(self.empirical_risk(minibatches))  # L(w + e)
-        self.unscale_gradients(self.optimizer)  # g_p; an inf/nan here skips the base step
+        self.perturbation.skip_base_step_unless(g_finite)
+        self.unscale_gradients(self.optimizer)  # g_p; an inf/nan here (or in g) skips the base step
         self.perturbation.second_step(zero_grad=True, base_step=self.optimizer_step)
 
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
 
 @register_algorithm("GSAM")

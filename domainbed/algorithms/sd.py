@@ -30,5 +30,4 @@ class SD(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss + self.hparams["sd_reg"] * penalty)
         self.optimizer_step(self.optimizer)
-        loss, penalty = torch.stack([loss.detach(), penalty.detach().to(loss.dtype)]).tolist()
-        return {"loss": loss, "penalty": penalty}
+        return {"loss": loss.detach(), "penalty": penalty.detach().to(loss.dtype)}

@@ -87,4 +87,4 @@ class SelfReg(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}

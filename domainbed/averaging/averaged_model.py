@@ -4,8 +4,8 @@ It differs from SWAD's swa_utils.AveragedModel where it costs time or memory, no
 computes: n_averaged is a python int (SWAD's is a device tensor, a host synchronisation per step),
 the update is one fused foreach lerp, avg.lerp_(w, 1 / (n + 1)), where SWAD loops over the
 parameters computing avg + (w - avg) / (n + 1) (equal up to float rounding; about 3x faster on the
-CPU: no temporary), and the copy leaves out the algorithm's optimizers instead of copying their
-state.
+CPU: no temporary), and the copy holds the model's parameters and buffers only, where SWAD's deep
+copy also copies the algorithm's optimizers, gradients and scratch memory into every segment.
 """
 
 import copy
@@ -13,23 +13,49 @@ import copy
 import torch
 import torch.nn as nn
 
+# what nn.Module itself keeps in an instance's __dict__ (parameters, buffers, submodules, hooks)
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_LEAVES = (str, bytes, int, float, complex, bool, type(None), type, torch.device, torch.dtype)
 
-def _optimizers_in(model: nn.Module) -> list:
-    """Every optimizer an algorithm holds (directly or in a list or dict attribute)."""
+
+def _holds_other_tensors(value, state: set, seen: set) -> bool:
+    """Whether `value` is, or holds (in containers and object attributes, not in functions or
+    nn.Modules of the model), a tensor whose id is not in `state`."""
+    if id(value) in seen or isinstance(value, _LEAVES) or callable(value) and not isinstance(value, nn.Module):
+        return False
+    seen.add(id(value))
+    if torch.is_tensor(value):
+        return id(value) not in state
+    if isinstance(value, dict):
+        return any(_holds_other_tensors(v, state, seen) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_other_tensors(v, state, seen) for v in value)
+    return any(_holds_other_tensors(v, state, seen) for v in getattr(value, "__dict__", {}).values())
+
+
+def scratch_of(model: nn.Module) -> list:
+    """The objects in plain attributes of `model`'s modules that are not its state: optimizers,
+    and anything holding a tensor that is no parameter or buffer of `model` (caches, scratch
+    memory such as GradSurgery's layout). Submodules, parameter lists and settings are state."""
+    modules = list(model.modules())
+    state = {id(t) for t in [*model.parameters(), *model.buffers()]} | {id(m) for m in modules}
     found = []
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, dict):
-                value = list(value.values())
-            values = value if isinstance(value, (list, tuple)) else [value]
-            found += [v for v in values if isinstance(v, torch.optim.Optimizer)]
+    for module in modules:
+        for name, value in vars(module).items():
+            if name in _MODULE_INTERNALS or id(value) in state:
+                continue
+            if isinstance(value, torch.optim.Optimizer) or _holds_other_tensors(value, state, set()):
+                found.append(value)
     return found
 
 
-def copy_without_optimizers(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` whose optimizer attributes are None: the averaged model never
-    steps, and copying Adam's state would triple the memory of every segment."""
-    return copy.deepcopy(model, memo={id(optimizer): None for optimizer in _optimizers_in(model)})
+def state_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` holding its parameters and buffers only: every attribute that
+    `scratch_of` names is None in the copy (torch copies a Parameter without its gradient). The
+    averaged model never steps, so this is all it needs, and a copy of Adam's state or of a
+    method's scratch memory would cost every SWAD segment as much again (and stay on the GPU
+    when a segment is frozen to the CPU, which moves parameters and buffers only)."""
+    return copy.deepcopy(model, memo={id(value): None for value in scratch_of(model)})
 
 
 class AveragedModel(nn.Module):
@@ -44,7 +70,7 @@ class AveragedModel(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         source = model.module if isinstance(model, AveragedModel) else model
-        self.module = copy_without_optimizers(source)
+        self.module = state_copy(source)
         self.n_averaged = 0
         self.start_step = -1
         self.end_step = -1

@@ -19,7 +19,8 @@ transformed at once on the device:
 - colour: brightness, contrast and saturation factors U(0.7, 1.3), hue shift U(-0.3, 0.3),
   applied in a random order drawn per sample (torchvision's `randperm(4)` per image), with
   torchvision's tensor formulas;
-- grayscale with probability 0.1; ImageNet normalisation (torchvision.transforms.v2.functional).
+- grayscale with probability 0.1; ImageNet normalisation (torchvision.transforms.v2.functional,
+  with the mean and std kept on the device: `DeviceConstant`).
 
 Why not a library for the per-sample part: torchvision.transforms.v2 draws one set of
 parameters per call, so per-sample augmentation is a Python loop over the images, some fifteen
@@ -55,6 +56,33 @@ from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 HUE = 3  # the columns of `factors`: brightness, contrast, saturation, hue
 
 
+class DeviceConstant:
+    """Numbers that meet device tensors in arithmetic (normalisation's mean and std, the HSV
+    cone's offsets), copied to each device and dtype once. Built from python numbers at every use
+    (`torch.as_tensor(list, device=cuda)`, as torchvision's normalize does with lists) they would
+    cost a blocking copy, a wait for the device, every time."""
+
+    def __init__(self, values):
+        self.values = torch.tensor(values, dtype=torch.float64)
+        self._copies = {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """The numbers on `x`'s device in `x`'s dtype (rounded once, as from python floats)."""
+        key = (x.device, x.dtype)
+        if key not in self._copies:
+            self._copies[key] = self.values.to(x.device, x.dtype, non_blocking=True)
+        return self._copies[key]
+
+
+def normalize(x: torch.Tensor, mean: DeviceConstant, std: DeviceConstant, inplace: bool = False) -> torch.Tensor:
+    """torchvision's normalize (the same arithmetic: subtract, then divide) with the mean and std
+    already on the device."""
+    return TF.normalize(x, mean.like(x), std.like(x), inplace=inplace)
+
+
+_HSV_OFFSETS = DeviceConstant([5.0, 3.0, 1.0])  # n of hsv_to_rgb for R, G, B
+
+
 @dataclass
 class AugmentParams:
     """One draw per sample; `boxes` are (top, left, height, width) in source pixels."""
@@ -81,6 +109,7 @@ class TrainAugment:
         self.flip_p = flip_p
         self.mean = list(mean)
         self.std = list(std)
+        self._mean, self._std = DeviceConstant(self.mean), DeviceConstant(self.std)
 
     def draw_boxes(self, sizes: torch.Tensor, generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
         """(B, 4) int64 boxes (top, left, height, width) for images of `sizes` (B, 2) = (H, W)."""
@@ -137,7 +166,7 @@ class TrainAugment:
         _on_rows(x, params.flip, lambda rows, _: TF.horizontal_flip(rows))
         x = self.color_jitter_(x, params.factors.to(x.device, non_blocking=True), params.order)
         _on_rows(x, params.grayscale, lambda rows, _: TF.rgb_to_grayscale(rows, num_output_channels=3))
-        return TF.normalize(x, self.mean, self.std, inplace=True)
+        return normalize(x, self._mean, self._std, inplace=True)
 
     def color_jitter_(self, x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """In place: position k of every sample's order applies that sample's k-th operation; the
@@ -203,6 +232,6 @@ def hsv_to_rgb(image: torch.Tensor) -> torch.Tensor:
     v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6 (equal to torchvision's
     sector table, in a few passes over the image instead of one per sector)."""
     h, s, v = image.unsqueeze(-3).unbind(dim=-4)
-    n = torch.tensor([5.0, 3.0, 1.0], device=image.device, dtype=image.dtype).view(3, 1, 1)
+    n = _HSV_OFFSETS.like(image).view(3, 1, 1)
     k = torch.remainder(n + 6.0 * h, 6.0)
     return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)

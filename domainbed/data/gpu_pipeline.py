@@ -23,11 +23,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from domainbed import misc
 from domainbed.data.cache import image_cache, train_cache_size
-from domainbed.data.gpu_augment import TrainAugment
+from domainbed.data.gpu_augment import DeviceConstant, TrainAugment, normalize
 from domainbed.data.loaders import num_workers_for
 from domainbed.data.pipeline import ClassicPipeline, InputPipeline
 from domainbed.data.sampling import batch_indices
@@ -98,6 +97,7 @@ class GpuPipeline(InputPipeline):
         self.train_size = train_cache_size(self.image_size)
         self.channels_last = self.device.type == "cuda"
         self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        self._mean, self._std = DeviceConstant(self.mean), DeviceConstant(self.std)
         self.augmentation = TrainAugment(self.image_size)
         self.cache_dir = hparams["cache_dir"] or None
         self.workers = num_workers_for(hparams["num_workers"], os.cpu_count() or 1, 1)
@@ -139,7 +139,7 @@ class GpuPipeline(InputPipeline):
         return x
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return TF.normalize(images.float().div_(255.0), self.mean, self.std)
+        return normalize(images.float().div_(255.0), self._mean, self._std)
 
     def train_minibatches(self, splits, seeds, batch_size: int, start_step: int = 0):
         """Endless iterator of tuples of (x, y), one per training split, from `start_step` on."""
@@ -167,8 +167,13 @@ class GpuPipeline(InputPipeline):
             while True:
                 yield device_part(step, *host_part(step))
                 step += 1
-        # host-resident caches: gather step t + 1 while step t trains
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather") as pool:
+        # host-resident caches: gather step t + 1 while step t trains, in a thread whose current
+        # device is the run's (pinning and copying there would otherwise open a context on GPU 0)
+        on_device = {}
+        if self.device.type == "cuda":
+            index = torch.cuda.current_device() if self.device.index is None else self.device.index
+            on_device = {"initializer": torch.cuda.set_device, "initargs": (index,)}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather", **on_device) as pool:
             pending = pool.submit(host_part, step)
             while True:
                 items, gathered = pending.result()

@@ -14,6 +14,7 @@ from domainbed import hparams_registry
 from domainbed.datasets import get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.hparams.rules import Rule, fraction, int_at_least, optional
+from domainbed.training.precision import check_precision
 
 
 def _check_device(value) -> None:
@@ -71,6 +72,8 @@ def check_run_settings(args, hparams: dict) -> None:
     check_hparams(args.algorithm, args.dataset, hparams)
 
     _check_device(args.device)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    check_precision(hparams.get("precision", "fp32"), device)
     test_envs = args.test_envs or []
     negative = [env for env in test_envs if env < 0]
     if negative:

@@ -28,7 +28,10 @@ perturbed one with `frozen_running_stats`):
 Under fp16 loss scaling both gradients must be unscaled before use: the first before
 `first_step` (the perturbation depends on its norm), the second before `second_step`; the SAM
 algorithm does this through `Algorithm.unscale_gradients` and passes `optimizer_step` as
-`base_step`.
+`base_step`. A first gradient that overflowed must not move w, and its step must be skipped:
+`first_step(finite=...)` takes e = 0 where the flag (a device tensor) is False, and
+`skip_base_step_unless(flag)` makes the second gradient NaN then, so that GradScaler skips the
+base step; both decide on the device, without waiting for it.
 
 or `optimizer.step(closure)` with a closure that zeroes the gradients, runs forward and
 backward and returns the loss. The wrapper shares `param_groups` with the base optimizer (an lr
@@ -117,9 +120,11 @@ class SAM(torch.optim.Optimizer):
         return g_p
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
+    def first_step(self, zero_grad: bool = False, finite=True) -> None:
         """w <- w + e(w), from the gradients g now in `.grad` (taken over, not copied, when
-        `zero_grad` clears `.grad` for the perturbed backward pass)."""
+        `zero_grad` clears `.grad` for the perturbed backward pass). `finite`: whether g is
+        finite, True or a 0-dim bool tensor (fp16's verdict, `Algorithm.unscale_gradients`);
+        where it is False, e = 0 and w stays as it is."""
         params = self._params_with_grad()
         g = [p.grad.detach().to(torch.float32, copy=not zero_grad) for p in params]
         if self.adaptive:
@@ -131,11 +136,24 @@ class SAM(torch.optim.Optimizer):
             e = g_i * scale
             if self.adaptive:
                 e.mul_(p.detach().float().pow(2))
+            if finite is not True:
+                e = torch.where(finite, e, 0.0)
             p.add_(e.to(p.dtype))
             self.state[p]["g"] = g_i
             self.state[p]["e"] = e
         if zero_grad:
             self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def skip_base_step_unless(self, finite) -> None:
+        """With `finite` a 0-dim bool tensor that is False, make one gradient now in `.grad` NaN
+        (times 1 where True: unchanged), so that GradScaler's inf check before the base step finds
+        it and the step is skipped. `finite` True: nothing to do."""
+        if finite is True:
+            return
+        params = self._params_with_grad()
+        if params:
+            params[0].grad.mul_(torch.where(finite, 1.0, float("nan")).to(params[0].grad.dtype))
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, base_step=None) -> None:

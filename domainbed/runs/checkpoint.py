@@ -12,7 +12,8 @@ one) holding:
 - `fold.model_transforms` (module-tree changes, replayed with model_io's REBUILDERS before the
   state dict is loaded), each extension's `state_dict()`, in the extensions' order, and the
   trainer's own stateful objects (the fp16 loss scaler);
-- the RNG states of python, numpy and torch (CPU and every CUDA device), the records so far, and
+- the RNG states of python, numpy and torch (CPU, and the run's CUDA device, which a resume
+  restores on its own device whatever the GPU count of its machine), the records so far, and
   whether an extension stopped training.
 
 The data stream needs no state: the batches of step t (and their augmentation) are a pure function
@@ -60,23 +61,38 @@ def fingerprint(settings, hparams: dict) -> dict:
     }))
 
 
-def _rng_state() -> dict:
+def _rng_state(device) -> dict:
+    """The RNG states; on CUDA also the run device's own generator under `cuda_device`, which a
+    resume restores on whatever device (and machine, with whatever GPU count) it runs."""
     # numpy's state as a tensor, so the checkpoint loads with weights_only (domainbed/runs/persistence.py)
     name, keys, position, has_gauss, cached = np.random.get_state()
     numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(), "device": str(device)}
+    if torch.device(device).type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device, log=print, where: str = "") -> None:
+    """Restore the RNG states. A run on CUDA whose device's state the checkpoint lacks (written on
+    the CPU, or by a version that saved every GPU's state, `cuda`, on a machine with another GPU
+    count) says in one line which random draws will differ."""
     random.setstate(state["python"])
     name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if torch.device(device).type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+    else:
+        written = (f"on a machine with {len(state['cuda'])} GPUs (this one has {torch.cuda.device_count()})"
+                   if "cuda" in state else f"by a run on {state.get('device', 'the CPU')}")
+        log(f"{where}warning: the checkpoint holds no random state for {device} (written {written}): random draws "
+            "on the GPU (dropout, DMG's mask samples, RSC's random scores, ...) will differ from those of an "
+            "uninterrupted run")
 
 
 def _optimizer_state(optimizer, names: dict) -> dict:
@@ -204,7 +220,7 @@ class FoldCheckpoints:
             "trainer": {name: obj.state_dict() for name, obj in self.stateful.items()},
             "records": list(fold.records),
             "stop": fold.stop,
-            "rng": _rng_state(),
+            "rng": _rng_state(fold.device),
         }
         save(state, checkpoint_path(self.out_dir, self.test_envs, step))
         prune(self.out_dir, self.test_envs, fold.records, self.keep_best)
@@ -249,7 +265,7 @@ class FoldCheckpoints:
             obj.load_state_dict(state["trainer"].get(name, {}))
         fold.records = list(state["records"])
         fold.stop = state["stop"]
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], fold.device, fold.log, f"[{fold.name}] ")
 
     def finish(self, rows: dict, row_rules: dict, records) -> None:
         """Mark the fold finished and delete its checkpoints (but the best with `keep_best`)."""

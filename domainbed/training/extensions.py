@@ -68,7 +68,13 @@ class Extension:
         """Before `algorithm.update` at `step`."""
 
     def after_step(self, fold, step: int) -> None:
-        """After `algorithm.update` at `step`; `fold.stats` holds the dict it returned."""
+        """After `algorithm.update` at `step`; `fold.stats` holds the dict it returned (tensors
+        still on the device: reading one here would synchronise every step)."""
+
+    def on_stats(self, fold, step: int, stats: dict) -> None:
+        """The stats of `step` as python numbers, when the trainer reads them on the host: every
+        `tb_freq` steps and at every checkpoint (before its evaluation), each pending step in
+        order (domainbed/training/step_stats.py)."""
 
     def at_checkpoint(self, fold, step: int, record: dict) -> None:
         """After the evaluation at `step`; `record` is the checkpoint's record, which the

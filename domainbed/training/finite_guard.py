@@ -5,7 +5,9 @@ step, checkpoint and record would be wasted or, worse, reported. The training lo
 finite while the model already predicts NaN (the validation loss is NaN from the first checkpoint
 with `--lr 1e3`), and an accuracy of NaN logits is a meaningless number, so three checks:
 
-- after every step, each stat whose name contains "loss";
+- each stat of every step whose name contains "loss", when the trainer reads the step's stats on
+  the host (every `tb_freq` steps and before every checkpoint's evaluation: reading them after
+  every step would make the host wait for the device every step); the line names the step;
 - at every checkpoint, before any extension consumes the record (weight averaging would converge
   on a NaN threshold), every number of the record: the split accuracies and losses and their
   summaries; the trainer still writes that record to results.jsonl, so the user sees it;
@@ -28,8 +30,8 @@ def _stops(fold, step: int, kept: str = "") -> str:
 
 
 class FiniteGuard(Extension):
-    def after_step(self, fold, step: int) -> None:
-        losses = {f"training {key}": value for key, value in fold.stats.items() if "loss" in key}
+    def on_stats(self, fold, step: int, stats: dict) -> None:
+        losses = {f"training {key}": value for key, value in stats.items() if "loss" in key}
         require_finite(losses, f"[{fold.name}] step {step}", _stops(fold, step))
 
     def at_checkpoint(self, fold, step: int, record: dict) -> None:

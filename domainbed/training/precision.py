@@ -16,6 +16,18 @@ SAM family's perturbation is computed from the first gradient) calls
 `self.unscale_gradients(optimizer)` (GradScaler.unscale_), which says whether that gradient is
 finite. Every registered method goes through these hooks (tests/test_contract.py); a method
 that calls `backward()` or `step()` directly is refused under fp16 with a UsageError.
+
+Under fp16 nothing of this waits for the device: whether a gradient is finite is GradScaler's own
+`found_inf`, a device tensor (not a recomputation read on the host), and the optimizers of
+`algorithm.optimizers()` that torch can fuse (Adam, AdamW, SGD) take their fused kernels, to which
+GradScaler hands `found_inf`: the kernel skips the step on the device, where GradScaler would
+otherwise read `found_inf` on the host before every step. (The fused kernels round slightly
+differently from the default multi-tensor ones, so they are switched on for fp16 only, which has
+no earlier results to keep.)
+
+bf16 needs arithmetic units for it: on a CUDA device older than Ampere (compute capability 8.0:
+V100, T4) `check_precision` refuses it with one line suggesting fp16, before the run directory
+exists; a CPU without bf16 units emulates it, slower than fp32, with a warning.
 """
 
 import contextlib
@@ -41,6 +53,45 @@ def native_cpu_bf16() -> bool | None:
     return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
 
 
+def check_precision(name: str, device) -> None:
+    """A one-line UsageError for a precision the device cannot compute in: bf16 on a CUDA
+    device below compute capability 8.0, which has no bf16 arithmetic (torch's autocast then
+    fails deep inside, or emulates it far slower than fp16)."""
+    if name not in DTYPES:
+        raise unknown_choice("precision", name, list(DTYPES))
+    device = torch.device(device)
+    if name != "bf16" or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} (compute capability "
+                         f"{major}.{minor}) has no bf16 arithmetic, which needs 8.0 (Ampere) or newer; use "
+                         "--precision fp16 (with loss scaling) or fp32")
+
+
+FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+FUSED_DEVICES = ("cuda", "cpu")
+
+
+def fuse(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch `optimizer` to torch's fused kernel, as if built with `fused=True`, when it is a
+    fresh Adam, AdamW or SGD on devices with fused kernels; returns whether it did. GradScaler then
+    passes its device-side `found_inf` to the kernel instead of reading it on the host."""
+    if type(optimizer) not in FUSABLE or optimizer.state:
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if any(group.get("differentiable") for group in optimizer.param_groups) or not all(
+            p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params):
+        return False
+    for group in [optimizer.defaults, *optimizer.param_groups]:
+        group["fused"], group["foreach"] = True, False
+    # what the constructors set for fused=True (torch/optim/adam.py, sgd.py)
+    optimizer._step_supports_amp_scaling = True
+    if isinstance(optimizer, torch.optim.SGD):
+        optimizer._need_device_dtype_check_for_fused = True
+    return True
+
+
 class LossScaler:
     """What `Algorithm.backward` / `optimizer_step` call under fp16; counts its uses so the
     trainer can tell a method that bypasses it."""
@@ -63,21 +114,27 @@ class LossScaler:
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         self._update_if_used(optimizer, self._stepped)
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and not all(
+                group.get("fused") for group in optimizer.param_groups):
+            # a fused optimizer that loaded the groups of a checkpoint written with the other
+            # kernels runs those, which take no found_inf: GradScaler reads it on the host then
+            optimizer._step_supports_amp_scaling = False
         self.scaler.step(optimizer)
         self._stepped.add(id(optimizer))
         self.steps += 1
 
-    def unscale(self, optimizer: torch.optim.Optimizer) -> bool:
-        """GradScaler.unscale_(optimizer), then whether every gradient it holds is finite. A step
-        abandoned on False counts as a (skipped) step."""
+    def unscale(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """GradScaler.unscale_(optimizer), then whether every gradient it holds is finite: a 0-dim
+        bool tensor on the device, GradScaler's own verdict (its found_inf), so nothing waits for
+        the device. A step abandoned on False counts as a (skipped) step."""
         self._update_if_used(optimizer, self._stepped | self._unscaled)
         self.scaler.unscale_(optimizer)
         self._unscaled.add(id(optimizer))
         self.steps += 1
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        # GradScaler keeps found_inf per device in its per-optimizer state, which it has no public
+        # accessor for; unscale_ has just filled it (zeros when no gradient was found)
+        found_inf = self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values()
+        return torch.stack([f.to(self.scaler._scale.device, non_blocking=True) for f in found_inf]).sum() == 0
 
     def update(self) -> None:
         """GradScaler.update: the new scale from the inf checks since the last update."""
@@ -88,8 +145,7 @@ class LossScaler:
 
 class Precision:
     def __init__(self, name: str, device):
-        if name not in DTYPES:
-            raise unknown_choice("precision", name, list(DTYPES))
+        check_precision(name, device)
         self.name = name
         self.device = torch.device(device)
         self.dtype = DTYPES[name]
@@ -104,8 +160,12 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def attach(self, algorithm) -> None:
-        """Give the algorithm's backward/step hooks the loss scaler (None: plain calls)."""
+        """Give the algorithm's backward/step hooks the loss scaler (None: plain calls); under
+        fp16 also switch its optimizers to their fused kernels (`fuse`), before any step."""
         algorithm.loss_scaler = self.loss_scaler
+        if self.loss_scaler is not None:
+            for optimizer in algorithm.optimizers().values():
+                fuse(optimizer)
 
     @contextlib.contextmanager
     def training_step(self, algorithm):

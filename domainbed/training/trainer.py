@@ -30,6 +30,7 @@ from domainbed.training.initialization import fingerprint, initialize
 from domainbed.training.precision import Precision
 from domainbed.training.progress import Progress
 from domainbed.training.scalars import ScalarLog
+from domainbed.training.step_stats import PendingStats
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Fold:
     final_model: torch.nn.Module | None = None
     row_rules: dict = field(default_factory=dict)
     model_transforms: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)  # the last `algorithm.update`'s, for after_step hooks
+    stats: dict = field(default_factory=dict)  # the last `algorithm.update`'s (device tensors), for after_step hooks
 
     @property
     def name(self) -> str:
@@ -152,11 +153,28 @@ def select(fold: Fold, extensions) -> dict:
     return rows
 
 
+def train_step(fold: Fold, extensions, precision, step: int) -> dict:
+    """One step: the next minibatches, the extensions' hooks around the update under the run's
+    precision; returns the update's stats (still on the device). Nothing here waits for the
+    device (tests/test_host_sync.py)."""
+    minibatches = next(fold.train_minibatches)
+    for extension in extensions:
+        extension.before_step(fold, step)
+    fold.algorithm.on_step_begin(step, fold.settings.n_steps)
+    with precision.training_step(fold.algorithm):
+        fold.stats = fold.algorithm.update(list(minibatches))
+    for extension in extensions:
+        extension.after_step(fold, step)
+    return fold.stats
+
+
 def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_step: int, steps_per_epoch: float,
                 records_path: Path | None) -> None:
     """The training loop from `start_step`: an update per step; at every checkpoint a record, its
     line in results.jsonl, the `--model_save` snapshot and the resume checkpoint."""
     interval = collections.defaultdict(list)
+    pending, step_times = PendingStats(), []  # the steps whose stats the host has not read yet
+    tb_freq = fold.settings.tb_freq
     end_step = start_step if fold.stop else fold.settings.n_steps  # an extension stopped it before the crash
     bar = tqdm(total=fold.settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
                disable=None, leave=False)
@@ -164,23 +182,26 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
                         fold.hparams["progress_interval"])
     for step in range(start_step, end_step):
         start = time.perf_counter()
-        minibatches = next(fold.train_minibatches)
-        for extension in extensions:
-            extension.before_step(fold, step)
-        fold.algorithm.on_step_begin(step, fold.settings.n_steps)
-        with precision.training_step(fold.algorithm):
-            stats = fold.stats = fold.algorithm.update(list(minibatches))
-        for extension in extensions:
-            extension.after_step(fold, step)
-        for key, value in stats.items():
-            interval[key].append(value)
-        interval["step_time"].append(time.perf_counter() - start)
-        scalars.train(step, stats, interval["step_time"][-1], fold.algorithm.optimizers())
+        pending.add(step, train_step(fold, extensions, precision, step))
+        at_checkpoint = step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1
+        # the one host synchronisation of a step that logs: the wait for the queued steps falls
+        # into this step's time, so the interval's mean step time stays the device's
+        read = pending.read() if at_checkpoint or (tb_freq and step % tb_freq == 0) else []
+        step_times.append(time.perf_counter() - start)
+        if read:
+            for (read_step, stats), step_time in zip(read, step_times):
+                for extension in extensions:
+                    extension.on_stats(fold, read_step, stats)
+                for key, value in stats.items():
+                    interval[key].append(value)
+                interval["step_time"].append(step_time)
+            scalars.train(step, stats, step_time, fold.algorithm.optimizers())
+            bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
+            step_times = []
         bar.update(1)
-        bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}", refresh=False)
         progress.after_step(step)
 
-        if step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1:
+        if at_checkpoint:
             progress.before_evaluation(step)
             record = evaluate_checkpoint(fold, extensions, step, interval, steps_per_epoch, records_path)
             progress.after_evaluation(record["eval_time"])

@@ -43,4 +43,4 @@ class ConfidencePenalty(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        return {"loss": loss.item(), "penalty": entropy.item()}
+        return {"loss": loss.detach(), "penalty": entropy.detach()}
