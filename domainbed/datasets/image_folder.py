@@ -225,6 +225,9 @@ TerraIncognita = _published("TerraIncognita", "terra_incognita",
                             ["L100", "L38", "L43", "L46"])
 DomainNet = _published("DomainNet", "domain_net", ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"],
                        ["clip", "info", "paint", "quick", "real", "sketch"], N_STEPS=15000, CHECKPOINT_FREQ=500)
+# SVIRO's DomainBed subset: one domain per vehicle interior, named as its folders
+_SVIRO_VEHICLES = ["aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5", "zoe"]
+SVIRO = _published("SVIRO", "sviro", _SVIRO_VEHICLES, _SVIRO_VEHICLES)
 
 
 @register_dataset("ImageFolder")

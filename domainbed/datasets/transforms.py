@@ -33,6 +33,19 @@ def train_transform(image_size: int):
     ])
 
 
+def train_transform_without_crop(image_size: int):
+    """Spawrious' training augmentation in DomainBed: the whole image resized, no random crop,
+    then the same flip, colour jitter and grayscale as `train_transform`."""
+    return T.Compose([
+        T.Resize((image_size, image_size)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.3, 0.3, 0.3, 0.3),
+        T.RandomGrayscale(p=0.1),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
 @common_hparams
 def _transform_hparams(hparam, dataset):
     hparam("data_augmentation", True,

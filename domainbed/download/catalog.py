@@ -9,7 +9,8 @@ finished folder is checked against the published counts. The sha256 of every fil
 used is printed and recorded in DATA/.downloads/<dataset>.json, so it can be pinned here later.
 """
 
-from domainbed.datasets.image_folder import PACS, VLCS, DomainNet, OfficeHome, TerraIncognita
+from domainbed.datasets import spawrious
+from domainbed.datasets.image_folder import PACS, SVIRO, VLCS, DomainNet, OfficeHome, TerraIncognita
 from domainbed.datasets.mnist import MNIST_FILES
 from domainbed.download import build
 from domainbed.download.spec import Dataset, IdxFile, IdxLayout, ImageFolderLayout, Source
@@ -73,6 +74,15 @@ SOURCES = {
                (f"{_DOMAINBED_RAW}/domainbed/misc/domain_net_duplicates.txt",),
                None, None, "DomainBed's list of duplicate images it removes; fetched, not vendored; no checksum"),
     ),
+    "SVIRO": (
+        Source("sviro_grayscale_rectangle_classification.zip", ("https://sviro.kl.dfki.de/?wpdmdl=1731",),
+               None, None, f"the SVIRO authors' DomainBed subset, the archive DomainBed fetches; {_UNPUBLISHED}"),
+    ),
+    "Spawrious": (
+        Source("spawrious224.tar.gz", ("https://www.dropbox.com/s/e40j553480h3f3s/spawrious224.tar.gz?dl=1",),
+               None, None, "the Spawrious authors' entire dataset (all six challenges), the archive DomainBed "
+               "fetches; no size or checksum is published; gzip's CRC is checked on extraction"),
+    ),
     "MNIST": tuple(
         Source(f"{name}.gz", tuple(f"{mirror}/{name}.gz" for mirror in _MNIST_MIRRORS), size, f"md5:{md5}",
                "size and md5 as torchvision's MNIST class publishes them; the uncompressed md5 as --verify's",
@@ -119,6 +129,15 @@ LAYOUTS = {
                     "real": 172947, "sketch": 69128},
         classes=345,
     ),
+    # No image counts are published for SVIRO's DomainBed subset, nor its classes' names; the
+    # folders are counted, not compared
+    "SVIRO": ImageFolderLayout.of(SVIRO, {vehicle: None for vehicle in SVIRO.DOMAIN_DIRS}, classes=None),
+    # Spawrious nests its domains: <image set>/<location>/<breed>; no per-folder counts are published
+    "Spawrious": ImageFolderLayout(
+        spawrious.DIRECTORY, {f"{image_set}/{location}": None for image_set in spawrious.IMAGE_SETS
+                              for location in spawrious.LOCATIONS},
+        classes=spawrious.BREEDS,
+    ),
     "MNIST": IdxLayout("MNIST", (
         IdxFile(MNIST_FILES["train_images"], 60000, _MNIST_CONTENT_MD5[MNIST_FILES["train_images"]]),
         IdxFile(MNIST_FILES["train_labels"], 60000, _MNIST_CONTENT_MD5[MNIST_FILES["train_labels"]]),
@@ -139,10 +158,15 @@ _BUILDERS = {
         categories=_TERRA_CATEGORIES,
     ),
     "DomainNet": build.domain_net([f"{domain}.zip" for domain in _DOMAIN_NET_ZIPS], "domain_net_duplicates.txt"),
+    "SVIRO": build.archive_root("sviro_grayscale_rectangle_classification.zip", "SVIRO_DOMAINBED"),
+    "Spawrious": build.archive_root("spawrious224.tar.gz", spawrious.DIRECTORY),
     "MNIST": build.mnist([f"{name}.gz" for name in _MNIST_GZ]),
 }
 
 DATASETS = {name: Dataset(name, LAYOUTS[name], SOURCES[name], _BUILDERS[name]) for name in SOURCES}
 
-# The MNIST-based datasets of the harness read the one MNIST folder.
-ALIASES = {"RotatedMNIST": "MNIST", "ColoredMNIST": "MNIST"}
+# Datasets of the harness that read another's folder: the MNIST-based ones read the one MNIST folder.
+ALIASES = {"RotatedMNIST": "MNIST", "ColoredMNIST": "MNIST",
+           # the six Spawrious challenges read the one spawrious224 folder
+           **{name: "Spawrious" for name in ("SpawriousO2O_easy", "SpawriousO2O_medium", "SpawriousO2O_hard",
+                                             "SpawriousM2M_easy", "SpawriousM2M_medium", "SpawriousM2M_hard")}}

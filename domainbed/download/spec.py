@@ -27,7 +27,10 @@ class ImageFolderLayout:
     """DATA/<directory>/<domain>/<class>/<image>, as domainbed.datasets.image_folder reads it.
 
     `classes` is the tuple of class folder names, or only how many there are where the names are
-    not pinned here; `class_counts` ({domain: {class: images}}) is known for some datasets only."""
+    not pinned here, or None where not even that is published; a domain's count is None where no
+    count is published (its images are then counted, not compared); `class_counts` ({domain:
+    {class: images}}) is known for some datasets only. A domain may be a nested path ("0/beach")
+    where a dataset nests its domains one level deeper."""
 
     directory: str
     domain_counts: Mapping[str, int]

@@ -81,7 +81,7 @@ def check(name: str, layout, directory: Path, full: bool = True) -> Report:
         report.absent = True
         expected = layout.domain_counts if isinstance(layout, ImageFolderLayout) else {
             f.name: f.items for f in layout.files}
-        report.rows = [Row(domain, count, None, missing=count) for domain, count in expected.items()]
+        report.rows = [Row(domain, count, None, missing=count or 0) for domain, count in expected.items()]
         return report
     if isinstance(layout, IdxLayout):
         _check_idx(layout, directory, report)
@@ -103,8 +103,9 @@ def _images(folder: Path) -> tuple:
 
 def _check_image_folder(layout: ImageFolderLayout, root: Path, report: Report, full: bool) -> None:
     problems = report.problems
+    top_folders = {domain.split("/")[0] for domain in layout.domain_counts}
     for name in _subfolders(root):
-        if name not in layout.domain_counts:
+        if name not in top_folders:
             report.layout_problem(f"{root / name}: unexpected folder (not a domain of {report.dataset})")
     reference = layout.classes if isinstance(layout.classes, tuple) else None
     to_decode = []
@@ -112,12 +113,12 @@ def _check_image_folder(layout: ImageFolderLayout, root: Path, report: Report, f
         path = root / domain
         if not path.is_dir():
             report.layout_problem(f"{path}: domain folder missing")
-            report.rows.append(Row(domain, expected, None, missing=expected))
+            report.rows.append(Row(domain, expected, None, missing=expected or 0))
             continue
         classes = _subfolders(path)
         if reference is None:
             reference = tuple(classes)
-            if len(classes) != layout.classes:
+            if layout.classes is not None and len(classes) != layout.classes:
                 report.layout_problem(f"{path}: {len(classes)} class folders, published: {layout.classes}")
         for name in sorted(set(reference) - set(classes)):
             report.layout_problem(f"{path / name}: class folder missing")
@@ -134,7 +135,7 @@ def _check_image_folder(layout: ImageFolderLayout, root: Path, report: Report, f
                 report.layout_problem(f"{path / name}: no images (the loader refuses an empty class)")
             if name in per_class and len(images) != per_class[name]:
                 _count_difference(row, problems, path / name, len(images), per_class[name])
-        if not per_class and row.found != expected:
+        if not per_class and expected is not None and row.found != expected:
             _count_difference(row, problems, path, row.found, expected)
         report.rows.append(row)
     if full and to_decode:
@@ -182,17 +183,19 @@ def _decode_all(to_decode: list, report: Report) -> None:
         report.problems.append(error)
 
 
-def image_files(root: Path) -> list:
+def image_files(root: Path, domains=None) -> list:
     """Every file the loader reads under `root`: <domain>/<class>/<image>, non-hidden folders, files
-    with an image extension."""
-    return [image for domain in _subfolders(root) for name in _subfolders(root / domain)
+    with an image extension; `domains` (nested paths allowed) where the layout names them, else
+    every sub-folder."""
+    domains = _subfolders(root) if domains is None else [d for d in domains if (root / d).is_dir()]
+    return [image for domain in domains for name in _subfolders(root / domain)
             for image in _images(root / domain / name)[0]]
 
 
-def unreadable_images(root: Path, name: str) -> tuple:
+def unreadable_images(root: Path, name: str, domains=None) -> tuple:
     """(number of images, [(path, error line)] of those that do not decode) under the folder of
-    domains `root`."""
-    paths = image_files(root)
+    domains `root` (its `domains`, when given)."""
+    paths = image_files(root, domains)
     return len(paths), list(decode_errors(paths, f"decoding {name}"))
 
 

@@ -28,6 +28,14 @@ from domainbed.errors import UsageError, unknown_choice
 IMAGE_FOLDER = "ImageFolder"  # any folder of domains, as train_all.py's --dataset ImageFolder reads it
 
 
+
+def _aliases() -> str:
+    """"RotatedMNIST, ColoredMNIST mean MNIST; ...": the dataset names that fetch another's folder."""
+    targets = {}
+    for alias, name in ALIASES.items():
+        targets.setdefault(name, []).append(alias)
+    return "; ".join(f"{', '.join(aliases)} mean {name}" for name, aliases in targets.items())
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m domainbed.scripts.download", description=__doc__.split("\n\n")[0],
@@ -36,7 +44,7 @@ def parse_args(argv):
     )
     parser.add_argument("--data_dir", required=True, help="the folder that holds one sub-folder per dataset")
     parser.add_argument("--datasets", nargs="+", metavar="NAME",
-                        help=f"default: all of {', '.join(DATASETS)} ({', '.join(ALIASES)} mean MNIST)")
+                        help=f"default: all of {', '.join(DATASETS)} ({_aliases()})")
     parser.add_argument("--mirror", metavar="URL_OR_DIR",
                         help="take every file from this folder or base URL, by its file name, instead of "
                              "the public sources")
@@ -101,7 +109,7 @@ def check_images(data_dir: Path, names, explicit: bool) -> int:
         if not directory.is_dir():
             absent.append(name)
             continue
-        count, errors = unreadable_images(directory, name)
+        count, errors = unreadable_images(directory, name, list(layout.domain_counts) if layout else None)
         for _, error in errors:
             print(f"{name}: {error}", flush=True)
         print(f"{name}: {count} images, {len(errors)} unreadable", flush=True)
