@@ -107,13 +107,30 @@ def unwrap_state(state: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def _timm_needs(timm_model: str, cfg, repo: str | None) -> str:
+    """Where the weights of `timm_model` can come from, for a one-line error."""
+    if repo:
+        return (f"model.safetensors of {repo} (https://huggingface.co/{repo}), in the Hugging Face cache "
+                f"{_hub_cache()} (`hf download {repo}` where the network allows) or as --pretrained_path FILE")
+    if cfg is not None and cfg.url:
+        return f"{os.path.basename(cfg.url)} ({cfg.url}) as --pretrained_path FILE"
+    return f"a file of timm's {timm_model} weights as --pretrained_path FILE"
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def timm_pretrained_model(timm_model: str, name: str, hparams: dict, description: str, **kwargs) -> nn.Module:
     """timm's `timm_model` (a name with its pretrained tag) with its pretrained weights, head
-    included, for backbone `name`; `kwargs` go to `timm.create_model` (in_chans, img_size).
+    included, for backbone `name`; `kwargs` go to `timm.create_model` (in_chans).
 
     With the pretrained head in place timm loads strictly, so a file of another model is an error,
     not a silently random initialisation; timm's own conversion runs on the loaded tensors (OpenAI
-    CLIP's and DINOv2's layouts, position embeddings resampled to `img_size`)."""
+    CLIP's and DINOv2's layouts, DeiT's `{"model": ...}`). Offline (`HF_HUB_OFFLINE=1`) a file
+    missing from the cache is an error before the model is built."""
     timm = import_timm(name)
     cfg = timm.models.get_pretrained_cfg(timm_model)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -123,6 +140,9 @@ def timm_pretrained_model(timm_model: str, name: str, hparams: dict, description
     else:
         cached = _hub_cached_file(repo) if repo else None
         overlay, where = ({"file": cached}, f"from {cached}") if cached else ({}, "")
+        if not cached and repo and _hub_offline():
+            raise UsageError(f"cannot load {description} for {name} (HF_HUB_OFFLINE is set and it is not cached); it "
+                             f"needs {_timm_needs(timm_model, cfg, repo)}, {INSTEAD}")
     try:
         return timm.create_model(timm_model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as error:  # no network, a wrong file, a truncated cache: all end the same way
@@ -130,11 +150,5 @@ def timm_pretrained_model(timm_model: str, name: str, hparams: dict, description
         if where:
             raise UsageError(f"cannot load {description} for {name} {where} ({reason}); pass --pretrained_path FILE "
                              f"with timm's {timm_model} weights, {INSTEAD}") from None
-        if repo:
-            needed = (f"model.safetensors of {repo} (https://huggingface.co/{repo}), in the Hugging Face cache "
-                      f"{_hub_cache()} (`hf download {repo}` where the network allows) or as --pretrained_path FILE")
-        elif cfg is not None and cfg.url:
-            needed = (f"{os.path.basename(cfg.url)} ({cfg.url}) as --pretrained_path FILE")
-        else:
-            needed = f"a file of timm's {timm_model} weights as --pretrained_path FILE"
-        raise UsageError(f"cannot load {description} for {name} ({reason}); it needs {needed}, {INSTEAD}") from None
+        raise UsageError(f"cannot load {description} for {name} ({reason}); it needs "
+                         f"{_timm_needs(timm_model, cfg, repo)}, {INSTEAD}") from None

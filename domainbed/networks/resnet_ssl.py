@@ -38,11 +38,15 @@ def moco_encoder(state: dict) -> dict:
 
 def load_encoder(network: torchvision.models.ResNet, state: dict, name: str) -> None:
     state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    wrong = [key for key in missing if key not in HEAD] + list(unexpected)
+    expected = network.state_dict()
+    # BatchNorm's step counters are absent from some releases, and unused with frozen statistics
+    wrong = sorted(key for key in set(expected).symmetric_difference(state)
+                   if key not in HEAD and not key.endswith("num_batches_tracked"))
+    wrong += [key for key in state if key in expected and state[key].shape != expected[key].shape]
     if wrong:
         raise UsageError(f"the pretrained weights of {name} do not fit torchvision's ResNet-50: "
                          f"{len(wrong)} keys differ (first: {wrong[0]!r}); give the file of {name}'s weights")
+    network.load_state_dict(state, strict=False)
 
 
 def _builder(name: str, url: str, description: str, convert=lambda state: state):
