@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from domainbed import algorithms
 from domainbed.algorithms import contract
 from domainbed.algorithms.erm import ERM
+from domainbed.errors import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")
 
@@ -99,6 +100,45 @@ def test_predict_is_deterministic_in_eval_mode(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_the_averaged_copy_holds_the_modules_state_only(name):
     assert contract.check_averaged_copy(contract.subject(name)) == []
+
+
+# Every method on a ViT and on a ResNet, from scratch at 32 px: timm's smallest ViT (6 blocks of 64
+# units, the architecture of DeiT, DINOv2, CLIP) and its smallest ResNet. A method that needs a
+# hook the backbone lacks (MixStyle's style_sites on a ViT) refuses it in one line naming the hook.
+CONTRACT_BACKBONES = {"vit": "timm:test_vit", "resnet": "timm:test_resnet"}
+HOOKS = ("feature_map", "mask_sites", "style_sites", "stage_sites")
+
+
+def _on_backbone(check, name, backbone):
+    try:
+        return check(contract.subject(name, CONTRACT_BACKBONES[backbone]))
+    except UsageError as refusal:
+        message = str(refusal)
+        assert "\n" not in message and any(hook in message for hook in HOOKS), message
+        pytest.skip(f"{name} refuses the {backbone}: {message}")
+
+
+@pytest.mark.parametrize("backbone", list(CONTRACT_BACKBONES))
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_updates_on_a_vit_and_a_resnet(name, backbone):
+    assert _on_backbone(contract.check_update, name, backbone) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_quantizes_a_vits_linear_layers(name):
+    """QT-DoG's ViT rows: every Linear layer of the ViT swapped, step sizes learned."""
+    assert _on_backbone(contract.check_quantization_swap, name, "vit") == []
+
+
+def test_only_hook_refusals_are_skipped_on_the_vit():
+    refusing = []
+    for name in NAMES:
+        try:
+            contract.subject(name, CONTRACT_BACKBONES["vit"]).build()
+        except UsageError:
+            refusing.append(name)
+    assert {"Mixstyle", "Mixstyle2"} <= set(refusing)
+    assert "ERM" not in refusing and "RSC" not in refusing and "DMG" not in refusing
 
 
 # Broken methods, built in this process without being registered (a registration would leak

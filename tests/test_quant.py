@@ -381,7 +381,7 @@ def test_mixstyle_algorithm_trains_and_is_plain_at_evaluation(input_shape, overr
 
 
 def test_mixstyle_needs_a_spatial_backbone():
-    with pytest.raises(UsageError, match="Mixstyle needs a ResNet"):
+    with pytest.raises(UsageError, match="Mixstyle mixes the statistics of a CNN.s feature maps and MLP has no style_sites"):
         algorithms.get_algorithm_class("Mixstyle")((12,), 3, 2, _hparams("Mixstyle"))
 
 

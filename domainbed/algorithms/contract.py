@@ -10,7 +10,8 @@ through the same functions.
 A check builds the method from a `Subject`: its class and the hparams it is built with, which are
 the method's defaults on the Synthetic dataset with a small network (an MLP of width 16 on (8,)
 inputs, or a ResNet-18 from scratch at 32 px when the class sets `CONTRACT_INPUT = "images"`)
-and the class's `CONTRACT_HPARAMS` on top.
+and the class's `CONTRACT_HPARAMS` on top. `subject(name, backbone)` builds it on 32 px images
+with that backbone from scratch instead, so the checks run every method on a ViT and on a CNN.
 """
 
 import copy
@@ -52,10 +53,11 @@ class Subject:
     name: str
     algorithm_class: type
     hparams: dict
+    input_kind: str = ""  # a key of INPUT_SHAPES; empty: the class's CONTRACT_INPUT
 
     @property
     def input_shape(self) -> tuple:
-        return INPUT_SHAPES[self.algorithm_class.CONTRACT_INPUT]
+        return INPUT_SHAPES[self.input_kind or self.algorithm_class.CONTRACT_INPUT]
 
     def build(self, seed: int = 0):
         """A fresh instance in train mode, its weights drawn from `seed`."""
@@ -78,8 +80,9 @@ class Subject:
         return algorithm.update(self.minibatches(step))
 
 
-def subject(name: str) -> Subject:
-    """The `Subject` of a registered name or a `package.module:Class` path."""
+def subject(name: str, backbone: str | None = None) -> Subject:
+    """The `Subject` of a registered name or a `package.module:Class` path; with `backbone`, on
+    images through that backbone (from scratch)."""
     algorithm_class = get_algorithm_class(name)
     name = algorithm_class.NAME  # a path registers the class under a name hparams_registry knows
     if algorithm_class.CONTRACT_INPUT not in INPUT_SHAPES:
@@ -87,6 +90,8 @@ def subject(name: str) -> Subject:
                          + ", ".join(INPUT_SHAPES))
     hparams = hparams_registry.default_hparams(name, "Synthetic")
     hparams.update(SMALL_NETWORK, **algorithm_class.CONTRACT_HPARAMS)
+    if backbone is not None:
+        return Subject(name, algorithm_class, {**hparams, "backbone": backbone}, "images")
     return Subject(name, algorithm_class, hparams)
 
 

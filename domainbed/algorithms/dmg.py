@@ -20,7 +20,9 @@ domain with the average over the source domains d of the logits under the soft m
 Masked layers (`mask_layers`, comma-separated): `fc`, the featurizer's output (the head's
 input; default); on ResNets also `layer3`, `layer4`, the inputs of those stages, one mask per
 channel broadcast over H, W (the official `POLICY_CONV_MODE: True`); on AlexNet `fc6`, `fc7`,
-the inputs of those layers (with `fc`, the official `classifier.1,classifier.4,classifier.6`).
+the inputs of those layers (with `fc`, the official `classifier.1,classifier.4,classifier.6`);
+on timm's CNNs the inputs of their last two stages (`layer3`, `layer4`; `s3`, `s4` on RegNets;
+`stages.2`, `stages.3` on ConvNeXt); ViTs offer `fc` only (docs/backbones.md).
 Masks inside the featurizer act through forward pre-hooks, only while DMG's own forward runs.
 
 Where we differ from the official code, and why:
@@ -30,8 +32,8 @@ Where we differ from the official code, and why:
 - With a single source domain there is no pair; the overlap penalty is 0 (the official code
   divides by zero).
 - As the official supermask trainer does (`set_dropout_eval`), the featurizer's dropout stays in
-  eval mode during training: the masks are the stochastic part. `resnet_dropout` and
-  `mlp_dropout` must therefore be 0.
+  eval mode during training: the masks are the stochastic part. `resnet_dropout`,
+  `vit_dropout` and `mlp_dropout` must therefore be 0.
 - Masks on ResNet stages are per channel only; the official per-unit (C*H*W) masks for
   `POLICY_CONV_MODE: False` are not offered.
 - The overlap terms of all layers are summed, as the official code does; the IoU is computed
@@ -157,6 +159,7 @@ class DMG(ERM):
     def declare_hparams(cls, hparam, dataset):
         # the official configs' keys (prithv1/DMG)
         hparam("resnet_dropout", 0.0)
+        hparam("vit_dropout", 0.0)
         hparam("mlp_dropout", 0.0)
         hparam("mask_layers", "fc", help="comma-separated layers that get per-domain masks (fc: the features before the head)")
         hparam("momentum", 0.9)  # the official code's SGD momentum, used with --optimizer sgd
@@ -173,7 +176,7 @@ class DMG(ERM):
                    help="learning rate of the masks' own Adam")
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        for name in ("resnet_dropout", "mlp_dropout"):
+        for name in ("resnet_dropout", "vit_dropout", "mlp_dropout"):
             if hparams.get(name, 0.0) > 0:
                 raise UsageError(f"DMG keeps the featurizer's dropout off, as the official code; "
                                  f"set {name} to 0 (got {hparams[name]!r})")

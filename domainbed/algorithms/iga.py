@@ -5,7 +5,7 @@ With R_e the cross-entropy of domain e, g_e = grad_theta R_e and g_bar = grad_th
     loss = mean_e R_e + penalty * sum_e ||g_e - g_bar||^2
 
 the trace of the covariance of the per-domain gradients, differentiated through g_e (double
-back-propagation).
+back-propagation; a ViT's attention runs on its twice-differentiable kernel for it).
 
 As DomainBed, g_bar is computed without `create_graph` (a constant in the penalty); this costs
 nothing in exactness, since the penalty's derivative in g_bar, -2 sum_e (g_e - g_bar), is zero.
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.networks.twice_differentiable import twice_differentiable
 
 
 @register_algorithm("IGA")
@@ -31,7 +32,8 @@ class IGA(ERM):
 
     def update(self, minibatches):
         params = [p for p in self.network.parameters() if p.requires_grad]
-        risks = [F.cross_entropy(self.network(x), y) for x, y in minibatches]
+        with twice_differentiable():  # the penalty back-propagates through g_e
+            risks = [F.cross_entropy(self.network(x), y) for x, y in minibatches]
         g = [torch.autograd.grad(r_e, params, create_graph=True) for r_e in risks]
         mean_risk = torch.stack(risks).mean()
         g_bar = torch.autograd.grad(mean_risk, params, retain_graph=True)

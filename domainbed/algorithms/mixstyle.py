@@ -71,8 +71,9 @@ def mixstyle_sites(featurizer) -> list:
     """The modules MixStyle follows: the featurizer's `style_sites()` (ResNet's layer1-3, the
     MNIST CNN's first three blocks; domainbed/networks/registry.py)."""
     if not hasattr(featurizer, "style_sites"):
-        raise UsageError(f"Mixstyle needs a ResNet backbone (resnet18/34/50/101) or 28x28 inputs (a featurizer "
-                         f"with style_sites()), not {type(featurizer).__name__}")
+        raise UsageError(f"Mixstyle mixes the statistics of a CNN's feature maps and {type(featurizer).__name__} has "
+                         "no style_sites(); valid: a ResNet, RegNet or ConvNeXt backbone (docs/backbones.md) or "
+                         "28x28 inputs")
     return featurizer.style_sites()
 
 

@@ -33,8 +33,8 @@ from domainbed.data.sampling import batch_indices
 from domainbed.hparams.declare import run_settings
 from domainbed.hparams.rules import choice
 from domainbed.datasets.splits import SplitDataset
-from domainbed.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from domainbed.errors import UsageError, unknown_choice
+from domainbed.networks import input_normalization
 
 PIPELINES = ("auto", "classic", "gpu")
 DEVICE_FRACTION = 0.25
@@ -96,9 +96,10 @@ class GpuPipeline(InputPipeline):
         self.image_size = int(dataset.input_shape[-1])
         self.train_size = train_cache_size(self.image_size)
         self.channels_last = self.device.type == "cuda"
-        self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        mean, std = input_normalization(hparams)
+        self.mean, self.std = list(mean), list(std)
         self._mean, self._std = DeviceConstant(self.mean), DeviceConstant(self.std)
-        self.augmentation = TrainAugment(self.image_size)
+        self.augmentation = TrainAugment(self.image_size, mean=mean, std=std)
         self.cache_dir = hparams["cache_dir"] or None
         self.workers = num_workers_for(hparams["num_workers"], os.cpu_count() or 1, 1)
         self.resident = self.device.type == "cpu" or not self.images or self._fits_on_device()

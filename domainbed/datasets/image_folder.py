@@ -13,6 +13,7 @@ from domainbed.datasets.base import MultipleDomainDataset
 from domainbed.datasets.registry import register_dataset
 from domainbed.errors import UsageError
 from domainbed.hparams.declare import run_settings
+from domainbed.networks import input_normalization
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -202,9 +203,10 @@ class MultipleEnvironmentImageFolder(MultipleDomainDataset):
         image_size = hparams["image_size"]
         self.input_shape = (3, image_size, image_size)
         self.num_classes = len(classes)
-        self.eval_transform = transforms.eval_transform(image_size)
+        mean, std = input_normalization(hparams)
+        self.eval_transform = transforms.eval_transform(image_size, mean, std)
         self.train_transform = (
-            transforms.train_transform(image_size) if hparams["data_augmentation"] else self.eval_transform
+            transforms.train_transform(image_size, mean, std) if hparams["data_augmentation"] else self.eval_transform
         )
 
 

@@ -9,67 +9,25 @@ position embeddings, so the tests' 32 x 32 images work.
 
 Weights come from `hparams["pretrained_path"]` (timm's .pth or .safetensors of the model, e.g.
 deit_small_patch16_224-cd65a155.pth), else from the Hugging Face cache, else timm downloads them
-when the network allows (set HF_HUB_OFFLINE=1 to fail at once when it does not); otherwise one
-line says what to do instead. timm is imported only when this backbone is built.
+when the network allows (networks/pretrained.py); otherwise one line says what to do instead.
+timm is imported only when this backbone is built.
 """
-
-import os
 
 import torch.nn as nn
 
-from domainbed.errors import UsageError
+from domainbed.networks.pretrained import import_timm, timm_pretrained_model
 from domainbed.networks.registry import register_backbone
 
 TIMM_NAME = "deit_small_patch16_224"
 
 
-def _import_timm():
-    try:
-        import timm
-    except ImportError:
-        raise UsageError("backbone deit_small needs timm: pip install timm") from None
-    return timm
-
-
-def _cached_weights(timm) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = timm.models.get_pretrained_cfg(TIMM_NAME).hf_hub_id
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, filename)
-        if isinstance(path, str):
-            return path
-    return None
-
-
 def create_timm_model(hparams: dict, **kwargs) -> nn.Module:
     """timm's DeiT-Small without its head, with ImageNet weights when `pretrained`."""
-    timm = _import_timm()
     if not hparams["pretrained"]:
-        return timm.create_model(TIMM_NAME, pretrained=False, num_classes=0, **kwargs)
-    model = _load_pretrained(timm, hparams, **kwargs)
+        return import_timm("deit_small").create_model(TIMM_NAME, pretrained=False, num_classes=0, **kwargs)
+    model = timm_pretrained_model(TIMM_NAME, "deit_small", hparams, "ImageNet weights", **kwargs)
     model.reset_classifier(0)
     return model
-
-
-def _load_pretrained(timm, hparams: dict, **kwargs) -> nn.Module:
-    # with the ImageNet head in place timm loads strictly: a file of another model is an error,
-    # not a silently random initialisation
-    path = hparams.get("pretrained_path") or ""
-    if path and not os.path.isfile(path):
-        raise UsageError(f"pretrained_path {path!r} is not a file; give timm's {TIMM_NAME} weights "
-                         "(.pth or .safetensors), or pass --pretrained False to train from scratch")
-    path = path or _cached_weights(timm)
-    try:
-        if path:
-            return timm.create_model(TIMM_NAME, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
-        return timm.create_model(TIMM_NAME, pretrained=True, **kwargs)
-    except Exception as error:  # no network, a wrong file, a truncated cache: all end the same way
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = f"from {path}" if path else "from the Hugging Face hub or its cache"
-        raise UsageError(f"cannot load ImageNet weights for deit_small {where} ({reason}); pass "
-                         f"--pretrained_path FILE with timm's {TIMM_NAME} weights, or --pretrained False "
-                         "to train from scratch") from None
 
 
 class DeiT(nn.Module):
