@@ -5,13 +5,16 @@ computes: n_averaged is a python int (SWAD's is a device tensor, a host synchron
 the update is one fused foreach lerp, avg.lerp_(w, 1 / (n + 1)), where SWAD loops over the
 parameters computing avg + (w - avg) / (n + 1) (equal up to float rounding; about 3x faster on the
 CPU: no temporary), and the copy leaves out the algorithm's optimizers instead of copying their
-state.
+state, and its training-only parts (`Algorithm.TRAINING_ONLY`: MIRO's frozen pretrained featurizer
+and variance encoders), which `predict` never uses, instead of copying and averaging them.
 """
 
 import copy
 
 import torch
 import torch.nn as nn
+
+from domainbed.training_only import training_only_parts
 
 
 def _optimizers_in(model: nn.Module) -> list:
@@ -26,10 +29,20 @@ def _optimizers_in(model: nn.Module) -> list:
     return found
 
 
-def copy_without_optimizers(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` whose optimizer attributes are None: the averaged model never
-    steps, and copying Adam's state would triple the memory of every segment."""
-    return copy.deepcopy(model, memo={id(optimizer): None for optimizer in _optimizers_in(model)})
+def copy_for_prediction(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose optimizer attributes and training-only parts are None: the
+    averaged model never steps (copying Adam's state would triple the memory of every segment)
+    and only predicts."""
+    left_out = [*_optimizers_in(model), *training_only_parts(model).values()]
+    return copy.deepcopy(model, memo={id(value): None for value in left_out})
+
+
+def prediction_parameters(model: nn.Module, params=None) -> list:
+    """`params` (default: `model.parameters()`) without those of `model`'s training-only parts:
+    the parameters of `copy_for_prediction(model)`, in the same order."""
+    params = model.parameters() if params is None else params
+    left_out = {id(p) for part in training_only_parts(model).values() for p in part.parameters()}
+    return [p for p in params if id(p) not in left_out]
 
 
 class AveragedModel(nn.Module):
@@ -44,7 +57,7 @@ class AveragedModel(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         source = model.module if isinstance(model, AveragedModel) else model
-        self.module = copy_without_optimizers(source)
+        self.module = copy_for_prediction(source)
         self.n_averaged = 0
         self.start_step = -1
         self.end_step = -1
@@ -63,7 +76,7 @@ class AveragedModel(nn.Module):
         `params` may pass `list(model.parameters())` when the caller already has it."""
         source = model.module if isinstance(model, AveragedModel) else model
         averaged = list(self.module.parameters())
-        current = [p.detach() for p in (params if params is not None else source.parameters())]
+        current = [p.detach() for p in prediction_parameters(source, params)]
         if len(averaged) != len(current):
             raise ValueError(f"cannot average a model of {len(current)} parameters into one of {len(averaged)}")
         if self.n_averaged == 0:

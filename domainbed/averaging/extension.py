@@ -25,7 +25,7 @@ the averaging restarts from the new model, as the QT-DoG code restarts SWAD at i
 extension that swaps modules may also call `restart(fold)` itself.
 """
 
-from domainbed.averaging.averaged_model import AveragedModel, copy_without_optimizers
+from domainbed.averaging.averaged_model import AveragedModel, copy_for_prediction
 from domainbed.averaging.batchnorm import update_bn, updates_batchnorm_statistics
 from domainbed.averaging.iid_max import IIDMax
 from domainbed.averaging.loss_valley import BOOKKEEPING, LossValley
@@ -135,7 +135,7 @@ class WeightAveraging(Extension):
         if averaged is None:
             fold.log(f"[{fold.name}] {self.row}: nothing was averaged (training ended before step "
                      f"{self.first_step}); its rows are those of the last model")
-            model, span = copy_without_optimizers(fold.algorithm), "the last model"
+            model, span = copy_for_prediction(fold.algorithm), "the last model"
         else:
             model, span = averaged.module.to(fold.device), averaged.describe()
         if self.bn_steps and updates_batchnorm_statistics(fold.algorithm):
