@@ -253,3 +253,42 @@ def test_trains_with_and_without_swad_and_quantized(run_train_all, extra, averag
                            "--checkpoint_freq", "2", "--test_envs", "0", "--batch_size", "4", "--swad_bn_steps", "1",
                            "--quant", "1", "--q_steps", "2", *extra)
     assert ("SWAD" in result["rows"]) is averaged and "model size" in result["notes"]
+
+
+class _Backbone(nn.Module):
+    """A featurizer whose feature layers are given: `sites` picks among its modules."""
+
+    n_outputs = 4
+
+    def __init__(self, sites):
+        super().__init__()
+        self.stem, self.stage, self.unused = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1)
+        self.pair = _Pair()
+        self.sites = sites
+
+    def forward(self, x):
+        x = self.stage(self.stem(x))
+        self.pair(x)
+        return x.mean(dim=(2, 3))
+
+    def stage_sites(self):
+        return [getattr(self, name) for name in self.sites]
+
+
+class _Pair(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+@pytest.mark.parametrize("sites, overrides, message", [
+    (["stem", "unused"], {}, r"_Backbone.stage_sites\(\) names layers its forward never runs \(Conv2d\); valid: "),
+    (["stem"], {"feat_layers": "block"}, r"MIRO found no feature layer: _Backbone.stage_sites\(\) gives 1 and "
+                                         r"feat_layers 'block' keeps none; valid: feat_layers stem_block"),
+    (["stem", "pair"], {}, r"MIRO's feature layer _Pair returns tuple; valid: a tensor"),
+])
+def test_feature_layers_a_backbone_cannot_give_are_one_line(monkeypatch, sites, overrides, message):
+    from domainbed import networks
+
+    monkeypatch.setattr(networks, "Featurizer", lambda input_shape, hparams: _Backbone(sites))
+    with pytest.raises(UsageError, match=message):
+        _miro((3, 16, 16), **overrides)

@@ -66,7 +66,11 @@ def feature_layers(featurizer: nn.Module, feat_layers: str) -> list:
                          "none (no stage_sites()); valid: images with a backbone that declares them, "
                          "e.g. --backbone resnet50")
     sites = featurizer.stage_sites()
-    return sites if feat_layers == "stem_block" else sites[1:]
+    layers = sites if feat_layers == "stem_block" else sites[1:]
+    if not layers:
+        raise UsageError(f"MIRO found no feature layer: {type(featurizer).__name__}.stage_sites() gives {len(sites)} "
+                         f"and feat_layers {feat_layers!r} keeps none; valid: feat_layers stem_block")
+    return layers
 
 
 def channel_shape(shape) -> tuple:
@@ -148,6 +152,9 @@ class StageOutputs(nn.Module):
 
 @register_algorithm("MIRO")
 class MIRO(ERM):
+    """ERM's network trained with MIRO's regulariser towards the frozen pretrained featurizer
+    `pre_featurizer` (f0), through per-layer mean and variance encoders (module docstring)."""
+
     CONTRACT_INPUT = "images"  # regularises the outputs of a backbone's stages
     TRAINING_ONLY = ("pre_featurizer", "mean_encoders", "var_encoders")
 
@@ -172,6 +179,10 @@ class MIRO(ERM):
         self.stages.watch(self.layers(self.pre_featurizer.module))
         with torch.no_grad(), self.stages.capture() as outputs:
             self.pre_featurizer(torch.zeros(1, *input_shape))
+            unused = [type(site).__name__ for site in self.layers(self.pre_featurizer.module) if site not in outputs]
+            if unused:
+                raise UsageError(f"{type(self.featurizer).__name__}.stage_sites() names layers its forward never "
+                                 f"runs ({', '.join(unused)}); valid: modules of the forward pass")
             shapes = [outputs[site].shape for site in self.layers(self.pre_featurizer.module)]
         self.mean_encoders = nn.ModuleList(nn.Identity() for _ in shapes)
         self.var_encoders = nn.ModuleList(VarianceEncoder(shape) for shape in shapes)
