@@ -4,7 +4,8 @@ every module declares (domainbed/hparams/declare.py).
 As in DomainBed, every hparam is a pair (default, random draw); the random draw of each name
 comes from its own RandomState seeded by (random_seed, name), so adding an hparam never changes
 the draws of the others. `default_hparams` and `random_hparams` give the hparams of the algorithm
-(common ones included), DomainBed's; `run_setting_defaults` the keys of run-level features.
+(common ones included), DomainBed's; `run_setting_defaults` the keys of run-level features, and
+`own_run_settings` those an algorithm's own repository sets otherwise than config.yaml.
 """
 
 import importlib
@@ -12,7 +13,7 @@ import importlib
 from domainbed import misc, plugins
 
 from domainbed.errors import UsageError
-from domainbed.hparams.declare import COMMON, RUN_SETTINGS, Declarations, algorithm_declarations
+from domainbed.hparams.declare import COMMON, RUN_SETTINGS, DeclarationError, Declarations, algorithm_declarations
 
 # the modules that declare common hparams and run settings (each reads what it declares)
 DECLARING_MODULES = (
@@ -70,6 +71,20 @@ def random_hparams(algorithm: str, dataset: str, seed: int) -> dict:
 def run_setting_defaults(algorithm: str, dataset: str) -> dict:
     """The defaults of the run-level features' keys (config.yaml may override them)."""
     return {name: hp.default for name, hp in declarations(algorithm, dataset).items() if hp.owner == "run"}
+
+
+def own_run_settings(algorithm: str, dataset: str) -> dict:
+    """The run settings that `algorithm`'s own repository sets otherwise than config.yaml (its
+    class's `own_run_settings`), each a declared run setting."""
+    from domainbed.algorithms import get_algorithm_class
+
+    settings = dict(get_algorithm_class(algorithm).own_run_settings(dataset))
+    run = sorted(name for name, hp in declarations(algorithm, dataset).items() if hp.owner == "run")
+    for key in settings:
+        if key not in run:
+            raise DeclarationError(f"{algorithm}.own_run_settings sets {key!r}, which is no run setting; "
+                                   f"valid: {', '.join(run)}")
+    return settings
 
 
 def search_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed: int) -> dict:

@@ -81,6 +81,20 @@ class Algorithm(nn.Module):
         go on containers (ResNet stages from `mask_sites()` / `style_sites()`). Known limit:
         DMG's masks on AlexNet's fc6/fc7 are hooks on Linear layers, lost under `--q_linear`.
 
+    Training-only parts (`TRAINING_ONLY`)
+        Submodules that `update` uses and `predict` never does (MIRO's frozen copy of the
+        pretrained featurizer and its variance encoders), named by attribute
+        (domainbed/training_only.py). Copies made for prediction (weight averages) leave them out,
+        saved final models omit them (a rebuilt algorithm keeps its freshly built ones),
+        quantization keeps them in float and model sizes do not count them. Checkpoints for
+        resuming keep them: `state_dict()` is unchanged.
+
+    Run settings of its own (`own_run_settings(dataset)`)
+        The run settings (config.yaml's keys) that the method's own repository configures
+        otherwise than SWAD's config.yaml, such as MIRO's `swad: False`: they apply over
+        config.yaml and under extra yaml files and the command line
+        (domainbed/hparams/config.py), so the method's published lines run as its code ran them.
+
     A method that needs something else from the trainer gets a new hook here, with a default
     that keeps every existing method as it is.
     """
@@ -92,6 +106,8 @@ class Algorithm(nn.Module):
     # hparams set on top of the method's Synthetic defaults in those checks: for a default that
     # trains nothing on a fresh network (say why beside it); values the random search draws
     CONTRACT_HPARAMS = {}
+    # attribute names of the submodules that only `update` uses (see "Training-only parts")
+    TRAINING_ONLY = ()
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
         super().__init__()
@@ -101,6 +117,12 @@ class Algorithm(nn.Module):
         self.hparams = hparams
         self.step = 0
         self.n_steps = None
+
+    @classmethod
+    def own_run_settings(cls, dataset: str) -> dict:
+        """{run setting: value} that this method's own repository sets otherwise than SWAD's
+        config.yaml (see "Run settings of its own"); none by default."""
+        return {}
 
     def update(self, minibatches) -> dict:
         """One training step on `minibatches`: a list of (x, y), one pair per training domain,
@@ -190,3 +212,4 @@ class Algorithm(nn.Module):
                 group["params"].append(new)
                 owner[id(new)] = group
         return left_out
+

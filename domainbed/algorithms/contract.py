@@ -31,6 +31,7 @@ from domainbed.algorithms.registry import get_algorithm_class
 from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.errors import UsageError, first_line
 from domainbed.hparams.checks import check_hparams
+from domainbed.hparams.config import coerce
 from domainbed.hparams.declare import DeclarationError
 from domainbed.quant import quantize_model
 from domainbed.training.precision import Precision
@@ -110,8 +111,9 @@ def _changed(before: dict, algorithm) -> list:
 
 def check_declarations(name: str, datasets=DECLARATION_DATASETS) -> list:
     """`declare_hparams` runs for each of `datasets`, gives every new hparam one line of help, and
-    its defaults lie in their own valid ranges; `CONTRACT_INPUT` is known and `CONTRACT_HPARAMS`
-    names declared hparams only."""
+    its defaults lie in their own valid ranges; `own_run_settings` names run settings only, with
+    values in their ranges; `CONTRACT_INPUT` is known and `CONTRACT_HPARAMS` names declared
+    hparams only."""
     algorithm_class = get_algorithm_class(name)
     name = algorithm_class.NAME
     if algorithm_class.CONTRACT_INPUT not in INPUT_SHAPES:
@@ -130,6 +132,16 @@ def check_declarations(name: str, datasets=DECLARATION_DATASETS) -> list:
             check_hparams(name, dataset, {key: hparam.default for key, hparam in declared.items()})
         except UsageError as error:
             defects.append(f"{name}'s default on {dataset}: {error}")
+        try:
+            own = hparams_registry.own_run_settings(name, dataset)
+        except DeclarationError as error:
+            return [str(error)]
+        run_defaults = hparams_registry.run_setting_defaults(name, dataset)
+        try:
+            check_hparams(name, dataset, {key: coerce(key, value, run_defaults[key], f"{name}.own_run_settings")
+                                          for key, value in own.items()})
+        except UsageError as error:
+            defects.append(f"{name}'s own run settings on {dataset}: {error}")
         unknown = sorted(set(algorithm_class.CONTRACT_HPARAMS) - set(declared))
         if unknown:
             defects.append(f"{name}.CONTRACT_HPARAMS names {', '.join(unknown)}, which no declaration of {name} "

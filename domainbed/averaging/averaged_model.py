@@ -4,14 +4,18 @@ It differs from SWAD's swa_utils.AveragedModel where it costs time or memory, no
 computes: n_averaged is a python int (SWAD's is a device tensor, a host synchronisation per step),
 the update is one fused foreach lerp, avg.lerp_(w, 1 / (n + 1)), where SWAD loops over the
 parameters computing avg + (w - avg) / (n + 1) (equal up to float rounding; about 3x faster on the
-CPU: no temporary), and the copy holds the model's parameters and buffers only, where SWAD's deep
-copy also copies the algorithm's optimizers, gradients and scratch memory into every segment.
+CPU: no temporary), and the copy holds the parameters and buffers that prediction uses only, where
+SWAD's deep copy also copies the algorithm's optimizers, gradients and scratch memory into every
+segment; an algorithm's training-only parts (`Algorithm.TRAINING_ONLY`: MIRO's frozen pretrained
+featurizer and variance encoders), which `predict` never uses, are left out instead of averaged.
 """
 
 import copy
 
 import torch
 import torch.nn as nn
+
+from domainbed.training_only import training_only_parts
 
 # what nn.Module itself keeps in an instance's __dict__ (parameters, buffers, submodules, hooks)
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
@@ -50,12 +54,22 @@ def scratch_of(model: nn.Module) -> list:
 
 
 def state_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` holding its parameters and buffers only: every attribute that
-    `scratch_of` names is None in the copy (torch copies a Parameter without its gradient). The
-    averaged model never steps, so this is all it needs, and a copy of Adam's state or of a
-    method's scratch memory would cost every SWAD segment as much again (and stay on the GPU
-    when a segment is frozen to the CPU, which moves parameters and buffers only)."""
-    return copy.deepcopy(model, memo={id(value): None for value in scratch_of(model)})
+    """A deep copy of `model` holding the parameters and buffers that prediction uses: every
+    attribute that `scratch_of` names, and every training-only part, is None in the copy (torch
+    copies a Parameter without its gradient). The averaged model never steps, so this is all it
+    needs, and a copy of Adam's state or of a method's scratch memory would cost every SWAD segment
+    as much again (and stay on the GPU when a segment is frozen to the CPU, which moves parameters
+    and buffers only)."""
+    left_out = [*scratch_of(model), *training_only_parts(model).values()]
+    return copy.deepcopy(model, memo={id(value): None for value in left_out})
+
+
+def prediction_parameters(model: nn.Module, params=None) -> list:
+    """`params` (default: `model.parameters()`) without those of `model`'s training-only parts:
+    the parameters of `state_copy(model)`, in the same order."""
+    params = model.parameters() if params is None else params
+    left_out = {id(p) for part in training_only_parts(model).values() for p in part.parameters()}
+    return [p for p in params if id(p) not in left_out]
 
 
 class AveragedModel(nn.Module):
@@ -89,7 +103,7 @@ class AveragedModel(nn.Module):
         `params` may pass `list(model.parameters())` when the caller already has it."""
         source = model.module if isinstance(model, AveragedModel) else model
         averaged = list(self.module.parameters())
-        current = [p.detach() for p in (params if params is not None else source.parameters())]
+        current = [p.detach() for p in prediction_parameters(source, params)]
         if len(averaged) != len(current):
             raise ValueError(f"cannot average a model of {len(current)} parameters into one of {len(averaged)}")
         if self.n_averaged == 0:

@@ -1,4 +1,10 @@
-"""Hyperparameters of a run: registry defaults < config.yaml < extra yaml files < --key value.
+"""Hyperparameters of a run: registry defaults < config.yaml < the algorithm's own run settings
+< extra yaml files < --key value.
+
+config.yaml is SWAD's, the protocol of the seeds that fork SWAD's code. A method from another
+repository whose config.yaml differs declares the difference (`Algorithm.own_run_settings`,
+MIRO's `swad: False`), which applies over config.yaml and under what the user gives, so its
+published lines run as its own code ran them.
 
 Every key must be declared (by the algorithm, by what every algorithm has, or by a run-level
 feature: domainbed/hparams/declare.py): a typo is an error, never a silently ignored setting. Values from the
@@ -8,7 +14,8 @@ yes/no and 1/0, and a bare `--flag` means True.
 As sconf (SWAD's config library) does, a key inside a nested mapping is set on the command line
 by its dotted path (`--swad_kwargs.tolerance_ratio 0.2`) or by its leaf name alone when that leaf
 is unique (`--tolerance_ratio 0.2`, SWAD's published VLCS line); an ambiguous leaf is an error
-listing its paths. SWAD's own hparam names that we spell differently are aliases (`ALIASES`).
+listing its paths. The seeds' own hparam names that we spell differently are aliases (`ALIASES`):
+SWAD's, and MIRO's `--model` for `--backbone`.
 """
 
 import difflib
@@ -124,8 +131,13 @@ def _swad_unsupported(name):
     return translate
 
 
-# SWAD's hparam name -> translate(raw value) -> (our key, value), or (None, None) to drop it
+def _miro_model(value):
+    return "backbone", value
+
+
+# a seed's hparam name -> translate(raw value) -> (our key, value), or (None, None) to drop it
 ALIASES = {
+    "model": _miro_model,  # MIRO's name of the backbone (its README's `--model swag_regnety_16gf`)
     "resnet18": _swad_resnet18,
     "class_balanced": _swad_unsupported("class_balanced"),
     "val_augment": _swad_unsupported("val_augment"),
@@ -190,14 +202,25 @@ def parse_overrides(tokens) -> list:
     return overrides
 
 
-def build_hparams(defaults: dict, base_config, extra_configs=(), overrides=()) -> dict:
-    """The run's hparams: `defaults` updated by the yaml files in order, then the overrides."""
+def _apply_yaml(hparams: dict, path) -> None:
+    for key, value in load_yaml(path).items():
+        _check_known(key, hparams, str(path))
+        hparams[key] = coerce(key, value, hparams[key], str(path))
+
+
+def build_hparams(defaults: dict, base_config, extra_configs=(), overrides=(), own_settings=None,
+                  own_source: str = "the algorithm's own run settings") -> dict:
+    """The run's hparams: `defaults` updated by `base_config`, then `own_settings` (the
+    algorithm's own run settings, named `own_source` in errors), then the extra yaml files in
+    order, then the overrides."""
     hparams = dict(defaults)
-    layers = [base_config] if base_config else []
-    for path in [*layers, *extra_configs]:
-        for key, value in load_yaml(path).items():
-            _check_known(key, hparams, str(path))
-            hparams[key] = coerce(key, value, hparams[key], str(path))
+    if base_config:
+        _apply_yaml(hparams, base_config)
+    for key, value in (own_settings or {}).items():
+        _check_known(key, hparams, own_source)
+        hparams[key] = coerce(key, value, hparams[key], own_source)
+    for path in extra_configs:
+        _apply_yaml(hparams, path)
     for key, value in overrides:
         if key in ALIASES and key not in hparams:
             key, value = ALIASES[key](value)
@@ -221,9 +244,11 @@ def flatten(hparams: dict) -> dict:
 def run_hparams(algorithm: str, dataset: str, hparams_seed: int = 0, trial_seed: int = 0, extra_configs=(),
                 overrides=()) -> dict:
     """A run's hparams: the registry's defaults or draw (`--hparams_seed`) and the run settings'
-    defaults, then config.yaml, the extra yaml files and the command line's `--key value` pairs."""
+    defaults, then config.yaml, the algorithm's own run settings, the extra yaml files and the
+    command line's `--key value` pairs."""
     from domainbed import hparams_registry
 
     drawn = hparams_registry.search_hparams(algorithm, dataset, hparams_seed, trial_seed)
     defaults = {**drawn, **hparams_registry.run_setting_defaults(algorithm, dataset)}
-    return build_hparams(defaults, BASE_CONFIG, extra_configs, overrides)
+    return build_hparams(defaults, BASE_CONFIG, extra_configs, overrides,
+                         hparams_registry.own_run_settings(algorithm, dataset), f"{algorithm}.own_run_settings")

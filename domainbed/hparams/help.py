@@ -19,12 +19,14 @@ def hparams_help(algorithm: str, dataset: str) -> str:
     try:
         defaults = run_hparams(algorithm, dataset)
         declared = hparams_registry.declarations(algorithm, dataset)
+        own = hparams_registry.own_run_settings(algorithm, dataset)
     except (KeyError, UsageError) as error:
         return f"hparams: none listed ({error})"
+    settings = f"config.yaml, then {algorithm}'s own {', '.join(own)}" if own else "config.yaml"
     sections = {
         f"hparams of {algorithm}": [key for key in defaults if declared[key].owner == algorithm],
         "hparams of every algorithm": [key for key in defaults if declared[key].owner == "common"],
-        "run settings (config.yaml)": [key for key in defaults if declared[key].owner == "run"],
+        f"run settings ({settings})": [key for key in defaults if declared[key].owner == "run"],
     }
     lines = [f"hparams on {dataset} (set any with --key value; defaults < config.yaml < yaml files < command line):"]
     for title, keys in sections.items():

@@ -16,6 +16,9 @@ from domainbed.networks.pretrained import load_pretrained_state
 from domainbed.networks.registry import register_backbone
 
 FC6, FC7, FC8 = 1, 4, 6  # positions of the linear layers in torchvision's `classifier`
+# positions in torchvision's `features` of the layers that close each convolution block: pool1,
+# pool2, relu3, relu4, pool5
+STAGE_ENDS = (2, 5, 7, 9, 12)
 
 
 class AlexNet(nn.Module):
@@ -53,6 +56,11 @@ class AlexNet(nn.Module):
             "fc6": (classifier[FC6], classifier[FC6].in_features),
             "fc7": (classifier[FC7], classifier[FC7].in_features),
         }
+
+    def stage_sites(self) -> list:
+        """The ends of the five convolution blocks, conv1's pooling being the stem (MIRO's feature
+        layers; the ReLUs work in place, and their output is what the next convolution reads)."""
+        return [self.network.features[index] for index in STAGE_ENDS]
 
 
 @register_backbone("alexnet")

@@ -35,6 +35,10 @@ class MNIST_CNN(nn.Module):
         """The first three blocks' normalisations, after which MixStyle mixes statistics."""
         return [self.bn0, self.bn1, self.bn2]
 
+    def stage_sites(self) -> list:
+        """The four blocks' normalisations, the first closing the stem (MIRO's feature layers)."""
+        return [self.bn0, self.bn1, self.bn2, self.bn3]
+
     def pool(self, z):
         return self.avgpool(z).flatten(1)
 

@@ -54,6 +54,11 @@ class ResNet(nn.Module):
         """layer1-3, after which MixStyle mixes channel statistics (Zhou et al.'s placement)."""
         return [self.network.layer1, self.network.layer2, self.network.layer3]
 
+    def stage_sites(self) -> list:
+        """The stem (its max pooling closes it) and layer1-4, MIRO's feature layers for ResNets."""
+        net = self.network
+        return [net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4]
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_bn:

@@ -40,6 +40,12 @@ class DeiT(nn.Module):
     def forward(self, x):
         return self.dropout(self.network(x))
 
+    def stage_sites(self) -> list:
+        """The patch embedding and the last block of each quarter of the blocks (DeiT-Small's 12:
+        blocks 2, 5, 8, 11), as MIRO picks a ViT's feature layers."""
+        blocks = self.network.blocks
+        return [self.network.patch_embed, *(blocks[(quarter + 1) * len(blocks) // 4 - 1] for quarter in range(4))]
+
 
 @register_backbone("deit_small")
 def deit_small(input_shape, hparams):

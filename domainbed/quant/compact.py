@@ -14,6 +14,7 @@ dataset, transforms), so `load_compact` rebuilds the algorithm without the run's
 import numpy as np
 import torch
 
+from domainbed.training_only import prediction_state_dict, training_only_parts
 from domainbed.runs import persistence
 from domainbed.errors import UsageError
 from domainbed.quant.lsq import code_range
@@ -42,26 +43,30 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape) -> torch.Tensor:
 def model_size_mb(model: torch.nn.Module) -> tuple[float, float]:
     """(size, float size) in MB (2^20 bytes): every floating-point parameter and buffer counted
     once, quantized layers' weights at their bits and the rest (step sizes included) at 32 bits;
-    the float size counts the same tensors at 32 bits, without the step sizes."""
+    the float size counts the same tensors at 32 bits, without the step sizes. An algorithm's
+    training-only parts (MIRO's frozen pretrained featurizer) are no part of the model and not
+    counted."""
+    left_out = {id(t) for part in training_only_parts(model).values() for t in [*part.parameters(), *part.buffers()]}
     bits_of, steps = {}, set()
     for module in model.modules():
         if isinstance(module, QUANTIZED_TYPES):
             bits_of[id(module.weight)] = module.bits
             steps.add(id(module.step_size))
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]
+               if t.is_floating_point() and id(t) not in left_out}
     size = sum(t.numel() * bits_of.get(key, 32) for key, t in tensors.items())
     float_size = sum(t.numel() * 32 for key, t in tensors.items() if key not in steps)
     return size / 8 / 2**20, float_size / 8 / 2**20
 
 
 def compact_state(model: torch.nn.Module) -> dict:
-    """The model's state with every quantized weight as packed codes; tensors shared by several
-    state-dict keys are stored once."""
+    """The model's state (its training-only parts left out, as in model_io's final models) with
+    every quantized weight as packed codes; tensors shared by several state-dict keys are stored once."""
     quantized = {}
     for module in model.modules():
         if isinstance(module, QUANTIZED_TYPES):
             quantized[id(module.weight)] = module
-    state = model.state_dict(keep_vars=True)
+    state = prediction_state_dict(model, keep_vars=True)
     canonical = {}
     for key, value in state.items():
         canonical.setdefault(id(value), key)

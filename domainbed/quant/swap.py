@@ -12,10 +12,15 @@ quantizable layer is an error rather than a logged warning. QT-DoG's config list
 `fc` as exceptions, but its module names are `featurizer.network.conv1`, so nothing matches and
 every convolution, the stem included, ends up quantized; our default (no exclusions) does the
 same on purpose.
+
+An algorithm's training-only parts (`Algorithm.TRAINING_ONLY`: MIRO's frozen copy of the
+pretrained featurizer) are no part of the model that predicts, so they stay in float: their
+layers are neither swapped nor listed.
 """
 
 import torch.nn as nn
 
+from domainbed.training_only import training_only_parts
 from domainbed.errors import UsageError
 from domainbed.quant.lsq import check_bits
 from domainbed.quant.modules import QuantConv2d, QuantLinear
@@ -23,8 +28,7 @@ from domainbed.quant.modules import QuantConv2d, QuantLinear
 
 def quantizable_names(model: nn.Module, q_linear: bool = False) -> list:
     """Names of the layers `quantize_model` would swap, each layer under its first name."""
-    types = _swap_types(q_linear)
-    return [name for name, module in model.named_modules() if type(module) in types]
+    return [names[0] for _, names in _layers(model, _swap_types(q_linear)).values()]
 
 
 def _swap_types(q_linear: bool) -> dict:
@@ -43,10 +47,12 @@ def parse_exclude(exclude) -> tuple:
 
 
 def _layers(model: nn.Module, types) -> dict:
-    """{id: (layer, [every name it has in `model`])} for the layers of exactly `types`."""
+    """{id: (layer, [every name it has in `model`])} for the layers of exactly `types`, but those
+    only reachable through `model`'s training-only parts."""
+    training_only = tuple(f"{name}." for name in training_only_parts(model))
     layers = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if type(module) in types:
+        if type(module) in types and not name.startswith(training_only):
             layers.setdefault(id(module), (module, []))[1].append(name)
     return layers
 

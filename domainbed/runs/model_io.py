@@ -5,13 +5,16 @@ line: its name, input shape, class and domain counts, hparams, the dataset and t
 environments, and the state dict. Features that change the module tree (quantization swaps
 Conv2d for QuantConv2d, say) record themselves under `meta["transforms"]` and register a
 rebuild function with `@register_rebuild(key)`, applied to the fresh algorithm before the
-state dict is loaded.
+state dict is loaded. The state dict leaves out the algorithm's training-only parts
+(`Algorithm.TRAINING_ONLY`, which `predict` never uses: MIRO's frozen pretrained featurizer); a
+rebuilt algorithm keeps the ones it was built with.
 """
 
 import torch
 
 from domainbed.runs import layout, persistence
 from domainbed.algorithms import get_algorithm_class
+from domainbed.training_only import prediction_state_dict, training_only_parts
 from domainbed.errors import UsageError
 from domainbed.training.extensions import import_extension_modules
 
@@ -47,7 +50,7 @@ def model_meta(algorithm: str, dataset, num_domains: int, hparams: dict, test_en
 def save_model(path, model, meta: dict) -> None:
     """`model` is the algorithm (or an averaged copy of it) to save; `meta` must name
     algorithm, input_shape, num_classes, num_domains, hparams, dataset, environments, test_envs."""
-    state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in prediction_state_dict(model).items()}
     persistence.save({"meta": meta, "model_dict": state}, path)
 
 
@@ -64,16 +67,19 @@ def apply_transforms(algorithm, transforms: dict, source, applied=()) -> None:
 
 
 def rebuild(meta: dict, state: dict, source):
-    """The algorithm that `meta` describes, with `state` loaded strictly, in eval mode on the CPU.
-    The one place a saved model is rebuilt: final models, kept checkpoints, compact exports."""
+    """The algorithm that `meta` describes, with `state` loaded strictly (but its training-only
+    parts, which keep their values when `state` lacks them), in eval mode on the CPU. The one
+    place a saved model is rebuilt: final models, kept checkpoints, compact exports."""
     if not state:
         raise UsageError(f"{source} holds no weights")
     algorithm = get_algorithm_class(meta["algorithm"])(
         meta["input_shape"], meta["num_classes"], meta["num_domains"], meta["hparams"]
     )
     apply_transforms(algorithm, meta.get("transforms", {}), source)
+    training_only = tuple(f"{name}." for name in training_only_parts(algorithm))
+    own = {key: value for key, value in algorithm.state_dict().items() if key.startswith(training_only)}
     try:
-        algorithm.load_state_dict(state)
+        algorithm.load_state_dict({**own, **state})
     except RuntimeError as error:
         raise UsageError(f"{source} does not fit its {meta['algorithm']} model: "
                          f"{str(error).splitlines()[0]}") from None
