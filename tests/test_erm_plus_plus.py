@@ -265,7 +265,7 @@ def test_trainer_hands_on_checkpoint_the_training_domains_validation_and_stops_w
 
     monkeypatch.setattr(ERM, "on_checkpoint", on_checkpoint)
     result = run_train_all("hook", *TINY, "--algorithm", "ERM")
-    assert [s for s, _ in seen] == [0, 2]
+    assert [s for s, _ in seen] == [0, 2]  # steps 3 to 6 are never trained
     for _, validation in seen:
         assert {"train_out", "tr_outloss", "env1_out", "env1_out_loss", "env2_out_loss"} <= set(validation)
         assert not any(key.startswith(("env0_", "test_")) for key in validation), validation
@@ -273,12 +273,6 @@ def test_trainer_hands_on_checkpoint_the_training_domains_validation_and_stops_w
     assert [r["step"] for r in records] == [0, 2]
     assert seen[-1][1]["tr_outloss"] == records[-1]["tr_outloss"]
     assert "ERM ends training at this checkpoint" in (result["out_dir"] / "log.txt").read_text()
-
-
-def test_default_hook_leaves_training_alone(run_train_all):
-    result = run_train_all("plain", *TINY, "--algorithm", "ERM")
-    records = (result["out_dir"] / "results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in records] == [0, 2, 4, 6]
 
 
 @pytest.mark.slow

@@ -94,6 +94,7 @@ class ERMPlusPlus(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
+        # ERM's one-group optimizer gives way to the featurizer's and the head's groups
         self.optimizer = self.new_optimizer([
             {"params": list(self.featurizer.parameters())},
             {"params": list(self.classifier.parameters()), "lr": hparams["linear_lr"]},
@@ -159,11 +160,13 @@ class ERMPlusPlus(ERM):
         return self.network_sma(x)
 
     def on_checkpoint(self, step, validation):
+        # without held-out data (every training domain's holdout empty) there is nothing to step on
         if not self.hparams["auto_lr"] or step < self.hparams["linear_steps"] or "tr_outloss" not in validation:
             return False
         before = self.optimizer.param_groups[FEATURIZER_GROUP]["lr"]
         self.plateau.step(validation["tr_outloss"])
-        self.lr_reductions += self.optimizer.param_groups[FEATURIZER_GROUP]["lr"] != before
+        if self.optimizer.param_groups[FEATURIZER_GROUP]["lr"] != before:
+            self.lr_reductions += 1
         return self.lr_reductions >= REDUCTIONS_TO_END
 
     def get_extra_state(self):
