@@ -34,6 +34,10 @@ class Algorithm(nn.Module):
         validation; None for an unseen domain. In eval mode, predict is a deterministic function
         of the parameters, buffers and x (no sampling, no state change).
 
+    on_checkpoint(step, validation) -> bool
+        After the evaluation at every checkpoint, the training domains' validation numbers (for
+        schedules driven by them); True ends training after this checkpoint. Default: False.
+
     optimizers() -> {name: torch.optim.Optimizer}
         Every optimizer `update` steps. Every trainable parameter of the module is in exactly one
         of them (one param group), so checkpoints, quantization and averaging see them all.
