@@ -196,6 +196,23 @@ class CountsInAnAttribute(ERM):
         return super().update(minibatches)
 
 
+class RemembersCheckpointsInAnAttribute(ERM):
+    """Ends training at its second checkpoint, counted in a plain attribute."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.checkpoints = 0
+
+    def on_checkpoint(self, step, validation):
+        self.checkpoints += 1
+        return self.checkpoints == 2
+
+
+class AnswersNone(ERM):
+    def on_checkpoint(self, step, validation):
+        return None
+
+
 class SamplesInEval(ERM):
     def predict(self, x, env=None):
         return super().predict(x) + torch.randn(len(x), 1)
@@ -233,6 +250,10 @@ def test_update_defects_are_named():
                        for p in ("weight", "bias")]
     assert contract.check_finite_floats(_broken(ERM), 0.5) == [
         "ERM.update returned 0.5: it must be a dict with at least 'loss'"]
+    assert contract.check_update(_broken(AnswersNone)) == ["AnswersNone.on_checkpoint returned None; valid: True or False"]
+    (defect,) = _one_line_each(contract.check_state_round_trip(_broken(RemembersCheckpointsInAnAttribute)))
+    assert defect.startswith("after a state round trip RemembersCheckpointsInAnAttribute.on_checkpoint returned False, "
+                             "not True: state that changes at checkpoints")
 
 
 def test_state_and_predict_defects_are_named():

@@ -39,6 +39,10 @@ class Algorithm(nn.Module):
         validation; None for an unseen domain. In eval mode, predict is a deterministic function
         of the parameters, buffers and x (no sampling, no state change).
 
+    on_checkpoint(step, validation) -> bool
+        After the evaluation at every checkpoint, the training domains' validation numbers (for
+        schedules driven by them); True ends training after this checkpoint. Default: False.
+
     optimizers() -> {name: torch.optim.Optimizer}
         Every optimizer `update` steps. Every trainable parameter of the module is in exactly one
         of them (one param group), so checkpoints, quantization and averaging see them all.
@@ -143,6 +147,16 @@ class Algorithm(nn.Module):
         read `self.step` and `self.n_steps` instead of counting calls themselves."""
         self.step = step
         self.n_steps = n_steps
+
+    def on_checkpoint(self, step: int, validation: dict) -> bool:
+        """Called by the trainer after the evaluation at every checkpoint (the one after the
+        update of `step`), before the fold is checkpointed. `validation` holds the training
+        domains' held-out numbers of that evaluation, of `predict`: `train_out` and `tr_outloss`
+        (accuracy and cross-entropy averaged over the domains) and each domain's `env{i}_out` /
+        `env{i}_out_loss`; never a test domain's. Schedules driven by validation (ERM++'s
+        ReduceLROnPlateau) step here, their state a buffer or in `get_extra_state()`. Returns
+        True to end training after this checkpoint; the default does nothing and returns False."""
+        return False
 
     # set by domainbed.training.precision under --precision fp16; None: backward/optimizer_step are plain
     loss_scaler = None

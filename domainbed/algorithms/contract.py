@@ -45,6 +45,8 @@ DECLARATION_DATASETS = ("Synthetic", "RotatedMNIST", "PACS", "DomainNet")
 # weight (IGA's 1000) skips a dozen steps before its scale fits
 UPDATES_TO_FIND_THE_SCALE = 24
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# what two evaluations hand `on_checkpoint`: the training domains' held-out accuracy and loss
+VALIDATION = ({"train_out": 0.5, "tr_outloss": 1.0}, {"train_out": 0.4, "tr_outloss": 1.2})
 
 
 @dataclass(frozen=True)
@@ -192,22 +194,27 @@ def check_every_trainable_parameter_in_one_optimizer(subject_: Subject, algorith
 
 
 def check_update(subject_: Subject) -> list:
-    """One update returns finite scalars (with `loss`) and changes the weights."""
+    """One update returns finite scalars (with `loss`) and changes the weights; then
+    `on_checkpoint` answers True or False."""
     algorithm = subject_.build()
     defects = check_every_trainable_parameter_in_one_optimizer(subject_, algorithm)
     before = _snapshot(algorithm)
     defects += check_finite_floats(subject_, subject_.update(algorithm, 0))
     if not _changed(before, algorithm):
         defects.append(f"{subject_.name}.update changed no parameter")
+    answer = algorithm.on_checkpoint(0, dict(VALIDATION[0]))
+    if not isinstance(answer, bool):
+        defects.append(f"{subject_.name}.on_checkpoint returned {_one_line(answer)}; valid: True or False")
     return defects
 
 
 def check_state_round_trip(subject_: Subject) -> list:
     """A fresh instance loaded (strictly) with the state and optimizer states continues
-    bit-identically for the same minibatches and RNG state."""
+    bit-identically for the same minibatches, RNG state and checkpoints' validation."""
     name = subject_.name
     algorithm = subject_.build()
     subject_.update(algorithm, 0)
+    algorithm.on_checkpoint(0, dict(VALIDATION[0]))
     copy_ = subject_.build(seed=1)  # other initial weights: everything must come from the state
     try:
         copy_.load_state_dict(copy.deepcopy(algorithm.state_dict()), strict=True)
@@ -223,6 +230,10 @@ def check_state_round_trip(subject_: Subject) -> list:
     if stats != stats_copy:
         defects.append(f"after a state round trip {name}.update returned {_one_line(stats_copy)}, "
                        f"not {_one_line(stats)}")
+    answer, answer_copy = (a.on_checkpoint(1, dict(VALIDATION[1])) for a in (algorithm, copy_))
+    if answer != answer_copy:
+        defects.append(f"after a state round trip {name}.on_checkpoint returned {answer_copy}, not {answer}: state "
+                       "that changes at checkpoints must be a buffer or go through get_extra_state()")
     state, state_copy = algorithm.state_dict(), copy_.state_dict()
     if state.keys() != state_copy.keys():
         return defects + [f"after one more update {name}.state_dict() has other keys on the copy"]

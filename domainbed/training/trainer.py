@@ -111,11 +111,21 @@ def keep_record(fold: Fold, record: dict, records_path: Path | None) -> None:
     fold.log(f"[{fold.name}] " + _format_record(record))
 
 
+def training_domain_validation(record: dict, test_envs) -> dict:
+    """The entries of a checkpoint's record that an algorithm may learn from: the training
+    domains' held-out accuracies and losses, per domain and averaged."""
+    test_prefixes = tuple(f"env{env}_" for env in test_envs)
+    return {key: value for key, value in record.items()
+            if key in ("train_out", "tr_outloss")
+            or (key.startswith("env") and key.endswith(("_out", "_out_loss")) and not key.startswith(test_prefixes))}
+
+
 def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps_per_epoch: float,
                         records_path: Path | None) -> dict:
     """The record of the checkpoint at `step` (the interval's training means, every split's
     accuracy and loss, and what the extensions add), kept (`keep_record`) also when an extension
-    refuses its numbers (a NaN validation loss), so that results.jsonl shows the user what stopped the run."""
+    refuses its numbers (a NaN validation loss), so that results.jsonl shows the user what stopped the run.
+    Then the algorithm's `on_checkpoint` sees the training domains' part, and may end training."""
     record = {"test_envs": list(fold.settings.test_envs), "step": step, "epoch": step / steps_per_epoch}
     record.update({key: float(np.mean(values)) for key, values in interval.items()})
     interval.clear()
@@ -128,6 +138,9 @@ def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps
     try:
         for extension in extensions:
             extension.at_checkpoint(fold, step, record)
+        if fold.algorithm.on_checkpoint(step, training_domain_validation(record, fold.settings.test_envs)):
+            fold.stop = True
+            fold.log(f"[{fold.name}] {fold.settings.algorithm} ends training at this checkpoint (its on_checkpoint)")
     finally:
         keep_record(fold, record, records_path)
     return record
