@@ -34,6 +34,13 @@ from domainbed.algorithms.update_count import count_update, register_update_coun
 from domainbed.hparams.declare import SMALL_IMAGES
 
 
+def discriminator_turn(update_count: int, d_steps_per_g_step: int) -> bool:
+    """Whether update number `update_count` (counted from 1) is a discriminator step in DomainBed's
+    alternation: the generator gets the updates with update_count = k mod (k + 1), k =
+    `d_steps_per_g_step` (k = 1: the odd ones; k = 2: updates 2, 5, 8, ...)."""
+    return update_count % (1 + d_steps_per_g_step) < d_steps_per_g_step
+
+
 class AbstractDANN(Algorithm):
     @classmethod
     def declare_hparams(cls, hparam, dataset):
@@ -95,10 +102,9 @@ class AbstractDANN(Algorithm):
         d = torch.cat([torch.full_like(y, i) for i, (_, y) in enumerate(minibatches)])
         z = self.featurizer(x)
         disc_loss = self.discriminator_loss(z, y, d)
-        k = self.hparams["d_steps_per_g_step"]
         self.disc_optimizer.zero_grad(set_to_none=True)
         self.gen_optimizer.zero_grad(set_to_none=True)
-        if updates_so_far(self) % (1 + k) < k:
+        if discriminator_turn(updates_so_far(self), self.hparams["d_steps_per_g_step"]):
             self.backward(disc_loss)
             self.optimizer_step(self.disc_optimizer)
             return {"loss": disc_loss.detach(), "disc_loss": disc_loss.detach()}
