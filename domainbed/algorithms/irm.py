@@ -36,18 +36,28 @@ def irm_penalty(logits, y):
 
 
 class PenaltyAnneal(ERM):
-    """ERM plus a penalty whose weight is 1 until `<prefix>_penalty_anneal_iters` updates, then
-    `<prefix>_lambda`, with DomainBed's optimizer reset at that update (IRM, VREx)."""
+    """ERM plus a penalty whose weight is `weight_before_anneal` until
+    `<prefix>_penalty_anneal_iters` updates, then `<prefix>_lambda`, with DomainBed's optimizer
+    reset at that update (IRM, VREx, IB_ERM, IB_IRM)."""
 
     prefix = None
+    weight_before_anneal = 1.0
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         register_update_count(self)
 
+    def annealed_weight(self, prefix: str, before: float) -> float:
+        """`before` until `<prefix>_penalty_anneal_iters` updates, `<prefix>_lambda` from then on."""
+        anneal = self.hparams[f"{prefix}_penalty_anneal_iters"]
+        return self.hparams[f"{prefix}_lambda"] if updates_so_far(self) >= anneal else before
+
     def penalty_weight(self) -> float:
-        anneal = self.hparams[f"{self.prefix}_penalty_anneal_iters"]
-        return self.hparams[f"{self.prefix}_lambda"] if updates_so_far(self) >= anneal else 1.0
+        return self.annealed_weight(self.prefix, self.weight_before_anneal)
+
+    def restarts_optimizer(self) -> bool:
+        """Whether this update ends an anneal, where DomainBed builds a fresh Adam."""
+        return updates_so_far(self) == self.hparams[f"{self.prefix}_penalty_anneal_iters"]
 
     def objective(self, minibatches, lambda_t):
         """(loss, {name: 0-dim tensor}) for this step's penalty weight `lambda_t`."""
@@ -56,7 +66,7 @@ class PenaltyAnneal(ERM):
     def update(self, minibatches):
         lambda_t = self.penalty_weight()
         loss, stats = self.objective(minibatches, lambda_t)
-        if updates_so_far(self) == self.hparams[f"{self.prefix}_penalty_anneal_iters"]:
+        if self.restarts_optimizer():
             self.optimizer.state.clear()  # DomainBed's fresh Adam at the end of the anneal
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
