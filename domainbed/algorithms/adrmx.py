@@ -57,6 +57,7 @@ from domainbed import networks
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.dann import discriminator_turn
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.algorithms.update_count import count_update, register_update_count, updates_so_far
 from domainbed.hparams.declare import SMALL_IMAGES
 from domainbed.hparams.rules import fraction, int_at_least, nonnegative_float
 
@@ -109,7 +110,7 @@ class ADRMX(Algorithm):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        register_update_count(self)
         self.featurizer = networks.Featurizer(input_shape, hparams)
         self.featurizer_domain = networks.Featurizer(input_shape, hparams)
         width = self.featurizer.n_outputs
@@ -149,12 +150,12 @@ class ADRMX(Algorithm):
         return F.cross_entropy(logits, y[i], reduction="sum") / (self.num_classes * MIX_NUM)
 
     def update(self, minibatches):
-        self.update_count += 1
+        count_update(self)
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         d = torch.cat([torch.full_like(y, e) for e, (_, y) in enumerate(minibatches)])
 
-        if discriminator_turn(self.update_count.item(), self.hparams["d_steps_per_g_step"]):
+        if discriminator_turn(updates_so_far(self), self.hparams["d_steps_per_g_step"]):
             with torch.no_grad():
                 z_dinv = self.featurizer(x) - self.featurizer_domain(x)
             L_D = F.cross_entropy(self.discriminator(z_dinv), d)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.irm import IRM, PenaltyAnneal, irm_penalty
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.algorithms.update_count import updates_so_far
 from domainbed.hparams.rules import int_at_least, nonnegative_float
 
 
@@ -83,7 +84,7 @@ class IB_IRM(IRM):
         declare_information_bottleneck(hparam)
 
     def restarts_optimizer(self) -> bool:
-        return super().restarts_optimizer() or self.update_count.item() == self.hparams["ib_penalty_anneal_iters"]
+        return super().restarts_optimizer() or updates_so_far(self) == self.hparams["ib_penalty_anneal_iters"]
 
     def objective(self, minibatches, lambda_irm):
         lambda_ib = self.annealed_weight("ib", 0.0)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from domainbed.algorithms.coral import RBF_GAMMAS, gaussian_mmd
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.algorithms.update_count import count_update, register_update_count, updates_so_far
 from domainbed.hparams.declare import SMALL_IMAGES
 from domainbed.hparams.rules import int_at_least, nonnegative_float, positive_float
 
@@ -76,11 +77,11 @@ class RDM(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        register_update_count(self)
 
     def update(self, minibatches):
         anneal = self.hparams["rdm_penalty_anneal_iters"]
-        annealed = self.update_count.item() >= anneal
+        annealed = updates_so_far(self) >= anneal
         lambda_t = self.hparams["rdm_lambda"] if annealed else 0.0
         v_t = self.hparams["variance_weight"] if annealed else 0.0
 
@@ -94,7 +95,7 @@ class RDM(ERM):
         variance_penalty = r_all.var() + r_worst.var()
         loss = erm_loss + lambda_t * matching_penalty + v_t * variance_penalty
 
-        if self.update_count.item() == anneal:
+        if updates_so_far(self) == anneal:
             # DomainBed's fresh Adam: its moments do not fit the jump in gradient magnitudes
             self.optimizer.state.clear()
             for group in self.optimizer.param_groups:
@@ -102,6 +103,6 @@ class RDM(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        self.update_count += 1
+        count_update(self)
         values = torch.stack([loss.detach(), erm_loss.detach(), matching_penalty.detach(), variance_penalty.detach()])
         return dict(zip(["loss", "erm_loss", "matching_penalty", "variance_penalty"], values.float().tolist()))

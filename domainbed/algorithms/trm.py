@@ -64,6 +64,7 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
+from domainbed.algorithms.update_count import count_update, register_update_count, updates_so_far
 from domainbed.hparams.rules import int_at_least, nonnegative_float
 
 HEAD_STEPS, HEAD_LR = 30, 0.1
@@ -104,7 +105,7 @@ class TRM(ERM):
         self.heads = nn.ModuleList(nn.Linear(self.featurizer.n_outputs, num_classes) for _ in range(num_domains))
         self.head_optimizer = torch.optim.SGD(self.heads.parameters(), lr=HEAD_LR)
         self.register_buffer("alpha", torch.ones(num_domains, num_domains) - torch.eye(num_domains))
-        self.register_buffer("update_count", torch.tensor([0]))
+        register_update_count(self)
 
     def optimizers(self):
         return {"optimizer": self.optimizer, "head_optimizer": self.head_optimizer}
@@ -142,7 +143,7 @@ class TRM(ERM):
         z = self.featurizer(torch.cat([x for x, _ in minibatches]))
         nll = F.cross_entropy(self.classifier(z), torch.cat(y))
         loss = nll
-        if self.update_count.item() >= self.hparams["iters"]:
+        if updates_so_far(self) >= self.hparams["iters"]:
             with torch.autocast(z.device.type, enabled=False):
                 z_e = z.to(self.alpha.dtype).split([len(y_e) for y_e in y])
                 loss = nll + self.transfer_risk(list(z_e), y)
@@ -151,6 +152,6 @@ class TRM(ERM):
         self.backward(loss)
         self.optimizer_step(self.optimizer)
         self.head_optimizer.zero_grad(set_to_none=True)  # the backward reached the heads; only fit_heads steps them
-        self.update_count += 1
+        count_update(self)
         loss, nll = torch.stack([loss.detach(), nll.detach()]).tolist()
         return {"loss": loss, "nll": nll, "trm_loss": loss - nll}
