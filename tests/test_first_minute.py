@@ -150,3 +150,13 @@ def test_download_of_a_generated_dataset_fetches_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(on_demand, "install", lambda *args, **kwargs: pytest.fail("nothing to download"))
     on_demand.fetch_if_missing("Synthetic", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weight_averaging_without_validation_items_is_one_line(tmp_path, capsys):
+    """Three items per domain leave the out splits empty: SWAD has nothing to follow."""
+    code = train_all.main(["t", "--dataset", "Synthetic", "--examples_per_domain", "3", "--steps", "2",
+                           "--checkpoint_freq", "1", "--batch_size", "2", "--test_envs", "0",
+                           "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "out splits are empty" in err and "--swad False" in err

@@ -30,5 +30,7 @@ def updates_so_far(module: nn.Module) -> int:
 
 
 def count_update(module: nn.Module) -> None:
+    # the host count first: read after the increment, a count forgotten by a state load would be one ahead
+    count = updates_so_far(module)
     module.update_count += 1
-    module._host_update_count = updates_so_far(module) + 1
+    module._host_update_count = count + 1

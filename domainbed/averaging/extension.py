@@ -125,6 +125,10 @@ class WeightAveraging(Extension):
             self.segment.update_parameters(fold.algorithm, step=step, params=params)
 
     def at_checkpoint(self, fold, step: int, record: dict) -> None:
+        if "train_out" not in record or "tr_outloss" not in record:
+            raise UsageError(f"{self.row} follows the training domains' validation accuracy and loss, but their out "
+                             "splits are empty (too few items for --holdout_fraction); give it more data, a larger "
+                             "--holdout_fraction, or --swad False")
         self.strategy.update_and_evaluate(self.segment, record["train_out"], record["tr_outloss"])
         if self.strategy.dead_valley:
             fold.stop = True
