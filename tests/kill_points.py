@@ -9,7 +9,7 @@ conftest.py, test_resume.py's own boot line directly. In-process tests call
 `install(spec, action, monkeypatch.setattr)` with an action that raises (test_exact_resume.py).
 A point counts its passes from the start of its process.
 
-    step        after an update (the trainer's per-step scalar log, which follows every update)
+    step        after an update (the trainer's `train_step`: the update and its extension hooks)
     eval        after an evaluation pass, before its record is written
     record      after a record was appended to results.jsonl, before its checkpoint
     checkpoint  a checkpoint written into its temporary file, not yet renamed into place
@@ -32,7 +32,7 @@ def sigkill():
 def install(spec: str, action=sigkill, setattr=setattr) -> None:
     """`spec` is `point:n`; `action()` runs at the n-th pass. `setattr` may be a monkeypatch's."""
     from domainbed.runs import checkpoint, model_io
-    from domainbed.training import evaluator, scalars, trainer
+    from domainbed.training import evaluator, trainer
 
     point, _, nth = spec.partition(":")
     if point not in POINTS:
@@ -50,7 +50,7 @@ def install(spec: str, action=sigkill, setattr=setattr) -> None:
         return wrapper
 
     if point == "step":
-        setattr(scalars.ScalarLog, "train", after(scalars.ScalarLog.train))
+        setattr(trainer, "train_step", after(trainer.train_step))
     elif point == "eval":
         setattr(evaluator.Evaluator, "evaluate", after(evaluator.Evaluator.evaluate))
     elif point == "record":

@@ -285,7 +285,7 @@ def test_on_cuda_a_training_step_with_the_gpu_pipeline_never_synchronises(method
         pytest.skip("this GPU has no bf16 arithmetic")
     dataset, hparams = image_dataset
     pipeline, splits = _pipeline(dataset, {**hparams, "image_size": 32}, "cuda")
-    stream = pipeline.train_minibatches(splits, [1, 2, 3], 4)
+    stream = pipeline.train_minibatches(splits[:2], [1, 2], 4)  # the two training domains _fold builds for
     fold, extensions, precision = _fold(method, precision_name, "cuda", dataset.input_shape, stream,
                                         overrides=[("backbone", "resnet18"), ("pretrained", "False"),
                                                    ("image_size", "32"), ("resnet_dropout", "0.0")])
