@@ -382,13 +382,26 @@ def test_finish_reestimates_batchnorm_exactly_when_the_network_updates_it(monkey
     train(make_extension(swad_bn_steps=7), FLAT, fold=fold)
     assert calls == ([] if frozen else [7])
     assert not fold.algorithm.training and not fold.algorithm.norm.training  # modes left as they were
+    assert fold.row_rules["SWAD"].endswith("BatchNorm statistics frozen in training (freeze_bn), none re-estimated"
+                                           if frozen else "BatchNorm statistics re-estimated on 7 training minibatches")
 
 
 def test_no_batchnorm_no_reestimation(monkeypatch):
     calls = []
     monkeypatch.setattr(averaging_extension, "update_bn", lambda model, batches, n: calls.append(n))
-    train(make_extension(swad_bn_steps=7), FLAT)
+    fold, _, _ = train(make_extension(swad_bn_steps=7), FLAT)
     assert calls == []
+    assert fold.row_rules["SWAD"].endswith("; the network has no BatchNorm layer, no statistics to re-estimate")
+
+
+def test_a_vit_and_convnext_need_no_batchnorm_reestimation():
+    from domainbed.averaging.batchnorm import batchnorm_note
+
+    hparams = NETWORK_HP | {"vit_dropout": 0.0}
+    for backbone in ("timm:test_vit", "timm:test_convnext"):
+        featurizer = networks.get_backbone(backbone)((3, 32, 32), hparams)
+        assert not updates_batchnorm_statistics(featurizer)
+        assert batchnorm_note(featurizer, 500) == "the network has no BatchNorm layer, no statistics to re-estimate"
 
 
 NETWORK_HP = {"resnet_dropout": 0.0, "freeze_bn": True, "pretrained": False}

@@ -27,6 +27,18 @@ def updates_batchnorm_statistics(model: nn.Module) -> bool:
             module.training = mode
 
 
+def batchnorm_note(model: nn.Module, n_steps: int) -> str:
+    """What happens to the BatchNorm statistics of an average of `model`, for the table's rules:
+    re-estimated on `n_steps` minibatches, frozen, or nothing to do (ViTs, ConvNeXt: LayerNorm)."""
+    if not any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return "the network has no BatchNorm layer, no statistics to re-estimate"
+    if not updates_batchnorm_statistics(model):
+        return "BatchNorm statistics frozen in training (freeze_bn), none re-estimated"
+    if n_steps:
+        return f"BatchNorm statistics re-estimated on {n_steps} training minibatches"
+    return "BatchNorm statistics not re-estimated (swad_bn_steps 0)"
+
+
 @torch.no_grad()
 def update_bn(model: nn.Module, minibatches, n_steps: int) -> None:
     """Re-estimate BatchNorm statistics of `model` on `n_steps` training minibatches (each a

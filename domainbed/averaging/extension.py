@@ -26,7 +26,7 @@ extension that swaps modules may also call `restart(fold)` itself.
 """
 
 from domainbed.averaging.averaged_model import AveragedModel, state_copy
-from domainbed.averaging.batchnorm import update_bn, updates_batchnorm_statistics
+from domainbed.averaging.batchnorm import batchnorm_note, update_bn, updates_batchnorm_statistics
 from domainbed.averaging.iid_max import IIDMax
 from domainbed.averaging.loss_valley import BOOKKEEPING, LossValley
 from domainbed.averaging.sma import SMA
@@ -142,13 +142,14 @@ class WeightAveraging(Extension):
             model, span = state_copy(fold.algorithm), "the last model"
         else:
             model, span = averaged.module.to(fold.device), averaged.describe()
+        batchnorm = batchnorm_note(fold.algorithm, self.bn_steps)
         if self.bn_steps and updates_batchnorm_statistics(fold.algorithm):
             fold.log(f"[{fold.name}] {self.row}: re-estimating BatchNorm statistics on {self.bn_steps} minibatches")
             update_bn(model, fold.train_minibatches, self.bn_steps)
         summaries = evaluate_average(fold, model, f"{self.row} {span}")
         rows[self.row] = summaries["test_in"]
         rows[f"{self.row} (inD)"] = summaries["train_out"]
-        fold.row_rules[self.row] = RULES[self.strategy_name]
+        fold.row_rules[self.row] = f"{RULES[self.strategy_name]}; {batchnorm}"
         fold.row_rules[f"{self.row} (inD)"] = (
             f"training-domain validation accuracy of the {self.row} average (in-domain)")
         fold.final_model = model
