@@ -17,6 +17,7 @@ from domainbed.errors import UsageError
 N_CLASSES, N_DOMAINS, BATCH = 3, 2, 5
 INPUT = (8,)
 LR, LINEAR_LR, EPS = 1e-2, 3e-2, 1e-8
+LINEAR_DEFAULT = 5e-5  # DomainBed's linear_lr
 
 
 def make(input_shape=INPUT, **overrides):
@@ -278,10 +279,16 @@ def test_trainer_hands_on_checkpoint_the_training_domains_validation_and_stops_w
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--quant", "1", "--q_steps", "3"], ["--swad", "LossValley"]],
                          ids=["plain", "qtdog", "swad"])
-def test_resumes_exactly_across_the_switch_the_average_and_the_schedule(run_train_all, monkeypatch, extra):
+def test_resumes_exactly_across_the_switch_the_average_and_the_schedule(run_train_all, monkeypatch, tmp_path, extra):
     from test_exact_resume import check_exact_resume
-    argv = [*TINY, "--deterministic", "--algorithm", "ERMPlusPlus", "--linear_steps", "2",
-            "--sma_start_iter", "3", *extra]
-    # killed after the switch's update (step 2), then during the evaluation at step 4, then after
-    # the update of step 4 (the average began at step 3), each run resuming from the last checkpoint
-    check_exact_resume(run_train_all, monkeypatch, argv, ["step:3", "eval:2", "step:2"])
+    # a checkpoint every step and a large lr: the validation loss climbs, so the schedule cuts
+    # lr at the checkpoints of steps 3 and 5 and ends the run at step 7, two steps early
+    argv = [*TINY, "--deterministic", "--algorithm", "ERMPlusPlus", "--steps", "9", "--checkpoint_freq", "1",
+            "--lr", "0.5", "--linear_steps", "1", "--sma_start_iter", "2", *extra]
+    # killed after the update of step 2, during the evaluation at step 4, after the update of
+    # step 5, each run resuming from the last checkpoint
+    check_exact_resume(run_train_all, monkeypatch, argv, ["step:3", "eval:3", "step:2"])
+    if not extra:
+        (whole,) = (tmp_path / "out" / "Synthetic").glob("*_whole")
+        lrs = [json.loads(line)["lr"] for line in (whole / "results.jsonl").read_text().splitlines()]
+        assert lrs == pytest.approx([LINEAR_DEFAULT] + [0.5] * 3 + [0.05] * 2 + [0.005] * 2)
