@@ -7,6 +7,7 @@ wrapped), so the tests check the objective, not an optimizer's arithmetic.
 """
 
 import copy
+import dataclasses
 import hashlib
 import math
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed import algorithms, hparams_registry
+from domainbed.algorithms import contract
 from domainbed.algorithms.trm import neumann_inverse_hvp
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_hparams
@@ -316,6 +318,12 @@ def test_trm_is_erm_for_its_first_iters_updates():
     torch.testing.assert_close(algorithm.alpha.sum(1), torch.ones(N_DOMAINS), atol=0.1, rtol=0)  # normalised, then one step
 
 
+def test_trm_with_one_training_domain_is_refused_in_one_line():
+    hparams = hparams_registry.default_hparams("TRM", "Synthetic")
+    with pytest.raises(UsageError, match="TRM transfers heads between training domains and has 1; valid: 2 or more"):
+        algorithms.get_algorithm_class("TRM")((DIM,), N_CLASSES, 1, hparams)
+
+
 @pytest.mark.parametrize("scale, diverges", [(0.5, False), (6.0, True)])
 def test_neumann_series_is_the_truncated_sum_and_stops_when_it_diverges(scale, diverges):
     generator = torch.Generator().manual_seed(3)
@@ -329,6 +337,26 @@ def test_neumann_series_is_the_truncated_sum_and_stops_when_it_diverges(scale, d
     full = I_H @ v.flatten() + sum(torch.linalg.matrix_power(I_H, k) @ v.flatten() for k in range(1, 11))
     assert (expected.abs().max() > 10.0) == diverges
     assert torch.allclose(expected, full, atol=1e-5) != diverges
+
+
+# ------------------------------------------------------------------------------------- contract
+
+
+@pytest.mark.filterwarnings("ignore:--precision bf16:UserWarning")
+@pytest.mark.parametrize("name, overrides", [
+    ("TRM", {"iters": 0}),
+    ("IB_IRM", {"irm_penalty_anneal_iters": 0, "ib_penalty_anneal_iters": 0}),
+    ("CAD", {"is_project": True, "is_normalized": True}),
+])
+def test_the_contract_holds_in_the_phases_and_options_the_defaults_leave_out(name, overrides):
+    """The contract checks (tests/test_contract.py runs them on the defaults) with TRM's transfer
+    risk from the first update, IB_IRM's penalties at full weight and CAD's projection head: fp16
+    and bf16, quantization, state round trip."""
+    subject = contract.subject(name)
+    subject = dataclasses.replace(subject, hparams={**subject.hparams, **overrides})
+    checks = contract.contract_checks(subject)
+    del checks["predict in eval mode"]  # the same in every phase, checked on the defaults
+    assert [defect for check in checks.values() for defect in check()] == []
 
 
 # ----------------------------------------------------------------------------------------- hparams

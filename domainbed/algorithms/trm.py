@@ -5,7 +5,7 @@ The transfer risk of a representation Phi is the risk, on a target domain P, of 
 w_Q fitted on a source domain Q. Its gradient in Phi has a direct term and, since w_Q depends on
 Phi through its optimality (grad_w R_Q(w_Q) = 0), an implicit one, -grad_w R_P^T H_Q^{-1}
 d/dPhi grad_w R_Q (the weighted gradient matching of the paper). For the first `iters` updates
-the method is ERM; after, each update, with z_e = Phi(x_e) and h the shared linear head:
+the method is ERM; after, each update, with z_e = Phi(x_e) and h the shared head:
 
     alpha_Q. <- alpha_Q. / sum_P alpha_QP                     (alpha starts at 1 - I)
     w_e <- w_e - 0.1 grad R_e(w_e; sg(z_e)),  30 times         (one linear head per domain)
@@ -20,9 +20,9 @@ the method is ERM; after, each update, with z_e = Phi(x_e) and h the shared line
 W_Q is the weight of w_Q (not its bias), H_Q the Hessian of R_Q(w_Q; sg(z_Q)) in W_Q, and the
 Neumann series stops at K = 10 or after the first partial sum with an entry above 10 in
 magnitude (that sum is kept). The paper's series, sum_{k=0}^{K} (I - H_Q)^k g_P, starts at
-g_P itself; DomainBed's starts at (I - H_Q) g_P, counted twice (a quirk, below). The heads persist across updates (each fit starts from the last),
-their 30 steps see the features as constants, and the only step on Phi and h is the base
-optimizer's on `loss`. Hparams, DomainBed's: `cos_lambda` (1e-4), `iters` (200),
+g_P itself; DomainBed's starts at (I - H_Q) g_P, counted twice (a quirk, below). The heads
+persist across updates (each fit starts from the last), their 30 steps see the features as
+constants, and the only step on Phi and h is the base optimizer's on `loss`. Hparams, DomainBed's: `cos_lambda` (1e-4), `iters` (200),
 `groupdro_eta` (eta, 1e-2).
 
 DomainBed quirks reproduced (they change the published numbers), named:
@@ -51,8 +51,8 @@ Other differences from DomainBed's code (algorithms.TRM):
   precision): the Hessian-vector products of the Neumann series lose too much in bf16 or fp16.
 - One base optimizer over Phi and h (DomainBed: two Adams with the same lr and weight decay,
   which step identically); the head h honours `nonlinear_classifier` (DomainBed's TRM head is
-  linear whatever it says; its search never sets it). DomainBed's `class_balanced` option (heads
-  re-initialised from h's weights at every update) is not supported here; its default is off.
+  linear whatever it says; its search never sets it). DomainBed's `class_balanced` option (the
+  heads' weights reset to h's at every update) is not supported here; its default is off.
 - The Neumann series takes the first gradient of R_Q once and differentiates it at every term
   (DomainBed recomputes it each time): the same values.
 - The update counter is a buffer; returned stats: `loss`, DomainBed's `nll` and `trm_loss`.
@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.algorithms.update_count import count_update, register_update_count, updates_so_far
+from domainbed.errors import UsageError
 from domainbed.hparams.rules import int_at_least, nonnegative_float
 
 HEAD_STEPS, HEAD_LR = 30, 0.1
@@ -101,6 +102,9 @@ class TRM(ERM):
     CONTRACT_HPARAMS = {"iters": 1}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
+        if num_domains < 2:
+            raise UsageError(f"TRM transfers heads between training domains and has {num_domains}; valid: 2 or more "
+                             "(fewer --test_envs)")
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.heads = nn.ModuleList(nn.Linear(self.featurizer.n_outputs, num_classes) for _ in range(num_domains))
         self.head_optimizer = torch.optim.SGD(self.heads.parameters(), lr=HEAD_LR)
