@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn as nn
 
-from domainbed.averaging.averaged_model import copy_without_optimizers
+from domainbed.averaging.averaged_model import state_copy
 from domainbed.errors import UsageError
 
 
@@ -53,7 +53,7 @@ class ParameterMean:
         """Add `model`'s parameters; `source` names it in the error when they do not fit."""
         parameters = self._parameters(model, source)
         if self.model is None:
-            self.model = copy_without_optimizers(model)
+            self.model = state_copy(model)
             self.names = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
             self.sums = [p.to(torch.float64, copy=True) for p in parameters]
         else:
@@ -66,7 +66,7 @@ class ParameterMean:
         if extra is None and self.model is None:
             raise ValueError("no model was added to the average")
         if self.model is None:
-            return copy_without_optimizers(extra)
+            return state_copy(extra)
         sums, count = self.sums, self.count
         if extra is not None:
             sums = torch._foreach_add(self.sums, [p.to(torch.float64) for p in self._parameters(extra, source)])
