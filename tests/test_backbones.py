@@ -92,6 +92,8 @@ def test_the_new_backbones_have_the_hooks_their_architecture_has():
         assert hooks(name) == {"stage_sites"}, name
     with torch.device("meta"):
         assert list(get_backbone("swag_regnety_16gf")((3, 224, 224), HP).mask_sites()) == ["s3", "s4"]
+        assert list(get_backbone("convnext_tiny")((3, 224, 224), HP).mask_sites()) == ["stage3", "stage4"]
+        assert list(get_backbone("resnet50_augmix")((3, 224, 224), HP).mask_sites()) == ["layer3", "layer4"]
         vit = get_backbone("clip_vit-b16")((3, 224, 224), HP)
     blocks = list(vit.network.blocks)
     assert [blocks.index(m) for m in vit.stage_sites()[1:]] == [2, 5, 8, 11]  # MIRO's CLIP ViT-B/16 blocks
@@ -371,6 +373,15 @@ def test_vit_attn_tune_trains_the_attention_only_and_vit_dropout_drops_features(
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_a_vit_and_a_timm_cnn(backbone, precision):
     assert contract.check_mixed_precision(contract.subject("ERM", backbone), precision) == []
+
+
+@pytest.mark.parametrize("backbone", ["timm:test_resnet", "timm:test_convnext", "timm:test_byobnet"])
+def test_dmg_masks_every_site_of_a_timm_cnn_also_when_quantized(backbone):
+    sites = list(networks.Featurizer((3, 32, 32), HP | {"backbone": backbone}).mask_sites())
+    dmg = contract.subject("DMG", backbone)
+    dmg = contract.Subject("DMG", dmg.algorithm_class, dmg.hparams | {"mask_layers": ",".join(["fc", *sites])}, "images")
+    assert dmg.build().masks.names == ["fc", *sites]
+    assert contract.check_update(dmg) == contract.check_quantization_swap(dmg) == []
 
 
 def test_iga_differentiates_twice_through_a_vits_attention():

@@ -22,7 +22,7 @@ input; default); on ResNets also `layer3`, `layer4`, the inputs of those stages,
 channel broadcast over H, W (the official `POLICY_CONV_MODE: True`); on AlexNet `fc6`, `fc7`,
 the inputs of those layers (with `fc`, the official `classifier.1,classifier.4,classifier.6`);
 on timm's CNNs the inputs of their last two stages (`layer3`, `layer4`; `s3`, `s4` on RegNets;
-`stages.2`, `stages.3` on ConvNeXt); ViTs offer `fc` only (docs/backbones.md).
+`stage3`, `stage4` on ConvNeXt); ViTs offer `fc` only (docs/backbones.md).
 Masks inside the featurizer act through forward pre-hooks, only while DMG's own forward runs.
 
 Where we differ from the official code, and why:

@@ -5,7 +5,8 @@ Convolutional networks (timm's ResNet, RegNet, ConvNeXt and ByobNet classes, who
 `pool` timm's head up to the features (global pooling, or CLIP ResNet's attention pooling and
 projection) followed by dropout (`resnet_dropout`). The stem and the stages are `stage_sites`
 (MIRO), the first three stages `style_sites` (MixStyle, after layer1-3 as on torchvision's
-ResNets), the inputs of the last two stages `mask_sites` (DMG, one mask per channel). With
+ResNets), the inputs of the last two stages `mask_sites` (DMG, one mask per channel; `layer3`,
+`layer4` on ResNets, `s3`, `s4` on RegNets, `stage3`, `stage4` for timm's `stages.2`, `stages.3`). With
 `freeze_bn` and pretrained weights BatchNorm layers stay in eval mode, as in resnet.py.
 
 Vision transformers (timm's VisionTransformer class: DeiT, DINOv2, CLIP, AugReg): the features
@@ -83,9 +84,11 @@ class TimmConvNet(nn.Module):
         return self._stages()[:3]
 
     def mask_sites(self) -> dict:
-        """The last two stages, whose input channels DMG masks (stage names as timm's)."""
-        return {name: (stage, _first_conv(stage).in_channels)
-                for name, stage in zip(self.stage_names[-2:], self._stages()[-2:])}
+        """The last two stages, whose input channels DMG masks: named as timm names them (`layer3`,
+        `s3`), or `stage3` for timm's `stages.2` (DMG's names cannot hold a dot)."""
+        named = [(name if "." not in name else f"stage{index + 1}", stage)
+                 for index, (name, stage) in enumerate(zip(self.stage_names, self._stages()))]
+        return {name: (stage, _first_conv(stage).in_channels) for name, stage in named[-2:]}
 
     def train(self, mode: bool = True):
         super().train(mode)
