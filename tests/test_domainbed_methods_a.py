@@ -26,6 +26,11 @@ N_CLASSES, N_DOMAINS, BATCH, DIM = 3, 3, 6, 5
 NAMES = ["IB_ERM", "IB_IRM", "CAD", "CondCAD", "TRM"]
 
 
+def floats(stats: dict) -> dict:
+    """An update's stats (0-dim tensors, read on the host only when logged) as python floats."""
+    return {key: float(value) for key, value in stats.items()}
+
+
 def build(name, **overrides):
     hparams = hparams_registry.default_hparams(name, "Synthetic")
     hparams.update(mlp_width=8, mlp_depth=3, mlp_dropout=0.0, **overrides)
@@ -103,7 +108,7 @@ def test_ib_erm_is_mean_risk_plus_lambda_times_the_features_variance():
     z, logits = domain_outputs(reference, batches)
     nll = sum(F.cross_entropy(l, y) for l, (_, y) in zip(logits, batches)) / N_DOMAINS
     V = sum(variance(z_e) for z_e in z) / N_DOMAINS
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["nll"] == pytest.approx(nll.item(), rel=1e-6)
     assert stats["IB_penalty"] == pytest.approx(V.item(), rel=1e-6) and V.item() > 1e-3
     assert stats["loss"] == pytest.approx((nll + 10.0 * V).item(), rel=1e-6)
@@ -115,12 +120,12 @@ def test_ib_erm_has_no_bottleneck_during_its_anneal_and_restarts_adam_when_it_en
     batches = minibatches()
     z, logits = domain_outputs(reference, batches)
     nll = sum(F.cross_entropy(l, y) for l, (_, y) in zip(logits, batches)) / N_DOMAINS
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["loss"] == pytest.approx(stats["nll"]) and stats["IB_penalty"] > 0
     assert_gradients_of(captured[0], reference, nll)
     algorithm.update(minibatches(1))
     assert adam_steps(algorithm) == {1}  # the moments restarted at update 1
-    stats = algorithm.update(minibatches(2))
+    stats = floats(algorithm.update(minibatches(2)))
     assert adam_steps(algorithm) == {2}
     assert stats["loss"] == pytest.approx(stats["nll"] + 10.0 * stats["IB_penalty"], rel=1e-6)
 
@@ -134,7 +139,7 @@ def test_ib_irm_adds_the_irmv1_penalty_and_the_bottleneck():
     P = sum(irmv1(l, y) for l, (_, y) in zip(logits, batches)) / N_DOMAINS
     V = sum(variance(z_e) for z_e in z) / N_DOMAINS
     loss = nll + 3.0 * P + 10.0 * V
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["IRM_penalty"] == pytest.approx(P.item(), rel=1e-5) and abs(P.item()) > 1e-6
     assert stats["IB_penalty"] == pytest.approx(V.item(), rel=1e-6)
     assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
@@ -152,7 +157,7 @@ def test_ib_irm_weighs_irm_by_one_and_the_bottleneck_by_zero_before_their_anneal
     assert_gradients_of(captured[0], reference, nll + P, atol=1e-5)
     steps = []
     for seed in (1, 2, 3):
-        stats = algorithm.update(minibatches(seed))
+        stats = floats(algorithm.update(minibatches(seed)))
         steps.append(adam_steps(algorithm))
     assert steps == [{1}, {1}, {2}]  # restarts at update 1 (IRM's anneal) and 2 (the bottleneck's)
     expected = stats["nll"] + 3.0 * stats["IRM_penalty"] + 10.0 * stats["IB_penalty"]
@@ -195,7 +200,7 @@ def test_cad_is_cross_entropy_plus_lambda_times_the_contrastive_domain_bottlenec
     u = F.normalize(z, dim=1) if normalized else z
     L_bn = bottleneck_reference(u, y.tolist(), d.tolist(), tau, name == "CondCAD", flipped)
     clf = F.cross_entropy(reference.classifier(z), y)
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["bn_loss"] == pytest.approx(L_bn.item(), rel=1e-5) and L_bn.item() != 0
     assert stats["clf_loss"] == pytest.approx(clf.item(), rel=1e-6)
     assert stats["loss"] == stats["total_loss"] == pytest.approx((clf + 0.7 * L_bn).item(), rel=1e-5)
@@ -207,7 +212,7 @@ def test_cond_cad_without_a_same_label_pair_across_domains_is_cross_entropy():
     algorithm, reference, captured = setting("CondCAD", lmbda=0.7)
     batches = minibatches(labels=labels)
     x, y = torch.cat([x for x, _ in batches]), torch.cat(labels)
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["bn_loss"] == 0.0
     assert_gradients_of(captured[0], reference, F.cross_entropy(reference.predict(x), y))
 
@@ -292,7 +297,7 @@ def test_trm_update_is_erm_plus_the_transfer_risk_with_its_implicit_gradient():
     algorithm, reference, captured = setting("TRM", iters=0, groupdro_eta=eta, cos_lambda=cos_lambda)
     batches = minibatches()
     loss, reported, alpha, heads = trm_reference(reference, batches, eta, cos_lambda)
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["loss"] == pytest.approx(reported, rel=1e-5)
     assert stats["trm_loss"] == pytest.approx(stats["loss"] - stats["nll"])
     torch.testing.assert_close(algorithm.alpha, alpha)
@@ -308,12 +313,12 @@ def test_trm_is_erm_for_its_first_iters_updates():
     batches = minibatches()
     x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
     heads, alpha = copy.deepcopy(algorithm.heads.state_dict()), algorithm.alpha.clone()
-    stats = algorithm.update(batches)
+    stats = floats(algorithm.update(batches))
     assert stats["trm_loss"] == 0.0
     assert_gradients_of(captured[0], reference, F.cross_entropy(reference.predict(x), y))
     assert all(torch.equal(heads[k], v) for k, v in algorithm.heads.state_dict().items())
     assert torch.equal(algorithm.alpha, alpha)
-    stats = algorithm.update(minibatches(1))
+    stats = floats(algorithm.update(minibatches(1)))
     assert stats["trm_loss"] != 0.0 and int(algorithm.update_count) == 2
     torch.testing.assert_close(algorithm.alpha.sum(1), torch.ones(N_DOMAINS), atol=0.1, rtol=0)  # normalised, then one step
 

@@ -170,10 +170,13 @@ class ERMPlusPlus(ERM):
         return self.lr_reductions >= REDUCTIONS_TO_END
 
     def get_extra_state(self):
-        return {"plateau": self.plateau.state_dict(), "lr_reductions": self.lr_reductions}
+        # a copy made for prediction (an average's, averaging/averaged_model.state_copy) has no schedule
+        plateau = self.plateau.state_dict() if self.plateau is not None else None
+        return {"plateau": plateau, "lr_reductions": self.lr_reductions}
 
     def set_extra_state(self, state):
-        self.plateau.load_state_dict(state["plateau"])
+        if self.plateau is not None and state["plateau"] is not None:
+            self.plateau.load_state_dict(state["plateau"])
         self.lr_reductions = state["lr_reductions"]
 
     def add_parameters_to_optimizers(self, params_beside):
