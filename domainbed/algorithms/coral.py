@@ -21,7 +21,8 @@ BatchNorm layers that do train see per-domain statistics, and the reported `loss
 classification term alone (the penalty is reported beside it).
 
 Differences from DomainBed's code: none in the computation; the update returns the penalty as a
-python float even when there is a single training domain (DomainBed returns the int 0 there).
+floating-point number (a 0-dim tensor) even when there is a single training domain (DomainBed
+returns the int 0 there).
 """
 
 import itertools
