@@ -304,6 +304,10 @@ def test_timm_names_are_checked_in_one_line():
         with pytest.raises(UsageError, match=expected) as error:
             get_backbone(name)
         assert "\n" not in str(error.value)
+    from domainbed.networks.timm_models import TimmBackbone, TimmSpec
+
+    with pytest.raises(UsageError, match=r"backbone old is timm's nope_net.x, which timm .* lacks; pip install"):
+        TimmBackbone("old", TimmSpec("nope_net.x", "weights"))((3, 32, 32), HP)
     from domainbed.hparams.checks import check_hparams
 
     with pytest.raises(UsageError, match=r"hparam backbone 'timm:nope_net' is out of range; .*timm:<model name>"):

@@ -11,6 +11,7 @@ When none of these works the user gets one line naming the file that is needed, 
 for and what to do instead (`--pretrained_path FILE` or `--pretrained False`).
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -117,6 +118,19 @@ def _timm_needs(timm_model: str, cfg, repo: str | None) -> str:
     return f"a file of timm's {timm_model} weights as --pretrained_path FILE"
 
 
+@contextlib.contextmanager
+def _quiet_hub():
+    """The hub's warnings about each failed request stay unprinted: our one line says it all."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(verbosity)
+
+
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -144,7 +158,8 @@ def timm_pretrained_model(timm_model: str, name: str, hparams: dict, description
             raise UsageError(f"cannot load {description} for {name} (HF_HUB_OFFLINE is set and it is not cached); it "
                              f"needs {_timm_needs(timm_model, cfg, repo)}, {INSTEAD}")
     try:
-        return timm.create_model(timm_model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        with _quiet_hub():
+            return timm.create_model(timm_model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as error:  # no network, a wrong file, a truncated cache: all end the same way
         reason = first_line(error, with_type=True)
         if where:

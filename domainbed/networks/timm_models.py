@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from domainbed.errors import UsageError, first_line
 from domainbed.networks.pretrained import import_timm, timm_pretrained_model
-from domainbed.networks.registry import register_backbone, register_backbone_family
+from domainbed.networks.registry import IMAGENET_MEAN, IMAGENET_STD, register_backbone, register_backbone_family
 from domainbed.networks.timm_featurizer import DomainBedDINOv2, wrap
 
 TIMM_PREFIX = "timm:"
@@ -57,17 +57,28 @@ class TimmBackbone:
         self.name = name
         self.spec = spec
 
+    def timm(self):
+        """timm, which must know the model (older versions lack the CLIP ResNets, say)."""
+        timm = import_timm(self.name)
+        if not timm.is_model(self.spec.timm_model):
+            raise UsageError(f"backbone {self.name} is timm's {self.spec.timm_model}, which timm {timm.__version__} "
+                             "lacks; pip install --upgrade timm")
+        return timm
+
     @property
     def input_normalization(self) -> tuple:
-        cfg = import_timm(self.name).models.get_pretrained_cfg(self.spec.timm_model)
+        cfg = self.timm().models.get_pretrained_cfg(self.spec.timm_model)
+        if cfg is None:  # a model without pretrained weights
+            return IMAGENET_MEAN, IMAGENET_STD
         return tuple(cfg.mean), tuple(cfg.std)
 
     def __call__(self, input_shape, hparams: dict):
         spec = self.spec
+        self.timm()
         if hparams["pretrained"]:
             network = timm_pretrained_model(spec.timm_model, self.name, hparams, spec.weights, in_chans=input_shape[0])
         else:
-            network = import_timm(self.name).create_model(spec.timm_model, pretrained=False, in_chans=input_shape[0])
+            network = self.timm().create_model(spec.timm_model, pretrained=False, in_chans=input_shape[0])
         if hasattr(network, "set_input_size"):  # a ViT: position embeddings resampled to the input's grid
             network.set_input_size(img_size=tuple(input_shape[1:3]))
         if spec.dinov2_features:
