@@ -22,3 +22,11 @@ def prediction_state_dict(model: nn.Module, keep_vars: bool = False) -> dict:
     prefixes = tuple(f"{name}." for name in training_only_parts(model))
     return {key: value for key, value in model.state_dict(keep_vars=keep_vars).items()
             if not key.startswith(prefixes)}
+
+
+def load_prediction_state(model: nn.Module, state: dict) -> None:
+    """`model.load_state_dict(state)`, strict, but the entries of `model`'s training-only parts
+    that `state` lacks (a saved model's, `prediction_state_dict`) keep their values."""
+    prefixes = tuple(f"{name}." for name in training_only_parts(model))
+    own = {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
+    model.load_state_dict({**own, **state})

@@ -226,4 +226,3 @@ class Algorithm(nn.Module):
                 group["params"].append(new)
                 owner[id(new)] = group
         return left_out
-

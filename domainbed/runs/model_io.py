@@ -14,7 +14,7 @@ import torch
 
 from domainbed.runs import layout, persistence
 from domainbed.algorithms import get_algorithm_class
-from domainbed.training_only import prediction_state_dict, training_only_parts
+from domainbed.training_only import load_prediction_state, prediction_state_dict
 from domainbed.errors import UsageError
 from domainbed.training.extensions import import_extension_modules
 
@@ -76,10 +76,8 @@ def rebuild(meta: dict, state: dict, source):
         meta["input_shape"], meta["num_classes"], meta["num_domains"], meta["hparams"]
     )
     apply_transforms(algorithm, meta.get("transforms", {}), source)
-    training_only = tuple(f"{name}." for name in training_only_parts(algorithm))
-    own = {key: value for key, value in algorithm.state_dict().items() if key.startswith(training_only)}
     try:
-        algorithm.load_state_dict({**own, **state})
+        load_prediction_state(algorithm, state)
     except RuntimeError as error:
         raise UsageError(f"{source} does not fit its {meta['algorithm']} model: "
                          f"{str(error).splitlines()[0]}") from None
