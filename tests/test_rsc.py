@@ -222,7 +222,7 @@ def test_batch_of_one_and_no_confidence_drop():
 def test_featurizers_without_a_spatial_map_use_the_channel_mode():
     alg = make_rsc(input_shape=(8,))
     stats = alg.update(minibatches((8,)))
-    assert np.isfinite(stats["loss"])
+    assert torch.isfinite(torch.as_tensor(stats["loss"]))
     with pytest.raises(UsageError, match="spatial"):
         make_rsc(input_shape=(8,), rsc_mode="spatial")
     alg = make_rsc(input_shape=(3, 32, 32), rsc_mode="spatial")  # ResNet at 32 px: a 1x1 map
