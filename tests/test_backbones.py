@@ -19,7 +19,7 @@ HP = hparams_registry.default_hparams("ERM", "PACS") | {"pretrained": False}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # more than 40M parameters: built in the slow suite only
-HEAVY = {"alexnet", "clip_vit-b16", "convnext_base", "convnext_large", "convnext_xlarge", "dinov2_vitb14",
+HEAVY = {"alexnet", "clip_vit-b16", "convnext_base", "convnext_large", "convnext_small", "convnext_xlarge", "dinov2_vitb14",
          "dinov2_vitl14", "resnet101", "swag_regnety_16gf", "vit_b16"}
 # the backbones this suite added, each with the file its weights come in
 NEW_BACKBONES = {

@@ -57,7 +57,8 @@ def _network_hparams(hparam, dataset):
     hparam("backbone", "resnet50", valid=satisfies("a registered backbone: " + valid_backbones(), get_backbone),
            help="featurizer for images (inputs of length 1 get an MLP, 28x28 the MNIST CNN)")
     hparam("pretrained", True, help="start the backbone from its pretrained weights (docs/backbones.md)")
-    hparam("pretrained_path", "", help="a local file of the backbone's weights (.pth or .safetensors) instead of the cache or a download")
+    hparam("pretrained_path", "",
+           help="a local file of the backbone's weights (.pth or .safetensors) instead of the cache or a download")
     hparam("freeze_bn", True, help="keep BatchNorm layers in eval mode while training (SWAD's default)")
     hparam("resnet_dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), valid=fraction(),
            help="dropout on the backbone's pooled features (timm's ViTs but deit_small: vit_dropout)")

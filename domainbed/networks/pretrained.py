@@ -150,7 +150,8 @@ def timm_pretrained_model(timm_model: str, name: str, hparams: dict, description
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     path = pretrained_path(hparams, name, f"timm's {timm_model} weights (.safetensors or .pth)")
     if path:
-        overlay, where = {"state_dict": unwrap_state(read_weights_file(path, f"pretrained_path of {name}"))}, f"from {path}"
+        state = unwrap_state(read_weights_file(path, f"pretrained_path of {name}"))
+        overlay, where = {"state_dict": state}, f"from {path}"
     else:
         cached = _hub_cached_file(repo) if repo else None
         overlay, where = ({"file": cached}, f"from {cached}") if cached else ({}, "")
