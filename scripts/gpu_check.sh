@@ -7,10 +7,12 @@
 #      minibatches instead of 500: the demo's model is untrained, and 500 PIL-loaded minibatches
 #      per fold would take minutes);
 #   3. the benchmark: training and evaluation img/s of ERM and SAGM_DG, ResNet-50 at 224 px,
-#      32 x 3 domains, fp32 and bf16, gpu pipeline and classic;
+#      32 x 3 domains, fp32 and bf16, gpu pipeline and classic; ERM on a ViT-B/16 (timm's
+#      vit_base_patch16_224, the `vit_b16` backbone) at bf16 with the gpu pipeline;
 # then one summary table (check, status, seconds, result), the benchmark's table and the figures
 # of the performance goals (docs/speed.md): train img/s of ERM and SAGM_DG at bf16, SAGM_DG's step
-# over ERM's, evaluation img/s and the evaluation share of a PACS run, peak GPU memory. Logs stay
+# over ERM's, evaluation img/s and the evaluation share of a PACS run, peak GPU memory, and the
+# ViT's bf16 img/s and peak memory. Logs stay
 # in $WORK (printed).
 #
 #     scripts/gpu_check.sh                 # DATA_DIR=../shared/data, PYTHON=.venv/bin/python by default
@@ -100,6 +102,9 @@ check bench_gpu_bf16 "$WORK/bench_gpu_bf16.json" "$PYTHON" -m domainbed.scripts.
     --pipeline gpu --precision bf16 --no_reference --output "$WORK/bench_gpu_bf16.json"
 check bench_classic_bf16 "$WORK/bench_classic_bf16.json" "$PYTHON" -m domainbed.scripts.benchmark "${BENCH[@]}" \
     --pipeline classic --precision bf16 --no_reference --output "$WORK/bench_classic_bf16.json"
+check bench_vit_bf16 "$WORK/bench_vit_bf16.json" "$PYTHON" -m domainbed.scripts.benchmark --dataset PACS --generate \
+    --algorithm ERM --backbone vit_b16 --image_size 224 --batch_size 32 --steps "${BENCH_STEPS:-20}" --warmup 5 \
+    --device cuda --pipeline gpu --precision bf16 --no_reference --output "$WORK/bench_vit_bf16.json"
 
 "$PYTHON" - "$STATUS" <<'EOF'
 """The summary: one row per check; the demo's row gives the mean test accuracy of its `iid` row
@@ -113,7 +118,7 @@ from prettytable import PrettyTable
 
 checks = [line.split("\t") for line in Path(sys.argv[1]).read_text().splitlines()]
 table = PrettyTable(["check", "status", "seconds", "result"], align="l")
-bench = []
+bench, vit = [], []
 for name, rc, seconds, result in checks:
     status = "ok" if rc == "0" else f"FAILED ({rc})"
     if name == "cuda_tests":
@@ -128,7 +133,8 @@ for name, rc, seconds, result in checks:
     else:
         text = ""
         if Path(result).exists():
-            bench += json.loads(Path(result).read_text())
+            rows = json.loads(Path(result).read_text())
+            (vit if name.startswith("bench_vit") else bench).extend(rows)
     table.add_row([name, status, seconds, text])
 print(f"\n=== gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__}) ===")
 print(table)
@@ -165,6 +171,11 @@ if "ERM" in rows:
     goals.add_row(["evaluation share of an ERM PACS run", f"{100 * eval_s / (train_s + eval_s):.1f}%", "-"])
 for algorithm, row in sorted(rows.items()):
     goals.add_row([f"{algorithm} peak GPU memory", "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f} GiB", "-"])
+for row in vit:
+    goals.add_row([f"{row['algorithm']} on {row['backbone']} train img/s, eval img/s",
+                   f"{row['train_ips']:.0f}, {row['eval_ips']:.0f}", "-"])
+    goals.add_row([f"{row['algorithm']} on {row['backbone']} peak GPU memory",
+                   "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f} GiB", "-"])
 print(goals)
 sys.exit(0 if all(rc == "0" or (name == "cuda_tests" and rc == "5") for name, rc, _, _ in checks) else 1)
 EOF

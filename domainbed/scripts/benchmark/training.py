@@ -119,8 +119,8 @@ def measure(dataset, hparams, algorithm_name, pipeline_name, precision_name, dev
     del batches, evaluator
     step_time = statistics.median(times)
     return {
-        "algorithm": algorithm_name, "pipeline": pipeline_name, "precision": precision_name,
-        "train_ips": batch_size * len(train_splits) / step_time, "step_ms": 1000 * step_time,
+        "algorithm": algorithm_name, "backbone": hparams["backbone"], "pipeline": pipeline_name,
+        "precision": precision_name, "train_ips": batch_size * len(train_splits) / step_time, "step_ms": 1000 * step_time,
         "eval_ips": n_eval / eval_time, "setup_s": setup,
         "peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
