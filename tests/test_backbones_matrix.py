@@ -9,7 +9,7 @@ from PIL import Image
 
 from domainbed.datasets import get_dataset_class
 
-METHODS = ["ERM", "SAGM_DG", "GradSurgery", "RSC", "DMG"]
+METHODS = ["ERM", "SAGM_DG", "GradSurgery", "RSC", "DMG", "MIRO", "ERMPlusPlus"]
 BACKBONES = ["resnet50_augmix", "dinov2_vits14", "clip_vit-b16", "swag_regnety_16gf"]
 VARIANTS = {
     "swad": [],  # config.yaml's LossValley

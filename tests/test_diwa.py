@@ -263,3 +263,26 @@ def test_a_bad_init_path_is_refused_before_the_run_directory_exists(sweep, tmp_p
         _train("bad", out, "--init_path", paths[init], *extra)
     assert fragment in str(error.value) and "\n" not in str(error.value)
     assert not out.exists()
+
+
+def test_a_saved_miro_model_initialises_a_miro_fold_whose_training_only_parts_stay_fresh(tmp_path):
+    """A final model holds no training-only parts (MIRO's frozen pretrained featurizer and mean /
+    variance encoders): --init_path loads the rest and leaves those as the fresh algorithm built them."""
+    from domainbed.algorithms import contract
+    from domainbed.training_only import prediction_state_dict, training_only_parts
+
+    subject = contract.subject("MIRO", backbone="timm:test_resnet")
+    trained, fresh = subject.build(seed=1), subject.build(seed=2)
+    dataset = get_dataset_class("Synthetic")("", [0], hparams_registry.default_hparams("ERM", "Synthetic"))
+    path = tmp_path / "miro.pth"
+    model_io.save_model(path, trained, model_io.model_meta("MIRO", dataset, 3, subject.hparams, [0]))
+    fresh_parts = {key: value.clone() for key, value in fresh.state_dict().items()
+                   if key.split(".")[0] in training_only_parts(fresh)}
+    assert fresh_parts, "MIRO declares training-only parts"
+
+    initialize(fresh, {"init_path": str(path), "linear_probe": False}, dataset, [0])
+
+    for key, value in prediction_state_dict(trained).items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    for key, value in fresh_parts.items():
+        assert torch.equal(fresh.state_dict()[key], value), key

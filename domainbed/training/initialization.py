@@ -12,7 +12,9 @@ domain, then every run of the sweep starts from it. Here the probe is any run wi
 
 The initial model is read with weights_only and its checksum (domainbed/runs/persistence.py) and
 loaded strictly into the freshly built algorithm, so it must be of the same architecture (the same
-state-dict keys and shapes); any algorithm that builds the same modules may start from it. It
+state-dict keys and shapes); any algorithm that builds the same modules may start from it. A saved
+model lacks the algorithm's training-only parts (MIRO's frozen pretrained featurizer and variance
+encoders, domainbed/training_only.py): those keep the values the fresh algorithm built. It
 must come from the same dataset and hold out the same domain as the fold: a model trained on the
 fold's test domain would leak it. Everything is checked on the CPU before the run directory exists
 (domainbed/training/experiment.py, `check_model`).
@@ -28,6 +30,7 @@ from pathlib import Path
 from domainbed.errors import UsageError, first_line
 from domainbed.hparams.declare import run_settings
 from domainbed.runs import layout, persistence
+from domainbed.training_only import load_prediction_state
 
 
 def init_file(init_path: str, test_envs) -> Path:
@@ -63,7 +66,7 @@ def load_initialization(algorithm, init_path: str, dataset, test_envs) -> None:
                          f"seen the test domain of fold {layout.fold_tag(test_envs)}; give the run directory of "
                          "the initialisation (one final model per fold)")
     try:
-        algorithm.load_state_dict(saved["model_dict"])
+        load_prediction_state(algorithm, saved["model_dict"])
     except RuntimeError as error:
         raise UsageError(f"init model {path} ({meta['algorithm']}) does not fit this {type(algorithm).__name__}: "
                          f"{first_line(error)}") from None
