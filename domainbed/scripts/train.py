@@ -28,8 +28,8 @@ What differs from DomainBed's, and why:
   only. A method whose `update` has an `unlabeled` parameter is refused under that task rather
   than trained without its data.
 - The run's random numbers are seeded by (`--seed`, `--trial_seed`, test environments), as
-  train_all.py's folds, so the same numbers come out of both commands; the holdout splits are
-  DomainBed's, seeded by `--trial_seed`.
+  train_all.py's folds are (DomainBed: `--seed` alone); the holdout splits are DomainBed's, seeded
+  by `--trial_seed`.
 - Errors are one line on stderr (no err.txt), checked before OUT is written to; an OUT that
   already holds results.jsonl or done is refused (DomainBed would append a second run to it).
 """
