@@ -145,6 +145,13 @@ def test_the_module_is_domainbeds_command_line():
         assert flag in help_text
 
 
+@pytest.mark.parametrize("algorithm", ["IRM", "CORAL"])
+def test_a_penalty_method_records_its_statistics(tmp_path, algorithm):
+    records = train_run(tmp_path / "out", "--test_env", "0", "--steps", "2", "--skip_model_save", algorithm=algorithm)
+    assert [record["step"] for record in records] == [0, 1]
+    assert {"loss", "penalty"} <= set(records[0])  # the update's statistics, as DomainBed records them
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", DOMAINBED_ALGORITHMS)
 def test_every_domainbed_algorithm_trains_through_the_drop_in(tmp_path, algorithm):

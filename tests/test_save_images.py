@@ -56,3 +56,10 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     captured = capsys.readouterr()
     assert captured.err.splitlines()[-1].startswith("error: ") and message in captured.err.splitlines()[-1]
     assert not out.exists()
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        save_images.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "examples:" in capsys.readouterr().out

@@ -34,10 +34,16 @@ from domainbed.errors import UsageError
 DEFAULT_DATASETS = ["OfficeHome", "TerraIncognita", "DomainNet", "RotatedMNIST", "ColoredMNIST", "SVIRO", "PACS", "VLCS"]
 GRID_COLUMNS = 8
 
+EXAMPLE = """examples:
+  python -m domainbed.scripts.save_images --data_dir DATA --output_dir images
+  python -m domainbed.scripts.save_images --data_dir DATA --output_dir images --datasets PACS --n_images 8
+"""
+
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Save some representative images of each dataset, as DomainBed's "
-                                                 "save_images.py")
+                                                 "save_images.py", epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=str, required=True)
     parser.add_argument("--output_dir", type=str, required=True)
     parser.add_argument("--datasets", nargs="+", default=None,
