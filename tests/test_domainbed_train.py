@@ -114,8 +114,8 @@ class UnlabeledERM(ERM):
     (["--hparams", '{"lrr": 0.1}'], "unknown hparam 'lrr'"),
     (["--steps", "0"], "--steps 0 is out of range"),
     (["--task", "domain_adaptation"], "--uda_holdout_fraction 0 leaves none"),
-    (["--task", "domain_adaptation", "--uda_holdout_fraction", "0.5", "--algorithm", "test_domainbed_train:UnlabeledERM"],
-     "takes unlabeled data"),
+    (["--task", "domain_adaptation", "--uda_holdout_fraction", "0.5",
+      "--algorithm", "test_domainbed_train:UnlabeledERM"], "takes unlabeled data"),
     (["--dataset", "PACS"], "--data_dir is needed for PACS"),
 ])
 def test_bad_input_is_one_line_before_the_output_directory(tmp_path, capsys, argv, message):

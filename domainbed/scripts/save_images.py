@@ -31,7 +31,8 @@ from domainbed.datasets import DATASETS, get_dataset_class
 from domainbed.errors import UsageError
 
 # DomainBed's list, then the two it trains on most that it leaves out
-DEFAULT_DATASETS = ["OfficeHome", "TerraIncognita", "DomainNet", "RotatedMNIST", "ColoredMNIST", "SVIRO", "PACS", "VLCS"]
+DEFAULT_DATASETS = ["OfficeHome", "TerraIncognita", "DomainNet", "RotatedMNIST", "ColoredMNIST", "SVIRO",
+                    "PACS", "VLCS"]
 GRID_COLUMNS = 8
 
 EXAMPLE = """examples:

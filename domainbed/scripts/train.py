@@ -86,7 +86,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(sorted(ALGORITHMS))}, or an outside method as package.module:Class")
     parser.add_argument("--task", type=str, default="domain_generalization", choices=TASKS)
     parser.add_argument("--hparams", type=str, help="JSON-serialized hparams dict, applied last")
-    parser.add_argument("--hparams_seed", type=int, default=0, help='seed for random hparams (0 means "default hparams")')
+    parser.add_argument("--hparams_seed", type=int, default=0,
+                        help='seed for random hparams (0 means "default hparams")')
     parser.add_argument("--trial_seed", type=int, default=0,
                         help="trial number (used for seeding split_dataset and random_hparams)")
     parser.add_argument("--seed", type=int, default=0, help="seed for everything else")
