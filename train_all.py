@@ -3,14 +3,14 @@
     python train_all.py NAME [extra.yaml ...] --dataset PACS --data_dir DATA --algorithm ERM \
         [--steps N --checkpoint_freq K ...] [--any_hparam value ...] [--resume [RUN_DIR]]
 
-The published command lines call this file; the command line lives in domainbed/scripts/train.py
+The published command lines call this file; the command line lives in domainbed/scripts/train_all.py
 (also installed as `domainbed-train`), the experiment in domainbed/training/experiment.py.
 """
 
 import os
 import sys
 
-from domainbed.scripts.train import main, make_parser, run, split_argv
+from domainbed.scripts.train_all import main, make_parser, run, split_argv
 
 __all__ = ["main", "make_parser", "run", "split_argv"]
 

@@ -20,7 +20,7 @@ def test_the_tools_users_run_most_are_console_commands_that_exist():
 
 def test_train_all_is_the_train_command(capsys):
     import train_all
-    from domainbed.scripts import train
+    from domainbed.scripts import train_all as train
 
     assert (train_all.main, train_all.run, train_all.make_parser, train_all.split_argv) == (
         train.main, train.run, train.make_parser, train.split_argv)
@@ -30,7 +30,7 @@ def test_train_all_is_the_train_command(capsys):
 
 
 def test_the_interrupted_message_resumes_the_same_command(tmp_path):
-    from domainbed.scripts.train import resume_command
+    from domainbed.scripts.train_all import resume_command
 
     argv = ["demo", "--dataset", "Synthetic", "--resume", str(tmp_path), "--lr", "0.1"]
     assert resume_command(argv, tmp_path / "run") == (

@@ -46,13 +46,21 @@ def holdout(dataset, env: int, test_envs, holdout_fraction: float, trial_seed: i
 
 
 def make_splits(dataset, test_envs, holdout_fraction: float, trial_seed: int, split: str = "random",
-                split_dir=None, examples_per_domain: int = 0):
-    """(training `in` splits, evaluation splits), every environment split by `holdout`."""
+                split_dir=None, examples_per_domain: int = 0, uda_holdout_fraction: float = 0.0):
+    """(training `in` splits, evaluation splits), every environment split by `holdout`.
+    `uda_holdout_fraction` > 0 takes that fraction of each test domain's `in` part as its `uda`
+    part, evaluated as `env{i}_uda`, as DomainBed's train.py for domain adaptation (and with its
+    seed, so the same items); nothing here trains on it."""
     train_envs = [env for env in range(len(dataset)) if env not in test_envs]
     train_splits, eval_splits = [], []
     for env in range(len(dataset)):
         out, in_ = holdout(dataset, env, test_envs, holdout_fraction, trial_seed, split, split_dir,
                            examples_per_domain)
+        if env in test_envs and uda_holdout_fraction > 0:
+            uda, in_ = split_dataset(in_.underlying, int(len(in_) * uda_holdout_fraction),
+                                     misc.seed_hash(trial_seed, env), in_.keys)
+            uda.transform = dataset.eval_transform
+            eval_splits.append(EvalSplit(f"env{env}_uda", uda, env, "uda", None))
         train_domain = train_envs.index(env) if env in train_envs else None
         in_.transform = dataset.train_transform if train_domain is not None else dataset.eval_transform
         out.transform = dataset.eval_transform

@@ -54,6 +54,7 @@ class FoldSettings:
     split: str = "random"  # random: DomainBed's seeded holdout; official: PACS's kfold lists in split_dir
     split_dir: str | None = None
     later_steps: int = 0  # steps of the run's folds still to train after this one, for the run's ETA
+    uda_holdout_fraction: float = 0.0  # DomainBed's env{i}_uda split of each test domain (fold_splits.py)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Fold:
     row_rules: dict = field(default_factory=dict)
     model_transforms: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)  # the last `algorithm.update`'s (device tensors), for after_step hooks
+    on_record: object = None  # on_record(fold, record) after every record is kept (DomainBed's train.py writes its own)
 
     @property
     def name(self) -> str:
@@ -109,6 +111,8 @@ def keep_record(fold: Fold, record: dict, records_path: Path | None) -> None:
     if records_path is not None:
         append_record(records_path, record)
     fold.log(f"[{fold.name}] " + _format_record(record))
+    if fold.on_record is not None:
+        fold.on_record(fold, record)
 
 
 def training_domain_validation(record: dict, test_envs) -> dict:
@@ -228,15 +232,17 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
     scalars.close()
 
 
-def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path: Path | None = None):
-    """Train and evaluate one fold; returns (selection rows, row rules, records, final model)."""
+def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path: Path | None = None,
+               on_record=None):
+    """Train and evaluate one fold; returns (selection rows, row rules, records, final model).
+    `on_record(fold, record)`, when given, sees every record once it is kept."""
     # build
     fold_seed = misc.fold_seed(settings.seed, settings.trial_seed, settings.test_envs)
     misc.set_seed(fold_seed)
     device = resolve_device(settings.device)
     train_splits, eval_splits = make_splits(dataset, settings.test_envs, settings.holdout_fraction,
                                             settings.trial_seed, settings.split, settings.split_dir,
-                                            hparams["examples_per_domain"])
+                                            hparams["examples_per_domain"], settings.uda_holdout_fraction)
     stream_seeds = [misc.seed_hash(fold_seed, "train", i) for i in range(len(train_splits))]
     pipeline = build_pipeline(hparams, dataset, device, eval_seed=misc.seed_hash(fold_seed, "eval"))
     precision = Precision(hparams["precision"], device)
@@ -253,7 +259,7 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
         f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {device}, "
         f"{pipeline.name} pipeline, {precision.name}")
     train_minibatches = pipeline.train_minibatches(train_splits, stream_seeds, hparams["batch_size"], start_step)
-    fold = Fold(settings, hparams, dataset, algorithm, evaluator, train_minibatches, device, log)
+    fold = Fold(settings, hparams, dataset, algorithm, evaluator, train_minibatches, device, log, on_record=on_record)
     extensions = build_extensions(hparams)
     for extension in extensions:
         extension.setup(fold)
