@@ -69,6 +69,13 @@ def test_mnist_reads_uncompressed_files(mnist_data, tmp_path):
     assert images.shape == (70000, 28, 28) and labels.shape == (70000,)
 
 
+def test_mnist_is_found_under_the_data_dir_domainbeds_readme_gives(mnist_data, tmp_path):
+    """DomainBed's README runs `--data_dir=./domainbed/data/MNIST/`: the files are then in DATA_DIR/raw."""
+    (tmp_path / "raw").symlink_to(mnist_data / "MNIST" / "raw")
+    images, labels = datasets.mnist.load_mnist(tmp_path)
+    assert images.shape == (70000, 28, 28) and labels.shape == (70000,)
+
+
 def test_missing_mnist_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="train-images-idx3-ubyte"):
         datasets.get_dataset_class("RotatedMNIST")(tmp_path, [0], HP)

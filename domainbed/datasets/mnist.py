@@ -28,7 +28,8 @@ ENVIRONMENT_SEED = 0
 
 
 def find_mnist_file(root: Path, name: str) -> Path:
-    candidates = [root / "MNIST" / "raw", root / "MNIST", root]
+    # root/raw: DomainBed's README passes --data_dir=.../data/MNIST/, the folder torchvision fills
+    candidates = [root / "MNIST" / "raw", root / "MNIST", root / "raw", root]
     for folder in candidates:
         for path in (folder / name, folder / f"{name}.gz"):
             if path.is_file():
