@@ -119,11 +119,13 @@ class Sweep:
     environments: dict  # dataset -> its environments' names, in index order
     n_records: int = 0
     unfinished: list = field(default_factory=list)  # job directories without `done`
-    directories: dict = field(default_factory=dict)  # run_key(run) -> its job directories
+    directories: dict = field(default_factory=dict)  # run_key(run) -> {job directory: its test envs}
 
-    def output_dirs(self, run) -> list:
-        """The job directories behind a run, as DomainBed's list_top_hparams lists them."""
-        return self.directories.get(run_key(run), [run.path])
+    def output_dirs(self, run, test_env=None) -> list:
+        """The job directories behind a run (those holding `test_env` out), as DomainBed's
+        list_top_hparams lists them."""
+        jobs = self.directories.get(run_key(run), {})
+        return [path for path, test_envs in jobs.items() if test_env is None or test_env in test_envs]
 
 
 def run_key(run) -> tuple:
@@ -146,8 +148,7 @@ def read_sweep(root) -> Sweep:
             if key not in runs:
                 runs[key] = Run(directory, dict(args), dict(record["hparams"]), finished=True, group=args["algorithm"])
             run = runs[key]
-            if directory not in directories.setdefault(key, []):
-                directories[key].append(directory)
+            directories.setdefault(key, {})[directory] = tuple(args["test_envs"])
             converted = fold_record(record)
             run.records.setdefault(tuple(converted["test_envs"]), []).append(converted)
             environments.setdefault(args["dataset"], n_environments(record))

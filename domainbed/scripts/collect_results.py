@@ -333,11 +333,16 @@ DOMAINBED_METHODS = {TRAINING_DOMAIN: "training-domain validation set",
                      ORACLE: "test-domain validation set (oracle)"}
 
 
+def domainbed_methods() -> dict:
+    """DomainBed's three selection methods, as `selection_methods` gives them."""
+    return {TRAINING_DOMAIN: _training_domain, LEAVE_ONE_OUT: _leave_one_out, ORACLE: _oracle}
+
+
 def collect_domainbed(sweep: domainbed_runs.Sweep) -> Results:
     """DomainBed's collect_results over the runs of DomainBed's own directories: its three
     selection methods, always (leave-one-domain-out gives X without pair folds), its ties and its
     averages; every environment of a dataset is a column."""
-    methods = {TRAINING_DOMAIN: _training_domain, LEAVE_ONE_OUT: _leave_one_out, ORACLE: _oracle}
+    methods = domainbed_methods()
     folds = {dataset: [(i,) for i in range(len(names))] for dataset, names in sweep.environments.items()}
     names = {(dataset, (i,)): name for dataset, env_names in sweep.environments.items()
              for i, name in enumerate(env_names)}
