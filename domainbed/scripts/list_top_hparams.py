@@ -10,7 +10,8 @@ highest hparams seed first for DomainBed's directories and the lowest for this p
 For each candidate it prints, as DomainBed, its validation and test accuracy, its hparams and
 its output directories; this project's runs also name their method group (collect_results' rows),
 since one algorithm may have several. Runs of this project without table.json (unfinished) are
-left out, as in collect_results.
+left out, as in collect_results. Where DomainBed follows the order in which the file system lists
+the job directories (trial seeds, output directories), we sort; accuracies print as plain numbers.
 """
 
 import argparse
