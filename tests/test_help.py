@@ -75,7 +75,7 @@ def test_resume_before_the_name_and_flags_in_any_order(tmp_path):
 @pytest.mark.parametrize("module", ["domainbed.scripts.sweep", "domainbed.scripts.collect_results",
                                     "domainbed.scripts.ensemble", "domainbed.scripts.flatness",
                                     "domainbed.scripts.download", "domainbed.scripts.benchmark",
-                                    "domainbed.scripts.check_method"])
+                                    "domainbed.scripts.check_method", "domainbed.scripts.list_top_hparams"])
 def test_every_script_help_has_an_example(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)

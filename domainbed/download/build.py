@@ -27,6 +27,19 @@ def archive_root(archive: str, root: str):
     return build
 
 
+def archive_contents(archive: str, directory: str):
+    """The builder of a dataset whose archive holds the folder's contents, not the folder (WILDS'
+    releases: the `wilds` package extracts them into DATA/<directory>)."""
+
+    def build(archives: dict, work: Path) -> Path:
+        tree = work / directory
+        extract(archives[archive], tree)
+        nested = tree / directory
+        return nested if nested.is_dir() and len(os.listdir(tree)) == 1 else tree
+
+    return build
+
+
 def domain_net(domain_archives, duplicates: str):
     """DomainNet: one zip per domain, extracted side by side, then the files DomainBed lists as
     duplicates removed (DomainBed ignores listed files that are absent, and so do we)."""

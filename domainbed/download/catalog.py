@@ -9,11 +9,11 @@ finished folder is checked against the published counts. The sha256 of every fil
 used is printed and recorded in DATA/.downloads/<dataset>.json, so it can be pinned here later.
 """
 
-from domainbed.datasets import spawrious
+from domainbed.datasets import spawrious, wilds_datasets
 from domainbed.datasets.image_folder import PACS, SVIRO, VLCS, DomainNet, OfficeHome, TerraIncognita
 from domainbed.datasets.mnist import MNIST_FILES
 from domainbed.download import build
-from domainbed.download.spec import Dataset, IdxFile, IdxLayout, ImageFolderLayout, Source
+from domainbed.download.spec import Dataset, IdxFile, IdxLayout, ImageFolderLayout, MetadataLayout, Source
 
 _UNPUBLISHED = "no size or checksum is published; the archive's own CRCs are checked on extraction"
 _LILA = "https://storage.googleapis.com/public-datasets-lila/caltechcameratraps"
@@ -43,6 +43,7 @@ _MNIST_CONTENT_MD5 = {
     MNIST_FILES["test_images"]: "2646ac647ad5339dbf082846283269ea",
     MNIST_FILES["test_labels"]: "27ae3e4e09519cfbb04c329615203637",
 }
+_WILDS_CODALAB = "https://worksheets.codalab.org/rest/bundles"
 _TERRA_CATEGORIES = ("bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel")
 
 SOURCES = {
@@ -82,6 +83,17 @@ SOURCES = {
         Source("spawrious224.tar.gz", ("https://www.dropbox.com/s/e40j553480h3f3s/spawrious224.tar.gz?dl=1",),
                None, None, "the Spawrious authors' entire dataset (all six challenges), the archive DomainBed "
                "fetches; no size or checksum is published; gzip's CRC is checked on extraction"),
+    ),
+    # WILDS' own releases, from the URLs and sizes the `wilds` package (2.0) downloads and checks
+    "WILDSCamelyon": (
+        Source("camelyon17_v1.0.tar.gz", (f"{_WILDS_CODALAB}/0xe45e15f39fb54e9d9e919556af67aabe/contents/blob/",),
+               10658709504, None, "WILDS' release 1.0 on CodaLab, the archive the wilds package (and so DomainBed) "
+               "fetches; the size is the one the wilds package records, no checksum is published"),
+    ),
+    "WILDSFMoW": (
+        Source("fmow_v1.1.tar.gz", (f"{_WILDS_CODALAB}/0xaec91eb7c9d548ebb15e1b5e60f966ab/contents/blob/",),
+               53893324800, None, "WILDS' release 1.1 on CodaLab, the archive the wilds package (and so DomainBed) "
+               "fetches; the size is the one the wilds package records, no checksum is published"),
     ),
     "MNIST": tuple(
         Source(f"{name}.gz", tuple(f"{mirror}/{name}.gz" for mirror in _MNIST_MIRRORS), size, f"md5:{md5}",
@@ -138,6 +150,20 @@ LAYOUTS = {
                               for location in spawrious.LOCATIONS},
         classes=spawrious.BREEDS,
     ),
+    # WILDS (Koh et al., 2021, table of split sizes): Camelyon17 455,954 patches, hospital 1 its OOD
+    # validation split (34,904) and hospital 2 its test split (85,054), hospitals 0, 3 and 4 not
+    # published one by one; FMoW 141,696 images outside `seq`, per region not published
+    "WILDSCamelyon": MetadataLayout(
+        wilds_datasets.WILDSCamelyon.DIRECTORY,
+        (wilds_datasets.WILDSCamelyon.RELEASE, wilds_datasets.WILDSCamelyon.METADATA),
+        dict(zip(wilds_datasets.WILDSCamelyon.ENVIRONMENTS, (None, 34904, 85054, None, None))), 455954,
+        wilds_datasets.camelyon_samples,
+    ),
+    "WILDSFMoW": MetadataLayout(
+        wilds_datasets.WILDSFMoW.DIRECTORY,
+        (wilds_datasets.WILDSFMoW.RELEASE, wilds_datasets.WILDSFMoW.METADATA, wilds_datasets.WILDSFMoW.COUNTRIES),
+        dict.fromkeys(wilds_datasets.WILDSFMoW.ENVIRONMENTS), 141696, wilds_datasets.fmow_samples,
+    ),
     "MNIST": IdxLayout("MNIST", (
         IdxFile(MNIST_FILES["train_images"], 60000, _MNIST_CONTENT_MD5[MNIST_FILES["train_images"]]),
         IdxFile(MNIST_FILES["train_labels"], 60000, _MNIST_CONTENT_MD5[MNIST_FILES["train_labels"]]),
@@ -160,6 +186,8 @@ _BUILDERS = {
     "DomainNet": build.domain_net([f"{domain}.zip" for domain in _DOMAIN_NET_ZIPS], "domain_net_duplicates.txt"),
     "SVIRO": build.archive_root("sviro_grayscale_rectangle_classification.zip", "SVIRO_DOMAINBED"),
     "Spawrious": build.archive_root("spawrious224.tar.gz", spawrious.DIRECTORY),
+    "WILDSCamelyon": build.archive_contents("camelyon17_v1.0.tar.gz", wilds_datasets.WILDSCamelyon.DIRECTORY),
+    "WILDSFMoW": build.archive_contents("fmow_v1.1.tar.gz", wilds_datasets.WILDSFMoW.DIRECTORY),
     "MNIST": build.mnist([f"{name}.gz" for name in _MNIST_GZ]),
 }
 

@@ -65,7 +65,22 @@ class IdxLayout:
     files: tuple
 
 
-Layout = Union[ImageFolderLayout, IdxLayout]
+@dataclass(frozen=True)
+class MetadataLayout:
+    """DATA/<directory>: a release whose metadata table names every image and its environment
+    (WILDS': `samples(folder)` lists [(environment index, image path relative to the folder)],
+    domainbed/datasets/wilds_datasets.py), with `required` files beside it (the table, the
+    release marker the `wilds` package checks for). `domain_counts` ({environment name: images},
+    in index order) and `total` are None where nothing is published."""
+
+    directory: str
+    required: tuple
+    domain_counts: Mapping[str, Optional[int]]
+    total: Optional[int]
+    samples: Callable[[Path], list]
+
+
+Layout = Union[ImageFolderLayout, IdxLayout, MetadataLayout]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from domainbed.datasets.image_folder import IMAGE_EXTENSIONS, load_rgb
 from domainbed.datasets.mnist import find_mnist_file, read_idx
 from domainbed.download.fetch import file_digests
-from domainbed.download.spec import IdxLayout, ImageFolderLayout
+from domainbed.download.spec import IdxLayout, ImageFolderLayout, MetadataLayout
 from domainbed.errors import UsageError
 
 PROBLEMS_SHOWN = 10
@@ -79,12 +79,13 @@ def check(name: str, layout, directory: Path, full: bool = True) -> Report:
     report = Report(name, directory)
     if not directory.is_dir():
         report.absent = True
-        expected = layout.domain_counts if isinstance(layout, ImageFolderLayout) else {
-            f.name: f.items for f in layout.files}
+        expected = {f.name: f.items for f in layout.files} if isinstance(layout, IdxLayout) else layout.domain_counts
         report.rows = [Row(domain, count, None, missing=count or 0) for domain, count in expected.items()]
         return report
     if isinstance(layout, IdxLayout):
         _check_idx(layout, directory, report)
+    elif isinstance(layout, MetadataLayout):
+        _check_metadata(layout, directory, report, full)
     else:
         _check_image_folder(layout, directory, report, full)
     return report
@@ -138,6 +139,48 @@ def _check_image_folder(layout: ImageFolderLayout, root: Path, report: Report, f
         if not per_class and expected is not None and row.found != expected:
             _count_difference(row, problems, path, row.found, expected)
         report.rows.append(row)
+    if full and to_decode:
+        _decode_all(to_decode, report)
+
+
+def metadata_images(layout: MetadataLayout, root: Path) -> list:
+    """[(environment index, image path)] of every image the metadata of the release at `root` names."""
+    return [(environment, root / relative) for environment, relative in layout.samples(root)]
+
+
+def _check_metadata(layout: MetadataLayout, root: Path, report: Report, full: bool) -> None:
+    """A WILDS release: its required files, then every image its metadata names, per environment."""
+    for name in layout.required:
+        if not (root / name).is_file():
+            report.layout_problem(f"{root / name}: missing")
+    names = list(layout.domain_counts)
+    try:
+        samples = metadata_images(layout, root)
+    except UsageError as error:
+        report.layout_problem(str(error))
+        samples = []
+    outside = sorted({environment for environment, _ in samples if not 0 <= environment < len(names)})
+    if outside:
+        report.layout_problem(f"{root}: the metadata names {len(names) + len(outside)} or more environments, "
+                              f"published: {len(names)} ({', '.join(names)})")
+    rows = [Row(name, expected, 0) for name, expected in layout.domain_counts.items()]
+    to_decode = []
+    for environment, path in samples:
+        if environment in outside:
+            continue
+        row = rows[environment]
+        if path.is_file():
+            row.found += 1
+            to_decode.append((row, path))
+        else:
+            row.missing += 1
+            report.problems.append(f"{path}: missing (named by the metadata)")
+    for row in rows:
+        if row.expected is not None and row.found + row.missing != row.expected:
+            _count_difference(row, report.problems, root / row.domain, row.found + row.missing, row.expected)
+    if layout.total is not None and len(samples) != layout.total and not report.layout_problems:
+        report.problems.append(f"{root}: the metadata names {len(samples)} images, published {layout.total}")
+    report.rows = rows
     if full and to_decode:
         _decode_all(to_decode, report)
 

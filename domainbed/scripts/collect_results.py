@@ -42,10 +42,29 @@ report is printed and written to DIR/results.{txt,md,tex}; `--plots` writes PNGs
 DIR/plots: per dataset and selection method, the per-domain accuracy with error bars of every
 group, and per run its training curves (loss, training-domain validation and test accuracy
 against step, one line per fold).
+
+DomainBed's own output directories (a sweep of DomainBed's train.py, or of
+`python -m domainbed.scripts.train` in its DomainBed form: job directories whose results.jsonl
+records carry `args` and `hparams`, domainbed/results/domainbed_runs.py) are read too, and
+reported after this project's runs in DomainBed's layout (domainbed/results/domainbed_table.py),
+by the same rule code (the pair functions below, selection.py). Where this project's rules and
+DomainBed's differ, DomainBed's directories follow DomainBed's:
+- ties between hparams candidates go to the highest hparams seed (DomainBed sorts by validation
+  accuracy and reverses), not the lowest;
+- a method is its algorithm (DomainBed's grouping), whatever its hparams or `--group_by`;
+- every record counts, whether its job wrote `done` or not (jobs without it are listed);
+- the leave-one-domain-out table is always printed (X without pair folds), and every
+  environment of a dataset is a column;
+- the averages across datasets take every trial's mean over the domains it has results for,
+  not only trials with every domain.
+Two departures from DomainBed: a dataset DomainBed does not know is reported (DomainBed drops
+it), and a NaN validation accuracy ranks last in both kinds of input (as DomainBed's sort of
+hparams; its argmax over checkpoints has no defined answer).
 """
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -58,7 +77,7 @@ from domainbed import cli, misc
 from domainbed.averaging.extension import strategy_name
 from domainbed.hparams.config import run_hparams
 from domainbed.errors import UsageError
-from domainbed.results import selection
+from domainbed.results import domainbed_runs, domainbed_table, selection
 from domainbed.runs.reader import Run, find_runs
 
 # Hparams that change how a run is computed, not the method: never part of its group.
@@ -74,7 +93,7 @@ def load_runs(root, group_by=None) -> list:
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory; give the output directory of train_all.py or of a sweep")
-    runs = find_runs(root)
+    runs = [run for run in find_runs(root) if not domainbed_runs.is_domainbed_dir(run.path)]
     for run in runs:
         run.group = method_group(run) if not group_by else keys_group(run, group_by)
     return runs
@@ -199,6 +218,7 @@ class Results:
     choices: dict  # (method, dataset, group, trial_seed, fold) -> Choice
     folds: dict  # dataset -> [fold, ...] in order
     names: dict  # (dataset, fold) -> domain name
+    domainbed_rules: bool = False  # DomainBed's ties and averages (DomainBed's own directories)
 
     @property
     def complete(self) -> list:
@@ -229,20 +249,23 @@ class Results:
         cells = [self.cell(method, dataset, group, fold) for fold in self.folds[dataset]]
         return None if None in cells else float(np.mean([c[0] for c in cells]))
 
-    def _complete_trials(self, method, dataset, group) -> list:
+    def trial_averages(self, method, dataset, group) -> list:
+        """Each trial's mean over the dataset's domains: only trials with every domain, or under
+        DomainBed's rules every trial, over the domains it has a result for."""
         per_fold = [self.trial_results(method, dataset, group, fold) for fold in self.folds[dataset]]
-        trials = set.intersection(*(set(results) for results in per_fold)) if per_fold else set()
-        return [np.mean([results[trial] for results in per_fold]) for trial in sorted(trials)]
+        trials = [set(results) for results in per_fold]
+        trials = (set.union if self.domainbed_rules else set.intersection)(*trials) if trials else set()
+        return [float(np.mean([results[trial] for results in per_fold if trial in results])) for trial in sorted(trials)]
 
     def summary_cell(self, method, dataset, group):
-        """(mean, standard error) over the trials that have every domain of the dataset."""
-        averages = self._complete_trials(method, dataset, group)
+        """(mean, standard error) over the trials of `trial_averages`."""
+        averages = self.trial_averages(method, dataset, group)
         return mean_se(averages) if averages else None
 
     def seeds(self, method, dataset, group, fold=None) -> int:
         """The number of trial seeds behind a cell (fold None: behind the dataset's summary cell)."""
         if fold is None:
-            return len(self._complete_trials(method, dataset, group))
+            return len(self.trial_averages(method, dataset, group))
         return len(self.trial_results(method, dataset, group, fold))
 
     def missing(self, dataset, group) -> list:
@@ -261,25 +284,70 @@ class Results:
         return lacking
 
 
+def ranked(runs, run_result, fold, domainbed_rules=False) -> list:
+    """[Choice, ...] of the runs (one trial's hparams candidates) that have a result for `fold`,
+    the chosen one first: best validation accuracy; of equals the lowest hparams seed, or under
+    DomainBed's rules (its stable sort by validation accuracy, reversed) the highest. A NaN
+    validation accuracy ranks last, as DomainBed's sort puts it."""
+    candidates = sorted((run for run in runs if fold in run.rows), key=lambda run: (run.hparams_seed, str(run.path)))
+    choices = [Choice(run, *pair) for run in candidates if (pair := run_result(run, fold)) is not None]
+
+    def validation(choice):
+        return -math.inf if math.isnan(choice.validation) else choice.validation
+
+    if domainbed_rules:
+        return sorted(choices, key=validation)[::-1]
+    return sorted(choices, key=lambda choice: -validation(choice))
+
+
+def choose(runs, methods: dict, domainbed_rules=False) -> dict:
+    """{(method, dataset, group, trial seed, fold): the chosen Choice} over complete runs."""
+    candidates = {}
+    for run in runs:
+        for fold in run.rows:
+            candidates.setdefault((run.dataset, run.group, run.trial_seed, fold), []).append(run)
+    choices = {}
+    for method, run_result in methods.items():
+        for (dataset, group, trial_seed, fold), group_runs in candidates.items():
+            best = ranked(group_runs, run_result, fold, domainbed_rules)
+            if best:
+                choices[(method, dataset, group, trial_seed, fold)] = best[0]
+    return choices
+
+
 def collect(root, group_by=None) -> Results:
     runs = load_runs(root, group_by)
-    complete = sorted((run for run in runs if run.complete), key=lambda run: (run.hparams_seed, str(run.path)))
+    complete = [run for run in runs if run.complete]
     methods = selection_methods(complete)
-    choices, folds, names = {}, {}, {}
+    folds, names = {}, {}
     for run in complete:
         for fold in run.rows:
             names[(run.dataset, fold)] = run.names[fold]
             folds.setdefault(run.dataset, set()).add(fold)
-    for method, run_result in methods.items():
-        for run in complete:
-            for fold in run.rows:
-                pair = run_result(run, fold)
-                if pair is None:
-                    continue
-                key = (method, run.dataset, run.group, run.trial_seed, fold)
-                if key not in choices or pair[0] > choices[key].validation:
-                    choices[key] = Choice(run, *pair)
-    return Results(runs, list(methods), choices, {d: sorted(f) for d, f in folds.items()}, names)
+    return Results(runs, list(methods), choose(complete, methods), {d: sorted(f) for d, f in folds.items()}, names)
+
+
+# DomainBed's three selection methods and its names for them, in its order
+DOMAINBED_METHODS = {TRAINING_DOMAIN: "training-domain validation set",
+                     LEAVE_ONE_OUT: "leave-one-domain-out cross-validation",
+                     ORACLE: "test-domain validation set (oracle)"}
+
+
+def domainbed_methods() -> dict:
+    """DomainBed's three selection methods, as `selection_methods` gives them."""
+    return {TRAINING_DOMAIN: _training_domain, LEAVE_ONE_OUT: _leave_one_out, ORACLE: _oracle}
+
+
+def collect_domainbed(sweep: domainbed_runs.Sweep) -> Results:
+    """DomainBed's collect_results over the runs of DomainBed's own directories: its three
+    selection methods, always (leave-one-domain-out gives X without pair folds), its ties and its
+    averages; every environment of a dataset is a column."""
+    methods = domainbed_methods()
+    folds = {dataset: [(i,) for i in range(len(names))] for dataset, names in sweep.environments.items()}
+    names = {(dataset, (i,)): name for dataset, env_names in sweep.environments.items()
+             for i, name in enumerate(env_names)}
+    return Results(sweep.runs, list(methods), choose(sweep.runs, methods, domainbed_rules=True), folds, names,
+                   domainbed_rules=True)
 
 
 # Reporting
@@ -366,6 +434,15 @@ def format_report(results: Results, style: str = "text") -> str:
                          f"trial_seed {run.trial_seed} ({progress})")
         parts.append(_heading("Incomplete runs", style) + "\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def format_domainbed_report(results: Results, sweep, style: str = "text") -> str:
+    """The report of DomainBed's own directories: DomainBed's layout (text or LaTeX); Markdown
+    has none in DomainBed, so this project's Markdown tables hold the same numbers."""
+    if style == "markdown":
+        return format_report(results, style)
+    return domainbed_table.format_report(results, DOMAINBED_METHODS, sweep.n_records, style == "latex",
+                                         sweep.unfinished)
 
 
 # Plots
@@ -503,14 +580,22 @@ def main(argv=None) -> int:
         if (args.directory is None) == (args.input_dir is None):
             raise UsageError("give the runs' directory once: positionally or as --input_dir DIR")
         root = Path(args.directory or args.input_dir)
-        results = collect(root, args.group_by)
         style = "latex" if args.latex else "markdown" if args.markdown else "text"
-        report = format_report(results, style)
+        results = collect(root, args.group_by)
+        sweep = domainbed_runs.read_sweep(root)
+        reports = []
+        if results.runs or not sweep.runs:
+            reports.append(format_report(results, style))
+        domainbed_results = collect_domainbed(sweep) if sweep.runs else None
+        if domainbed_results is not None:
+            reports.append(format_domainbed_report(domainbed_results, sweep, style))
+        report = "\n".join(reports)
         print(report, end="")
         suffix = {"text": "txt", "markdown": "md", "latex": "tex"}[style]
         misc.atomic_write_text(root / f"results.{suffix}", report)
         if args.plots:
-            paths = write_plots(results, root, root / "plots")
+            paths = [*write_plots(results, root, root / "plots"),
+                     *(write_plots(domainbed_results, root, root / "plots") if domainbed_results else [])]
             print(f"wrote {len(paths)} plots under {root / 'plots'}")
 
     return cli.run_main(work, "interrupted: nothing was written")

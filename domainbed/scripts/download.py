@@ -21,8 +21,8 @@ from domainbed import cli
 from domainbed.download.catalog import ALIASES, DATASETS
 from domainbed.download.fetch import FetchOptions, is_remote
 from domainbed.download.install import install
-from domainbed.download.spec import ImageFolderLayout
-from domainbed.download.verify import check, render, unreadable_images
+from domainbed.download.spec import ImageFolderLayout, MetadataLayout
+from domainbed.download.verify import check, decode_errors, metadata_images, render, unreadable_images
 from domainbed.errors import UsageError, unknown_choice
 
 IMAGE_FOLDER = "ImageFolder"  # any folder of domains, as train_all.py's --dataset ImageFolder reads it
@@ -103,13 +103,17 @@ def check_images(data_dir: Path, names, explicit: bool) -> int:
     checked, bad, absent = 0, 0, []
     for name in names:
         layout = DATASETS[name].layout if name in DATASETS else None
-        if layout is not None and not isinstance(layout, ImageFolderLayout):
+        if layout is not None and not isinstance(layout, (ImageFolderLayout, MetadataLayout)):
             continue
         directory = data_dir / layout.directory if layout is not None else data_dir
         if not directory.is_dir():
             absent.append(name)
             continue
-        count, errors = unreadable_images(directory, name, list(layout.domain_counts) if layout else None)
+        if isinstance(layout, MetadataLayout):
+            paths = [path for _, path in metadata_images(layout, directory) if path.is_file()]
+            count, errors = len(paths), list(decode_errors(paths, f"decoding {name}"))
+        else:
+            count, errors = unreadable_images(directory, name, list(layout.domain_counts) if layout else None)
         for _, error in errors:
             print(f"{name}: {error}", flush=True)
         print(f"{name}: {count} images, {len(errors)} unreadable", flush=True)
