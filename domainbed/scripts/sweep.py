@@ -24,6 +24,16 @@ environments, for leave-one-domain-out selection. Here a job trains every single
 reads for that selection; `--single_test_envs` (the default) and `--command_launcher` (for
 `--launcher`) are accepted in DomainBed's spelling.
 
+`--runner domainbed` launches DomainBed's own sweep instead: one job per (dataset, algorithm,
+hparams seed, trial seed, test environments), every single test environment and, unless
+`--single_test_envs`, every pair, each running DomainBed's train.py (`python -m
+domainbed.scripts.train`, the drop-in) into its job directory, which then holds DomainBed's
+results.jsonl, out.txt and done (its errors in err.txt); a job's seed is DomainBed's
+seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed), and arguments after `--` go to
+every train.py (`-- --hparams '{"lr": 1e-4}'`). collect_results prints such a sweep in DomainBed's
+layout. DomainBed's train.py does not resume, so relaunching an incomplete job starts it over
+(DomainBed needs `delete_incomplete` first).
+
 Launchers:
 - local: one job at a time in this process's machine;
 - multi_gpu: one job per visible GPU (CUDA_VISIBLE_DEVICES), the rest queued;
@@ -48,6 +58,8 @@ from domainbed.errors import UsageError, unknown_choice
 from domainbed.runs import layout
 
 TRAIN_ALL = Path(__file__).resolve().parents[2] / "train_all.py"
+DOMAINBED_TRAIN = "domainbed.scripts.train"  # DomainBed's train.py, the drop-in
+RUNNERS = ("train_all", "domainbed")
 DONE, FAILED, INCOMPLETE, NOT_LAUNCHED = "done", "failed", "incomplete", "not launched"
 
 
@@ -62,9 +74,20 @@ class Job:
         return cls(train_args, Path(sweep_dir) / digest)
 
     @property
+    def runner(self) -> str:
+        return self.train_args.get("runner", "train_all")
+
+    @property
     def name(self) -> str:
         a = self.train_args
-        return f"{a['algorithm']}_hp{a['hparams_seed']}_trial{a['trial_seed']}"
+        name = f"{a['algorithm']}_hp{a['hparams_seed']}_trial{a['trial_seed']}"
+        return name + "_te" + "".join(map(str, a["test_envs"])) if self.runner == "domainbed" else name
+
+    @property
+    def log_name(self) -> str:
+        """The file in the job directory that holds the job's output (DomainBed's train.py writes
+        its own out.txt, so the launcher keeps only its errors, in DomainBed's err.txt)."""
+        return "err.txt" if self.runner == "domainbed" else "out.txt"
 
     @property
     def state(self) -> str:
@@ -75,13 +98,23 @@ class Job:
         return INCOMPLETE if self.directory.exists() else NOT_LAUNCHED
 
     def failure(self) -> dict | None:
-        """failed.json of the job's newest run directory (DATASET/TIMESTAMP_NAME), or None."""
+        """failed.json of the job's newest run directory (DATASET/TIMESTAMP_NAME), or None (always
+        for DomainBed's train.py, which writes none: its failed jobs are incomplete, as in DomainBed)."""
         runs = sorted(self.directory.glob(f"*/*/{layout.ARGS}"), key=lambda path: path.parent.name)
         marker = layout.failed_path(runs[-1].parent) if runs else None
         return json.loads(marker.read_text()) if marker is not None and marker.is_file() else None
 
     def command(self, data_dir: str) -> list:
         a = self.train_args
+        if self.runner == "domainbed":
+            command = [sys.executable, "-m", DOMAINBED_TRAIN, "--dataset", a["dataset"], "--algorithm", a["algorithm"],
+                       "--test_envs", *map(str, a["test_envs"]), "--hparams_seed", str(a["hparams_seed"]),
+                       "--trial_seed", str(a["trial_seed"]), "--seed", str(a["seed"]), "--data_dir", data_dir,
+                       "--output_dir", str(self.directory)]
+            for key in ("steps", "checkpoint_freq"):
+                if a[key] is not None:
+                    command += [f"--{key}", str(a[key])]
+            return command + list(a["train_all_args"])
         command = [sys.executable, str(TRAIN_ALL), self.name, "--dataset", a["dataset"], "--algorithm",
                    a["algorithm"], "--hparams_seed", str(a["hparams_seed"]), "--trial_seed", str(a["trial_seed"]),
                    "--seed", str(a["seed"]), "--data_dir", data_dir, "--output_dir", str(self.directory)]
@@ -94,14 +127,18 @@ class Job:
         return command + list(a["train_all_args"]) + ["--resume"]
 
     def start(self, data_dir: str, env=None) -> subprocess.Popen:
-        """Start train_all.py for this job; its output is appended to the job's out.txt."""
+        """Start the job's process; its output is appended to the job's `log_name`."""
+        if self.runner == "domainbed" and self.directory.exists():
+            shutil.rmtree(self.directory)  # DomainBed's train.py cannot resume: an incomplete job starts over
         self.directory.mkdir(parents=True, exist_ok=True)
         command = self.command(data_dir)
         (self.directory / "job.json").write_text(json.dumps({"train_args": self.train_args, "command": command},
                                                             indent=2))
-        with open(self.directory / "out.txt", "a", encoding="utf-8") as out:
+        with open(self.directory / self.log_name, "a", encoding="utf-8") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
             out.flush()
+            if self.runner == "domainbed":
+                return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out, env=env)
             return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def finish(self, returncode: int) -> int:
@@ -123,7 +160,7 @@ class SubmititTask:
     def __call__(self) -> str:
         returncode = self.job.run(self.data_dir)
         if returncode != 0:
-            raise RuntimeError(f"train_all.py exited with {returncode}; see {self.job.directory / 'out.txt'}")
+            raise RuntimeError(f"the job exited with {returncode}; see {self.job.directory / self.job.log_name}")
         return str(self.job.directory)
 
     def checkpoint(self):
@@ -146,6 +183,8 @@ def make_jobs(args) -> list:
     if not 0 <= args.n_hparams_from <= args.n_hparams or args.n_trials < 1:
         raise UsageError(f"need 0 <= --n_hparams_from ({args.n_hparams_from}) <= --n_hparams ({args.n_hparams}) "
                          f"and --n_trials ({args.n_trials}) >= 1")
+    if args.runner == "domainbed":
+        return domainbed_jobs(args)
     # a key only when set, so that the jobs of sweeps launched before the option keep their hashes
     pairs = {"pair_folds": True} if args.pair_folds else {}
     return [
@@ -155,6 +194,39 @@ def make_jobs(args) -> list:
                    **pairs)
         for dataset in args.datasets
         for algorithm in args.algorithms
+        for hparams_seed in range(args.n_hparams_from, args.n_hparams)
+        for trial_seed in range(args.n_trials)
+    ]
+
+
+def test_env_sets(dataset: str, single_test_envs: bool) -> list:
+    """DomainBed's test environments of a dataset's jobs: each one, and each pair unless `single_test_envs`."""
+    from domainbed.datasets import get_dataset_class
+
+    environments = get_dataset_class(dataset).ENVIRONMENTS
+    if not environments:
+        raise UsageError(f"--runner domainbed needs the environments of {dataset} before reading its files, and "
+                         f"{dataset} finds them in its folder; use --runner train_all")
+    n = len(environments)
+    singles = [[i] for i in range(n)]
+    return singles if single_test_envs else singles + [[i, j] for i in range(n) for j in range(i + 1, n)]
+
+
+def domainbed_jobs(args) -> list:
+    """DomainBed's sweep: a job per (dataset, algorithm, hparams seed, trial seed, test environments)."""
+    from domainbed import misc
+
+    if args.pair_folds:
+        raise UsageError("--pair_folds is train_all.py's; --runner domainbed launches the pair jobs itself "
+                         "(drop --pair_folds; --single_test_envs leaves them out)")
+    return [
+        Job.create(args.output_dir, runner="domainbed", dataset=dataset, algorithm=algorithm, test_envs=test_envs,
+                   hparams_seed=hparams_seed, trial_seed=trial_seed,
+                   seed=misc.seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed),
+                   steps=args.steps, checkpoint_freq=args.checkpoint_freq, train_all_args=list(args.train_all_args))
+        for dataset in args.datasets
+        for algorithm in args.algorithms
+        for test_envs in test_env_sets(dataset, args.single_test_envs)
         for hparams_seed in range(args.n_hparams_from, args.n_hparams)
         for trial_seed in range(args.n_trials)
     ]
@@ -173,7 +245,16 @@ def _summary(counts: dict) -> str:
 
 
 def job_result(job) -> str:
-    """The finished job's table in one line: each row's mean over the test domains."""
+    """The finished job's table in one line: each row's mean over the test domains (for DomainBed's
+    train.py, the test environments' accuracies at the last step)."""
+    if job.runner == "domainbed":
+        results = job.directory / "results.jsonl"
+        lines = results.read_text().splitlines() if results.is_file() else []
+        if not lines:
+            return "no results.jsonl"
+        last = json.loads(lines[-1])
+        return f"step {last['step']}: " + ", ".join(f"env{env}_in_acc {100 * last[f'env{env}_in_acc']:.1f}%"
+                                                    for env in job.train_args["test_envs"])
     tables = sorted(job.directory.glob(f"*/*/{layout.TABLE_JSON}"))
     if not tables:
         return f"no {layout.TABLE_JSON}"
@@ -188,7 +269,7 @@ def report_finished(job, returncode: int, remaining: int) -> None:
     if returncode == 0:
         outcome = f"done: {job_result(job)}"
     else:
-        outcome = f"FAILED (exit {returncode}, see {job.directory / 'out.txt'})"
+        outcome = f"FAILED (exit {returncode}, see {job.directory / job.log_name})"
     print(f"{what} {outcome}; {remaining} jobs remaining", flush=True)
 
 
@@ -299,11 +380,15 @@ def make_parser() -> argparse.ArgumentParser:
                        help="every job also trains the folds holding out two environments (train_all.py "
                             "--pair_folds), DomainBed's jobs for collect_results' leave-one-domain-out selection")
     folds.add_argument("--single_test_envs", action="store_true",
-                       help="only the single folds: DomainBed's flag, here the default")
+                       help="only the single folds: DomainBed's flag, the default but with --runner domainbed")
     # not argparse's choices: an unknown launcher is parse_args' one-line error, not a usage dump
     parser.add_argument("--launcher", "--command_launcher", default="local", metavar="{" + ",".join(LAUNCHERS) + "}",
                         help="local: one job after another; multi_gpu: one job per visible GPU at once; "
                              "slurm: a submitit job array (default: %(default)s)")
+    parser.add_argument("--runner", default="train_all", metavar="{" + ",".join(RUNNERS) + "}",
+                        help="train_all: a job per (dataset, algorithm, hparams, trial) trains every fold; domainbed: "
+                             "DomainBed's sweep, a job per test environment and pair (unless --single_test_envs), "
+                             "each running DomainBed's train.py (default: %(default)s)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, launch nothing")
     parser.add_argument("--skip_confirmation", action="store_true", help="launch or delete without asking")
     slurm = parser.add_argument_group("slurm (submitit)")
@@ -329,6 +414,8 @@ def parse_args(argv):
     args.train_all_args = argv[split + 1:]
     if args.launcher not in LAUNCHERS:
         raise unknown_choice("launcher", args.launcher, list(LAUNCHERS))
+    if args.runner not in RUNNERS:
+        raise unknown_choice("runner", args.runner, list(RUNNERS))
     return args
 
 
@@ -362,15 +449,16 @@ def run(argv) -> dict:
             print(f"deleted {len(incomplete)} incomplete job directories")
     else:
         pending = [job for job in jobs if job.state != DONE]
-        print(f"launching {len(pending)} jobs ({counts[INCOMPLETE] + counts[FAILED]} resume where they stopped)",
-              flush=True)
+        again = "start over" if args.runner == "domainbed" else "resume where they stopped"
+        print(f"launching {len(pending)} jobs ({counts[INCOMPLETE] + counts[FAILED]} {again})", flush=True)
         if args.dry_run:
             for job in pending:
                 print(" ".join(job.command(args.data_dir)))
         elif pending:
             failed = LAUNCHERS[args.launcher](pending, args)
             if failed:
-                print(f"{len(failed)} jobs failed (see out.txt in their directories); launch again to resume them")
+                print(f"{len(failed)} jobs failed (see {failed[0].log_name} in their directories); launch again "
+                      "to resume them")
         counts = count_states(jobs)
     return {"jobs": jobs, "counts": counts, "failed": failed}
 
