@@ -7,6 +7,8 @@ import math
 
 from prettytable import PrettyTable
 
+from domainbed.results.notes import TRAIN_ALL_NOTE
+
 NONFINITE_NOTE = ("a row rests on a NaN or infinite number in the records (results.jsonl): "
                   "it is no result; lower the lr or check the inputs and rerun")
 
@@ -41,5 +43,5 @@ def format_table(table: dict, env_names, rules: dict) -> str:
     notes = [f"  {key}: {text}" for key, text in rules.items() if key not in table and text]
     if any(not math.isfinite(value) for values in table.values() for value in values.values()):
         notes.append(f"  nan: {NONFINITE_NOTE}")
-    return "\n".join([pretty.get_string(), "What each row reports (test-domain accuracy; (inD): training-domain validation accuracy):", *legend,
+    return "\n".join([pretty.get_string(), TRAIN_ALL_NOTE, "What each row reports (test-domain accuracy; (inD): training-domain validation accuracy):", *legend,
                       *(["Notes:", *notes] if notes else [])])

@@ -42,6 +42,11 @@ report is printed and written to DIR/results.{txt,md,tex}; `--plots` writes PNGs
 DIR/plots: per dataset and selection method, the per-domain accuracy with error bars of every
 group, and per run its training curves (loss, training-domain validation and test accuracy
 against step, one line per fold).
+
+Under every table one line says whether it is the paper's number. `--compare` sets beside each
+group the published entries of its method, dataset and selection (domainbed/results/compare.py,
+published.yaml), `--paired [BASELINE]` adds paired statistics over shared trial seeds and the
+averages table with ranks (domainbed/results/paired.py); see docs/reproducing_a_paper.md.
 """
 
 import argparse
@@ -58,7 +63,8 @@ from domainbed import cli, misc
 from domainbed.averaging.extension import strategy_name
 from domainbed.hparams.config import run_hparams
 from domainbed.errors import UsageError
-from domainbed.results import selection
+from domainbed.results import compare, paired, published, selection
+from domainbed.results.notes import AVERAGES_NOTE, selection_note
 from domainbed.runs.reader import Run, find_runs
 
 # Hparams that change how a run is computed, not the method: never part of its group.
@@ -342,7 +348,7 @@ def format_report(results: Results, style: str = "text") -> str:
                 seeds = _seeds([results.seeds(method, dataset, group, fold) for fold in folds])
                 name = group + (" *" if results.missing(dataset, group) else "")
                 rows.append([name, *cells, _number(results.dataset_average(method, dataset, group), style), seeds])
-            parts.append(_render(dataset, header, rows, style))
+            parts.append(_render(dataset, header, rows, style) + "\n" + selection_note(method))
         datasets = results.datasets()
         rows = []
         for group in results.groups():
@@ -350,7 +356,8 @@ def format_report(results: Results, style: str = "text") -> str:
             average = None if None in cells else float(np.mean([c[0] for c in cells]))
             seeds = _seeds([results.seeds(method, dataset, group) for dataset in datasets])
             rows.append([group, *(_number(c, style) for c in cells), _number(average, style), seeds])
-        parts.append(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style))
+        parts.append(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style)
+                     + "\n" + selection_note(method) + " " + AVERAGES_NOTE)
     gaps = [f"  {dataset} {group}: no {', no '.join(lacking)}" for dataset in results.datasets()
             for group in results.groups(dataset) if (lacking := results.missing(dataset, group))]
     if gaps:
@@ -477,6 +484,7 @@ def write_plots(results: Results, root: Path, out_dir: Path) -> list:
 EXAMPLE = """example:
   python -m domainbed.scripts.collect_results sweeps/main --markdown --plots
   python -m domainbed.scripts.collect_results --input_dir sweeps/main --group_by algorithm swad
+  python -m domainbed.scripts.collect_results sweeps/main --compare --paired ERM --effect 0.5
 """
 
 
@@ -493,6 +501,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group_by", nargs="+", metavar="KEY", default=None,
                         help="group runs by these keys of args.json or hparams.json (e.g. algorithm swad tag) "
                              "instead of by method")
+    parser.add_argument("--compare", action="store_true",
+                        help="beside each group, the published entry of its method, dataset and selection "
+                             "(gap, noise test, protocol differences)")
+    parser.add_argument("--published", metavar="FILE", default=None,
+                        help="published results for --compare (default: the packaged domainbed/results/published.yaml)")
+    parser.add_argument("--paired", nargs="?", const="", default=None, metavar="BASELINE",
+                        help="paired statistics of every group against BASELINE (default: ERM, else the first group) "
+                             "over shared trial seeds, and the averages table with ranks")
+    parser.add_argument("--effect", type=float, default=1.0, metavar="POINTS",
+                        help="with --paired: the difference (accuracy points) whose seeds-needed column is given")
     return parser
 
 
@@ -506,6 +524,12 @@ def main(argv=None) -> int:
         results = collect(root, args.group_by)
         style = "latex" if args.latex else "markdown" if args.markdown else "text"
         report = format_report(results, style)
+        if args.compare:
+            report += "\n" + compare.format_compare(results, published.load(args.published), style)
+        if args.paired is not None:
+            if args.paired and args.paired not in results.groups():
+                raise UsageError(f"--paired {args.paired!r} is no group; valid: {', '.join(results.groups())}")
+            report += "\n" + paired.format_paired(results, args.paired or None, args.effect, style)
         print(report, end="")
         suffix = {"text": "txt", "markdown": "md", "latex": "tex"}[style]
         misc.atomic_write_text(root / f"results.{suffix}", report)
