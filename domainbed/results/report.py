@@ -1,5 +1,6 @@
 """The final table, as SWAD prints it: `Selection`, one column per test domain (its environment
 folder name), `Avg.`; one row per selection rule in SWAD's order; cells formatted `{:.3%}`.
+Under it: what each row reports, notes, and the line saying which row is the paper's number.
 A NaN or infinite cell (a fold whose records hold one, see selection.py) prints as `nan`, and a
 note under the table says it is no result."""
 
@@ -43,5 +44,5 @@ def format_table(table: dict, env_names, rules: dict) -> str:
     notes = [f"  {key}: {text}" for key, text in rules.items() if key not in table and text]
     if any(not math.isfinite(value) for values in table.values() for value in values.values()):
         notes.append(f"  nan: {NONFINITE_NOTE}")
-    return "\n".join([pretty.get_string(), TRAIN_ALL_NOTE, "What each row reports (test-domain accuracy; (inD): training-domain validation accuracy):", *legend,
-                      *(["Notes:", *notes] if notes else [])])
+    return "\n".join([pretty.get_string(), "What each row reports (test-domain accuracy; (inD): training-domain validation accuracy):", *legend,
+                      *(["Notes:", *notes] if notes else []), TRAIN_ALL_NOTE])
