@@ -94,7 +94,7 @@ def test_the_compare_rows_against_values_computed_here(sweep, published_file):
         gap = mean - ERM_PACS["domains"][env]
         assert row[5] == f"{gap:+.1f}"
         z = abs(gap) / math.hypot(se, ERM_PACS["domain_spread"][env])
-        assert row[6] == f"{'inside' if z < 1.959964 else 'outside'} (|z| {z:.2f})"
+        assert row[6] == f"{'inside' if z < 1.959964 else 'outside'} (z={z:.2f})"
     mean, se, _ = ours("ERM", "PACS")
     assert rows[4][2:6] == ["Avg", f"{mean:.1f} +/- {se:.1f} (3)", "54.0 +/- 0.4 SE (3)", f"{mean - 54.0:+.1f}"]
     differences = rows[0][7]
@@ -104,7 +104,7 @@ def test_the_compare_rows_against_values_computed_here(sweep, published_file):
     (coral,) = [row for row in compare.compare_rows(results, TDV, "PACS", "CORAL", entries, "text") if row[2] == "Avg"]
     mean, se, _ = ours("CORAL", "PACS")
     z = abs(mean - 61.0) / math.hypot(se, 2.0 / math.sqrt(3))  # a published SD over 3 trials
-    assert coral[6].endswith(f"(|z| {z:.2f})")
+    assert coral[6].endswith(f"(z={z:.2f})")
     assert coral[3:5] == [f"{mean:.1f} +/- {se:.1f} (3)", "61.0 +/- 2.0 SD (3)"]
 
     vlcs = compare.compare_rows(results, TDV, "VLCS", "ERM", entries, "text")

@@ -20,8 +20,8 @@ from domainbed.results.published import Published
 from domainbed.results.tables import PLUS_MINUS, heading, render
 
 Z_95 = NormalDist().inv_cdf(0.975)
-NOISE_NOTE = ("Gap = ours - theirs (points). Inside noise: two-sided z-test at 5 %, |gap| < 1.96 sqrt(SE_ours^2 + "
-              "SE_theirs^2) (a published SD is divided by sqrt(its trials); an unstated spread is not tested). "
+NOISE_NOTE = ("Gap = ours - theirs (points). Inside noise: two-sided z-test at 5 %, z = |gap| / sqrt(SE_ours^2 + "
+              "SE_theirs^2) < 1.96 (a published SD is divided by sqrt(its trials); an unstated spread is not tested). "
               "Protocol differences read ours vs theirs.")
 
 
@@ -160,7 +160,8 @@ def noise_test(gap, se_ours, n_ours, se_theirs) -> str:
     if combined == 0:
         return "inside" if gap == 0 else "outside (no noise)"
     z = abs(gap) / combined
-    return f"{'inside' if z < Z_95 else 'outside'} (|z| {z:.2f})"
+    # no "|" in a cell: it would split a Markdown table's column
+    return f"{'inside' if z < Z_95 else 'outside'} (z={z:.2f})"
 
 
 def matches(entries, algorithm, dataset, selection, averaging, quantized) -> list:
@@ -232,7 +233,8 @@ def format_compare(results, entries, style="text") -> str:
                                 selection_note(method) + "\n" + NOISE_NOTE))
     used = sorted({entry.source_key for entry in entries})
     sources = {entry.source_key: entry for entry in entries}
-    lines = [f"  {key}: {sources[key].citation}; {sources[key].source['file']} @ {sources[key].source['commit']}"
+    bullet = "- " if style == "markdown" else "  "
+    lines = [f"{bullet}{key}: {sources[key].citation}; {sources[key].source['file']} @ {sources[key].source['commit']}"
              for key in used]
     parts.append(heading("Sources", style) + "\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
