@@ -17,7 +17,8 @@ def render(title: str, header: list, rows: list, style: str, note: str = "") -> 
     """The table with `title` above and `note` (one line) under it."""
     check_style(style)
     if style == "latex":
-        escape = str.maketrans({"_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#"})
+        escape = str.maketrans({"_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "^": "\\^{}",
+                                "|": "\\textbar{}", "<": "$<$", ">": "$>$"})
         title, note = title.translate(escape), note.translate(escape)
         header = [name.translate(escape) for name in header]
         rows = [[cell.translate(escape) if "$\\pm$" not in cell else cell for cell in map(str, row)] for row in rows]
