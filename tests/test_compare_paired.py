@@ -177,6 +177,9 @@ def test_the_command_line_in_markdown_and_latex(sweep, published_file, capsys):
     assert "Not the paper's number: test-domain validation (oracle) peeks at the test domain" in out
     assert out.count("The paper's number: training-domain validation") >= 3
     assert "o/r README.md @ " + "1" * 40 in out
+    # a note under a Markdown table is a paragraph of its own, not one more row
+    assert "|\n\nThe paper's number: training-domain validation" in out
+    assert "|\nThe paper's number" not in out
     assert cr.main([str(sweep), "--compare", "--published", str(published_file), "--latex"]) == 0
     assert "\\pm$" in capsys.readouterr().out
 
@@ -186,6 +189,10 @@ def test_the_command_line_refuses_an_unknown_baseline_and_a_missing_file(sweep, 
     assert "--paired 'NoSuchGroup' is no group; valid: CORAL, ERM" in capsys.readouterr().err
     assert cr.main([str(sweep), "--compare", "--published", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert cr.main([str(sweep), "--published", str(tmp_path / "none.yaml")]) == 2
+    assert "--published is the file --compare reads: add --compare" in capsys.readouterr().err
+    assert cr.main([str(sweep), "--paired", "--effect", "0"]) == 2
+    assert "--effect 0: give a difference in accuracy points above 0" in capsys.readouterr().err
     assert not (sweep / "results.txt").exists()
 
 

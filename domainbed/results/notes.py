@@ -25,5 +25,10 @@ def selection_note(method_name: str) -> str:
     return _NOTES[selection]
 
 
+def under(table: str, note: str, style: str) -> str:
+    """`note` on the line under `table`; Markdown and LaTeX need a blank line, lest it join the table."""
+    return table + ("\n" if style == "text" else "\n\n") + note
+
+
 AVERAGES_NOTE = ("Each cell: the mean +- SE over trial seeds of a trial's average over the domains, as DomainBed's "
                  "'Averages' table; compare the training-domain validation rows with papers.")

@@ -64,7 +64,7 @@ from domainbed.averaging.extension import strategy_name
 from domainbed.hparams.config import run_hparams
 from domainbed.errors import UsageError
 from domainbed.results import compare, paired, published, selection
-from domainbed.results.notes import AVERAGES_NOTE, selection_note
+from domainbed.results.notes import AVERAGES_NOTE, selection_note, under
 from domainbed.runs.reader import Run, find_runs
 
 # Hparams that change how a run is computed, not the method: never part of its group.
@@ -348,7 +348,7 @@ def format_report(results: Results, style: str = "text") -> str:
                 seeds = _seeds([results.seeds(method, dataset, group, fold) for fold in folds])
                 name = group + (" *" if results.missing(dataset, group) else "")
                 rows.append([name, *cells, _number(results.dataset_average(method, dataset, group), style), seeds])
-            parts.append(_render(dataset, header, rows, style) + "\n" + selection_note(method))
+            parts.append(under(_render(dataset, header, rows, style), selection_note(method), style))
         datasets = results.datasets()
         rows = []
         for group in results.groups():
@@ -356,8 +356,8 @@ def format_report(results: Results, style: str = "text") -> str:
             average = None if None in cells else float(np.mean([c[0] for c in cells]))
             seeds = _seeds([results.seeds(method, dataset, group) for dataset in datasets])
             rows.append([group, *(_number(c, style) for c in cells), _number(average, style), seeds])
-        parts.append(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style)
-                     + "\n" + selection_note(method) + " " + AVERAGES_NOTE)
+        parts.append(under(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style),
+                           selection_note(method) + " " + AVERAGES_NOTE, style))
     gaps = [f"  {dataset} {group}: no {', no '.join(lacking)}" for dataset in results.datasets()
             for group in results.groups(dataset) if (lacking := results.missing(dataset, group))]
     if gaps:
@@ -520,12 +520,17 @@ def main(argv=None) -> int:
     def work():
         if (args.directory is None) == (args.input_dir is None):
             raise UsageError("give the runs' directory once: positionally or as --input_dir DIR")
+        if args.published is not None and not args.compare:
+            raise UsageError("--published is the file --compare reads: add --compare")
+        if args.effect <= 0:
+            raise UsageError(f"--effect {args.effect:g}: give a difference in accuracy points above 0, e.g. 1")
+        entries = published.load(args.published) if args.compare else None
         root = Path(args.directory or args.input_dir)
         results = collect(root, args.group_by)
         style = "latex" if args.latex else "markdown" if args.markdown else "text"
         report = format_report(results, style)
         if args.compare:
-            report += "\n" + compare.format_compare(results, published.load(args.published), style)
+            report += "\n" + compare.format_compare(results, entries, style)
         if args.paired is not None:
             if args.paired and args.paired not in results.groups():
                 raise UsageError(f"--paired {args.paired!r} is no group; valid: {', '.join(results.groups())}")
