@@ -103,3 +103,11 @@ def test_the_registry_check_names_unknown_methods_datasets_and_wrong_domain_coun
     problems = published.check_registries(entries)
     assert len(problems) == 3
     assert "NoSuchMethod" in problems[0] and "NoSuchData" in problems[1] and "3 domains for PACS" in problems[2]
+
+
+def test_every_named_backbone_is_registered(entries):
+    from domainbed.networks import BACKBONES  # the package registers every backbone
+
+    for entry in entries:
+        backbone = entry.protocol["backbone"]
+        assert backbone is None or backbone.split()[0] in {*BACKBONES, "MNIST_CNN"}, (entry.index, backbone)
