@@ -214,3 +214,11 @@ def test_train_alls_table_says_which_row_is_the_papers_number():
     last = text.splitlines()[-1]
     assert "The paper's number: row `iid`" in last and "`oracle` peeks at the test domain" in last
     assert "`last` is no selection" in last
+
+
+def test_each_collect_results_table_maps_to_a_published_selection():
+    assert compare.selection_of(cr.TRAINING_DOMAIN) == ("training-domain", "none")
+    assert compare.selection_of(cr.LEAVE_ONE_OUT) == ("leave-one-domain-out", "none")
+    assert compare.selection_of(cr.ORACLE) == ("oracle", "none")
+    assert compare.selection_of("SWAD (averaged model), training-domain validation") == ("training-domain", "SWAD")
+    assert compare.selection_of("SMA (averaged model), training-domain validation") == ("training-domain", "SMA")

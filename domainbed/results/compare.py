@@ -84,7 +84,7 @@ def our_protocol(runs) -> dict:
         hparams = run.hparams
         backbone = "MNIST_CNN" if small else selected_backbone(hparams) if hparams else "unknown"
         backbones.append(backbone)
-        pretrainings.append("none" if small else _pretraining(backbone, hparams))
+        pretrainings.append("none" if small else _pretraining(backbone, hparams) if hparams else "unknown")
         sizes.append(28 if small else hparams.get("image_size", "unknown"))
         steps.append(run.args.get("steps") or getattr(dataset_class, "N_STEPS", "unknown"))
         batches.append(hparams.get("batch_size", "unknown"))
