@@ -86,7 +86,7 @@ def test_the_compare_rows_against_values_computed_here(sweep, published_file):
     entries = published.load(published_file)
     rows = compare.compare_rows(results, TDV, "PACS", "ERM", entries, "text")
     assert len(rows) == 5  # four domains and the average, of the one matching entry (the ensemble is never a match)
-    assert rows[0][:2] == ["ERM", "s"]
+    assert rows[0][:2] == ["ERM", "s / p"]
     for env, row in enumerate(rows[:4]):
         mean, se, _ = ours("ERM", "PACS", env)
         assert row[2] == "ACPS"[env]

@@ -111,6 +111,10 @@ def _same(ours, theirs) -> bool:
     return ours == theirs or theirs.startswith(ours + " ")
 
 
+# hparams that the protocol columns, the averaging or the quantization already compare
+COMPARED_HPARAMS = frozenset({"backbone", "pretrained", "image_size", "batch_size", "examples_per_domain", "swad",
+                              "quant"})
+
 LABELS = {"backbone": "backbone", "pretraining": "pretraining", "image_size": "image size", "steps": "steps",
           "batch_size": "batch size", "hparam_search": "hparams", "split": "split"}
 
@@ -179,9 +183,8 @@ def compare_rows(results, method, dataset, group, entries, style) -> list:
     selection, averaging = selection_of(method)
     algorithm, registered = runs[0].algorithm, runs[0].registered_dataset
     quantized = bool(runs[0].hparams.get("quant", False))
-    # the subsample has its own line among the differences
     chosen = " ".join(token for token in (group[len(algorithm):].split() if group.startswith(algorithm) else [])
-                      if not token.startswith("examples_per_domain="))
+                      if token.split("=")[0] not in COMPARED_HPARAMS)
     found = matches(entries, algorithm, registered, selection, averaging, quantized)
     if not found:
         what = f"{algorithm}{' quantized' if quantized else ''}, averaging {averaging}, {selection} selection"
@@ -209,13 +212,13 @@ def compare_rows(results, method, dataset, group, entries, style) -> list:
                 gap = 100 * cell[0] - theirs
                 gap_text, noise = f"{gap:+.1f}", noise_test(gap, 100 * cell[1], n, entry.standard_error(spread))
             first = index == 0
-            rows.append([group if first else "", entry.source_key if first else "", domain, ours_text,
+            rows.append([group if first else "", entry.label if first else "", domain, ours_text,
                          _theirs(theirs, spread, entry, style), gap_text, noise,
                          ("; ".join(differences) or "none") if first else ""])
     return rows
 
 
-HEADER = ["Group", "Published (source)", "Domain", "Ours mean ± SE (n)", "Theirs ± spread (n)", "Gap", "Inside noise?",
+HEADER = ["Group", "Published (source / protocol)", "Domain", "Ours mean ± SE (n)", "Theirs ± spread (n)", "Gap", "Inside noise?",
           "Protocol differences (ours vs theirs)"]
 
 
@@ -223,18 +226,19 @@ def format_compare(results, entries, style="text") -> str:
     from domainbed.results.notes import selection_note
 
     parts = [heading("Compared with published results (domainbed/results/published.yaml)", style)]
+    sources = {entry.source_key: entry for entry in entries}
+    used = set()
     for method in results.methods:
         parts.append(heading(method, style))
         for dataset in results.datasets():
             rows = [row for group in results.groups(dataset)
                     for row in compare_rows(results, method, dataset, group, entries, style)]
+            used |= {row[1].split(" / ")[0] for row in rows if row[1].split(" / ")[0] in sources}
             header = [name.replace("±", PLUS_MINUS[style]) for name in HEADER]
             parts.append(render(f"{dataset} vs published", header, rows, style,
                                 selection_note(method) + "\n" + NOISE_NOTE))
-    used = sorted({entry.source_key for entry in entries})
-    sources = {entry.source_key: entry for entry in entries}
     bullet = "- " if style == "markdown" else "  "
     lines = [f"{bullet}{key}: {sources[key].citation}; {sources[key].source['file']} @ {sources[key].source['commit']}"
-             for key in used]
-    parts.append(heading("Sources", style) + "\n" + "\n".join(lines))
+             for key in sorted(used)]
+    parts.append(heading("Sources", style) + "\n" + ("\n".join(lines) or "(no entry matched)"))
     return "\n\n".join(parts) + "\n"

@@ -44,14 +44,16 @@ class Published:
     source: dict
     note: str = ""
     index: int = field(default=0, compare=False)
+    protocol_key: str = ""
 
     @property
     def citation(self) -> str:
         return f"{self.source['paper']}, {self.source['table']}"
 
     @property
-    def short_source(self) -> str:
-        return self.source_key
+    def label(self) -> str:
+        """How a table names the entry: its source and its protocol (a source may hold several)."""
+        return f"{self.source_key} / {self.protocol_key}"
 
     def standard_error(self, spread) -> float | None:
         """A published +/- as a standard error (%), or None when it cannot be one."""
@@ -114,7 +116,7 @@ def _entry(path, index, raw, sources, protocols) -> Published:
                      raw.get("variant"), domains, spread,
                      None if average is None else float(average),
                      None if raw.get("average_spread") is None else float(raw["average_spread"]),
-                     protocol, raw["source"], sources[raw["source"]], raw.get("note") or "", index)
+                     protocol, raw["source"], sources[raw["source"]], raw.get("note") or "", index, raw["protocol"])
 
 
 def load(path=None) -> list:
