@@ -1,1 +1,1 @@
-"""Results: model selection from the records and the tables."""
+"""Results: model selection from the records, the tables, published results and the comparisons with them."""

@@ -1,11 +1,14 @@
 """The final table, as SWAD prints it: `Selection`, one column per test domain (its environment
 folder name), `Avg.`; one row per selection rule in SWAD's order; cells formatted `{:.3%}`.
+Under it: what each row reports, notes, and the line saying which row is the paper's number.
 A NaN or infinite cell (a fold whose records hold one, see selection.py) prints as `nan`, and a
 note under the table says it is no result."""
 
 import math
 
 from prettytable import PrettyTable
+
+from domainbed.results.notes import TRAIN_ALL_NOTE
 
 NONFINITE_NOTE = ("a row rests on a NaN or infinite number in the records (results.jsonl): "
                   "it is no result; lower the lr or check the inputs and rerun")
@@ -42,4 +45,4 @@ def format_table(table: dict, env_names, rules: dict) -> str:
     if any(not math.isfinite(value) for values in table.values() for value in values.values()):
         notes.append(f"  nan: {NONFINITE_NOTE}")
     return "\n".join([pretty.get_string(), "What each row reports (test-domain accuracy; (inD): training-domain validation accuracy):", *legend,
-                      *(["Notes:", *notes] if notes else [])])
+                      *(["Notes:", *notes] if notes else []), TRAIN_ALL_NOTE])

@@ -60,6 +60,11 @@ DomainBed's differ, DomainBed's directories follow DomainBed's:
 Two departures from DomainBed: a dataset DomainBed does not know is reported (DomainBed drops
 it), and a NaN validation accuracy ranks last in both kinds of input (as DomainBed's sort of
 hparams; its argmax over checkpoints has no defined answer).
+
+Under every table one line says whether it is the paper's number. `--compare` sets beside each
+group the published entries of its method, dataset and selection (domainbed/results/compare.py,
+published.yaml), `--paired [BASELINE]` adds paired statistics over shared trial seeds and the
+averages table with ranks (domainbed/results/paired.py); see docs/reproducing_a_paper.md.
 """
 
 import argparse
@@ -77,7 +82,8 @@ from domainbed import cli, misc
 from domainbed.averaging.extension import strategy_name
 from domainbed.hparams.config import run_hparams
 from domainbed.errors import UsageError
-from domainbed.results import domainbed_runs, domainbed_table, selection
+from domainbed.results import compare, domainbed_runs, domainbed_table, paired, published, selection
+from domainbed.results.notes import AVERAGES_NOTE, selection_note, under
 from domainbed.runs.reader import Run, find_runs
 
 # Hparams that change how a run is computed, not the method: never part of its group.
@@ -410,7 +416,7 @@ def format_report(results: Results, style: str = "text") -> str:
                 seeds = _seeds([results.seeds(method, dataset, group, fold) for fold in folds])
                 name = group + (" *" if results.missing(dataset, group) else "")
                 rows.append([name, *cells, _number(results.dataset_average(method, dataset, group), style), seeds])
-            parts.append(_render(dataset, header, rows, style))
+            parts.append(under(_render(dataset, header, rows, style), selection_note(method), style))
         datasets = results.datasets()
         rows = []
         for group in results.groups():
@@ -418,7 +424,8 @@ def format_report(results: Results, style: str = "text") -> str:
             average = None if None in cells else float(np.mean([c[0] for c in cells]))
             seeds = _seeds([results.seeds(method, dataset, group) for dataset in datasets])
             rows.append([group, *(_number(c, style) for c in cells), _number(average, style), seeds])
-        parts.append(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style))
+        parts.append(under(_render("Averages over datasets", ["Algorithm", *datasets, "Avg", "Seeds"], rows, style),
+                           selection_note(method) + " " + AVERAGES_NOTE, style))
     gaps = [f"  {dataset} {group}: no {', no '.join(lacking)}" for dataset in results.datasets()
             for group in results.groups(dataset) if (lacking := results.missing(dataset, group))]
     if gaps:
@@ -554,6 +561,7 @@ def write_plots(results: Results, root: Path, out_dir: Path) -> list:
 EXAMPLE = """example:
   python -m domainbed.scripts.collect_results sweeps/main --markdown --plots
   python -m domainbed.scripts.collect_results --input_dir sweeps/main --group_by algorithm swad
+  python -m domainbed.scripts.collect_results sweeps/main --compare --paired ERM --effect 0.5
 """
 
 
@@ -570,6 +578,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group_by", nargs="+", metavar="KEY", default=None,
                         help="group runs by these keys of args.json or hparams.json (e.g. algorithm swad tag) "
                              "instead of by method")
+    parser.add_argument("--compare", action="store_true",
+                        help="beside each group, the published entry of its method, dataset and selection "
+                             "(gap, noise test, protocol differences)")
+    parser.add_argument("--published", metavar="FILE", default=None,
+                        help="published results for --compare (default: the packaged domainbed/results/published.yaml)")
+    parser.add_argument("--paired", nargs="?", const="", default=None, metavar="BASELINE",
+                        help="paired statistics of every group against BASELINE (default: ERM, else the first group) "
+                             "over shared trial seeds, and the averages table with ranks")
+    parser.add_argument("--effect", type=float, default=1.0, metavar="POINTS",
+                        help="with --paired: the difference (accuracy points) whose seeds-needed column is given")
     return parser
 
 
@@ -579,13 +597,25 @@ def main(argv=None) -> int:
     def work():
         if (args.directory is None) == (args.input_dir is None):
             raise UsageError("give the runs' directory once: positionally or as --input_dir DIR")
+        if args.published is not None and not args.compare:
+            raise UsageError("--published is the file --compare reads: add --compare")
+        if args.effect <= 0:
+            raise UsageError(f"--effect {args.effect:g}: give a difference in accuracy points above 0, e.g. 1")
+        entries = published.load(args.published) if args.compare else None
         root = Path(args.directory or args.input_dir)
         style = "latex" if args.latex else "markdown" if args.markdown else "text"
         results = collect(root, args.group_by)
         sweep = domainbed_runs.read_sweep(root)
         reports = []
         if results.runs or not sweep.runs:
-            reports.append(format_report(results, style))
+            report = format_report(results, style)
+            if args.compare:
+                report += "\n" + compare.format_compare(results, entries, style)
+            if args.paired is not None:
+                if args.paired and args.paired not in results.groups():
+                    raise UsageError(f"--paired {args.paired!r} is no group; valid: {', '.join(results.groups())}")
+                report += "\n" + paired.format_paired(results, args.paired or None, args.effect, style)
+            reports.append(report)
         domainbed_results = collect_domainbed(sweep) if sweep.runs else None
         if domainbed_results is not None:
             reports.append(format_domainbed_report(domainbed_results, sweep, style))
