@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from domainbed import distributed
 from domainbed.algorithms import ALGORITHMS
 from domainbed.datasets import DATASETS
 from domainbed.errors import UsageError
@@ -178,13 +179,21 @@ def resume_command(argv, run_dir) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        return _main(argv)
+    finally:
+        distributed.shutdown()
+
+
+def _main(argv) -> int:
+    try:
         run(argv)
     except RunFailed as failed:
         print(f"error: {failed}; {failed.run_dir} keeps the run so far: fix the cause and continue it with "
               f"--resume {failed.run_dir}", file=sys.stderr)
         return 2
     except UsageError as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
+        if distributed.is_main():  # every process of a data-parallel run finds the same error
+            print(f"error: {error_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, an unwritable folder: what was written before stays
         print(f"error: cannot write {error.filename or 'the run directory'}: {error.strerror or error}; "
