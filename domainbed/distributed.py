@@ -119,7 +119,8 @@ def check_batchnorm(module: torch.nn.Module, device: str, name: str) -> None:
         return
     trained = trained_batchnorms(module)
     if trained:
-        raise UsageError(f"{name} trains the statistics of {len(trained)} BatchNorm layers ({trained[0]}, ...), which "
+        named = ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else "")
+        raise UsageError(f"{name} trains the statistics of {len(trained)} BatchNorm layers ({named}), which "
                          "cannot be synchronised across processes on the CPU (SyncBatchNorm needs GPUs); valid: "
                          "GPUs, one process, or frozen BatchNorm (pretrained weights with --freeze_bn True)")
 
