@@ -77,10 +77,10 @@ def test_one_process_is_left_alone():
 
 
 def _torchrun(out: Path, name: str, *argv, env=None):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "train_all.py", name, *TINY, *argv, "--output_dir", str(out)]
     env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _run_dir(out: Path, name: str) -> Path:
