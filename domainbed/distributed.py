@@ -14,9 +14,12 @@ rank order are the single-process batch and the update equals the single-process
   GradSurgery's per-domain gradients) are already the whole batch's;
 - a loss that depends non-linearly on a quantity of a domain's whole batch (per-domain risks,
   feature statistics) computes that quantity with `global_mean` or `all_gather`. Both give every
-  process the whole batch's value, and in the backward pass hand each process its own share's
-  part times N: the gradient average then sums the shares' parts, which is the chain rule of the
-  whole batch's loss.
+  process the whole batch's value; in the backward pass each process gets, for its own share's
+  part, the sum over the processes of the gradients that reach the quantity (an all-reduce):
+  that is N times the derivative of the whole objective (the mean of the processes' losses)
+  with respect to its share, and the gradient average divides the N back out. The chain rule
+  of the whole batch's loss holds whether the processes' losses use the quantity alike (VREx's
+  variance of the risks) or each with its own rows (MTL's domain embedding).
 
 Methods declare which they are (`Algorithm.DATA_PARALLEL`); the others are refused in one line.
 Everything else is every process's: evaluation, weight averaging, BatchNorm re-estimation and
@@ -209,8 +212,10 @@ class _GlobalMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # the true derivative is grad / N; times N, because the gradients are averaged afterwards
-        return grad
+        # N x d(mean of the processes' losses)/d(local) = the mean of the incoming gradients
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total / world_size()
 
 
 def global_mean(local: torch.Tensor) -> torch.Tensor:
@@ -230,10 +235,11 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        n = world_size()
-        size = len(grad) // n
-        # this share's rows, times N because the gradients are averaged afterwards
-        return grad[rank() * size:(rank() + 1) * size] * n
+        # N x d(mean of the processes' losses)/d(this share's rows) = the sum of their gradients
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        size = len(total) // world_size()
+        return total[rank() * size:(rank() + 1) * size]
 
 
 def all_gather(local: torch.Tensor) -> torch.Tensor:

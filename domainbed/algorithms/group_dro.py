@@ -23,6 +23,7 @@ from domainbed.algorithms.registry import register_algorithm
 @register_algorithm("GroupDRO")
 class GroupDRO(ERM):
     DATA_PARALLEL = True  # the per-domain risks that reweight q are the whole batch's (global_mean)
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("groupdro_eta", 1e-2, lambda r: float(10 ** r.uniform(-3, -1)),
