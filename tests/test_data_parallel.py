@@ -127,3 +127,18 @@ def test_torchrun_on_two_cpu_processes_prints_the_table_of_one_process(tmp_path,
     assert [line for line in refused.stderr.splitlines() if line.startswith("error:")] == [
         line for line in refused.stderr.splitlines() if "IRM trains on one process only" in line]
     assert refused.stderr.count("IRM trains on one process only") == 1
+
+
+def test_the_docs_name_every_method_in_the_table_of_its_claim():
+    """docs/data_parallel.md: the methods that declare DATA_PARALLEL in the first table, every
+    other one in the second with its reason."""
+    text = (REPO / "docs" / "data_parallel.md").read_text()
+    exact, refused = text.split("Not data-parallel (refused under torchrun)")
+
+    def named(part):
+        rows = [line.split("|")[1] for line in part.splitlines() if line.startswith("| `")]
+        return {name.strip(" `") for row in rows for name in row.split(",")}
+
+    claiming = {name for name, cls in ALGORITHMS.items() if cls.data_parallel()}
+    assert named(exact) == claiming
+    assert named(refused) == set(ALGORITHMS) - claiming
