@@ -166,8 +166,8 @@ def trained_batchnorms(module: torch.nn.Module) -> list:
 def synchronize_batchnorm(module: torch.nn.Module, device) -> None:
     """Under data parallelism, make the BatchNorm layers that train compute the statistics of the
     whole batch (SyncBatchNorm), as the single-process run does; they keep their parameters and
-    buffers (same state dict)."""
-    if world_size() == 1 or not trained_batchnorms(module):
+    buffers (same state dict). On the CPU there is no SyncBatchNorm (`check_batchnorm` refuses)."""
+    if world_size() == 1 or torch.device(device).type != "cuda" or not trained_batchnorms(module):
         return
     for name, child in module.named_children():
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(child)

@@ -200,6 +200,8 @@ def _main(argv) -> int:
               "free space or choose a writable --output_dir, then continue with --resume", file=sys.stderr)
         return 1
     except RunInterrupted as interrupted:
+        if not distributed.is_main():  # rank 0 says it, once
+            return 130
         by = f" by {interrupted.signal_name}" if interrupted.signal_name else ""
         line = (f"interrupted{by}: {interrupted.run_dir} holds the records and checkpoints so far; continue it with\n"
                 f"  {resume_command(argv, interrupted.run_dir)}")
