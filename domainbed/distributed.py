@@ -14,12 +14,12 @@ rank order are the single-process batch and the update equals the single-process
   GradSurgery's per-domain gradients) are already the whole batch's;
 - a loss that depends non-linearly on a quantity of a domain's whole batch (per-domain risks,
   feature statistics) computes that quantity with `global_mean` or `all_gather`. Both give every
-  process the whole batch's value; in the backward pass each process gets, for its own share's
-  part, the sum over the processes of the gradients that reach the quantity (an all-reduce):
-  that is N times the derivative of the whole objective (the mean of the processes' losses)
-  with respect to its share, and the gradient average divides the N back out. The chain rule
-  of the whole batch's loss holds whether the processes' losses use the quantity alike (VREx's
-  variance of the risks) or each with its own rows (MTL's domain embedding).
+  process the whole batch's value; in the backward pass each process gets N times the
+  derivative of the whole objective (the mean of the processes' losses) with respect to its own
+  part (an all-reduce of the gradients that reach the quantity), and the gradient average
+  divides the N back out. The chain rule of the whole batch's loss holds whether the processes'
+  losses use the quantity alike (VREx's variance of the risks) or each with its own rows (MTL's
+  domain embedding).
 
 Methods declare which they are (`Algorithm.DATA_PARALLEL`); the others are refused in one line.
 Everything else is every process's: evaluation, weight averaging, BatchNorm re-estimation and
@@ -77,7 +77,8 @@ def init(device: str) -> str:
     if on_gpus:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"torchrun started {n} processes on this machine but it has "
+            raise UsageError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', n)} processes on this machine but "
+                             f"it has "
                              f"{torch.cuda.device_count()} GPUs; valid: --nproc_per_node {torch.cuda.device_count()} "
                              "at most, or --device cpu")
         torch.cuda.set_device(local_rank)
