@@ -77,10 +77,9 @@ def init(device: str) -> str:
     if on_gpus:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
+            gpus = torch.cuda.device_count()
             raise UsageError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', n)} processes on this machine but "
-                             f"it has "
-                             f"{torch.cuda.device_count()} GPUs; valid: --nproc_per_node {torch.cuda.device_count()} "
-                             "at most, or --device cpu")
+                             f"it has {gpus} GPUs; valid: --nproc_per_node {gpus} at most, or --device cpu")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     else:
