@@ -9,6 +9,9 @@
 #   3. the benchmark: training and evaluation img/s of ERM and SAGM_DG, ResNet-50 at 224 px,
 #      32 x 3 domains, fp32 and bf16, gpu pipeline and classic; ERM on a ViT-B/16 (timm's
 #      vit_base_patch16_224, the `vit_b16` backbone) at bf16 with the gpu pipeline;
+#   4. with 2 GPUs or more, data parallelism with NCCL (docs/data_parallel.md): CORAL on Synthetic
+#      under `torchrun --nproc_per_node GPUS` must print the table of one GPU (every cell within
+#      1e-6), and the PACS demo trains under torchrun (BatchNorm from scratch: SyncBatchNorm);
 # then one summary table (check, status, seconds, result), the benchmark's table and the figures
 # of the performance goals (docs/speed.md): train img/s of ERM and SAGM_DG at bf16, SAGM_DG's step
 # over ERM's, evaluation img/s and the evaluation share of a PACS run, peak GPU memory, and the
@@ -106,6 +109,33 @@ check bench_vit_bf16 "$WORK/bench_vit_bf16.json" "$PYTHON" -m domainbed.scripts.
     --algorithm ERM --backbone vit_b16 --image_size 224 --batch_size 32 --steps "${BENCH_STEPS:-20}" --warmup 5 \
     --device cuda --pipeline gpu --precision bf16 --no_reference --output "$WORK/bench_vit_bf16.json"
 
+GPUS="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')"
+if [ "$GPUS" -ge 2 ]; then
+    DP=(--dataset Synthetic --algorithm CORAL --steps 20 --checkpoint_freq 10 --test_envs 0 --swad False
+        --batch_size $((4 * GPUS)) --device cuda)
+    check dp_one_gpu - "$PYTHON" train_all.py one "${DP[@]}" --output_dir "$WORK/dp_one"
+    check dp_nccl - "$PYTHON" -m torch.distributed.run --nproc_per_node "$GPUS" train_all.py nccl "${DP[@]}" \
+        --output_dir "$WORK/dp_nccl"
+    check dp_same_table "$WORK/dp_same_table.txt" "$PYTHON" - "$WORK" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+work = Path(sys.argv[1])
+one, nccl = (json.loads(next((work / run).glob("Synthetic/*/table.json")).read_text())["rows"]
+             for run in ("dp_one", "dp_nccl"))
+worst = max(abs(one[row][env] - nccl[row][env]) for row in one for env in one[row])
+(work / "dp_same_table.txt").write_text(f"largest difference of a cell {worst:.2g}\n")
+sys.exit(0 if worst <= 1e-6 else 1)
+EOF
+    check demo_ddp "$WORK/demo_ddp" "$PYTHON" -m torch.distributed.run --nproc_per_node "$GPUS" train_all.py demo \
+        --dataset PACS --data_dir "$DEMO_DATA" --algorithm ERM --pretrained False --image_size 64 --steps 20 \
+        --checkpoint_freq 10 --swad_bn_steps 20 --batch_size $((8 * GPUS)) --device cuda --test_envs 0 \
+        --output_dir "$WORK/demo_ddp"
+else
+    echo "gpu_check: $GPUS GPU: data parallelism (NCCL) needs 2 or more, not checked"
+fi
+
 "$PYTHON" - "$STATUS" <<'EOF'
 """The summary: one row per check; the demo's row gives the mean test accuracy of its `iid` row
 over the folds, the tests' row pytest's last line; then one row per benchmark configuration."""
@@ -125,6 +155,8 @@ for name, rc, seconds, result in checks:
         lines = [line for line in Path(result).read_text().splitlines() if line.strip()]
         status = "ok" if rc in ("0", "5") else status  # 5: no test is marked cuda
         text = lines[-1] if lines else ""
+    elif name.startswith("dp_"):
+        text = Path(result).read_text().strip() if Path(result).is_file() else ""
     elif name.startswith("demo_"):
         tables = sorted(Path(result).glob("PACS/*/table.json"))
         rows = json.loads(tables[-1].read_text())["rows"] if tables else {}

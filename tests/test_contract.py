@@ -282,3 +282,19 @@ def test_a_method_that_bypasses_the_loss_scaling_hooks_is_refused_under_fp16():
     (defect,) = _one_line_each(contract.check_mixed_precision(_broken(StepsBesideTheHooks), "fp16"))
     assert defect.startswith("StepsBesideTheHooks under fp16: --precision fp16 needs loss scaling, but "
                              "StepsBesideTheHooks.update calls backward() directly")
+
+
+def test_every_method_that_claims_data_parallelism_steps_as_one_process_on_the_whole_batch():
+    """Two Gloo processes, each on its half of every domain's minibatch, end two updates where one
+    process on the whole minibatches does, to fp32 rounding, for every method that declares
+    DATA_PARALLEL (one spawn for all); a method that claims it wrongly is named in one line."""
+    claiming = [name for name in NAMES if algorithms.ALGORITHMS[name].data_parallel()]
+    assert {"ERM", "SAM", "SAGM_DG", "GradSurgery", "CORAL", "VREx"} <= set(claiming)
+    broken = "data_parallel_examples:PerShareRisksVREx"
+    defects = contract.check_data_parallel([*claiming, broken])
+    assert {name: found for name, found in defects.items() if name != broken} == {name: [] for name in claiming}
+    (defect,) = _one_line_each(defects[broken])
+    assert defect.startswith(f"{broken} on 2 processes differs after 2 updates from one process on the whole batch "
+                             "in featurizer.")
+    assert defect.endswith("valid: DATA_PARALLEL False, or whole-batch quantities through distributed.global_mean / "
+                           "all_gather")

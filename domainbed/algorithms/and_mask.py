@@ -65,6 +65,8 @@ def sign_agreement(grads):
 
 @register_algorithm("ANDMask")
 class ANDMask(GradientMask):
+    DATA_PARALLEL = True  # each domain's gradient is averaged over the processes before the signs are compared
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         # DomainBed: int 1
@@ -76,6 +78,7 @@ class ANDMask(GradientMask):
 
 @register_algorithm("SANDMask")
 class SANDMask(GradientMask):
+    DATA_PARALLEL = True  # as ANDMask; the variance is over the domains' (averaged) gradients
     # DomainBed's tau 1.0 makes tanh(k (a - tau)) <= 0 for every agreement a <= 1, so on a fresh
     # network every gradient is masked to zero and nothing trains; 0.5 is a value its search draws
     CONTRACT_HPARAMS = {"tau": 0.5}

@@ -9,6 +9,7 @@ every existing method) rather than a branch on an algorithm's name.
 import torch
 import torch.nn as nn
 
+from domainbed import distributed
 from domainbed.optim import get_optimizer
 
 
@@ -99,6 +100,16 @@ class Algorithm(nn.Module):
         config.yaml and under extra yaml files and the command line
         (domainbed/hparams/config.py), so the method's published lines run as its code ran them.
 
+    Data parallelism (`DATA_PARALLEL`, domainbed/distributed.py)
+        Under `torchrun --nproc_per_node N` every process updates on its equal share of every
+        domain's minibatch, and `self.backward` averages the gradients over the processes after
+        each backward pass. A method sets `DATA_PARALLEL = True` when its update then equals the
+        single-process update on the whole batch: its loss is a mean over samples, or it computes
+        whatever needs a domain's whole batch (per-domain risks, feature statistics) through
+        `distributed.global_mean` / `distributed.all_gather`, and it draws nothing per sample at
+        random. The others (False, the default) are refused in one line under N > 1.
+        The contract test checks every method that claims it against the single-process step.
+
     A method that needs something else from the trainer gets a new hook here, with a default
     that keeps every existing method as it is.
     """
@@ -112,6 +123,8 @@ class Algorithm(nn.Module):
     CONTRACT_HPARAMS = {}
     # attribute names of the submodules that only `update` uses (see "Training-only parts")
     TRAINING_ONLY = ()
+    # whether the update on N processes equals the one-process update (see "Data parallelism")
+    DATA_PARALLEL = False
 
     def __init__(self, input_shape, num_classes: int, num_domains: int, hparams: dict):
         super().__init__()
@@ -121,6 +134,12 @@ class Algorithm(nn.Module):
         self.hparams = hparams
         self.step = 0
         self.n_steps = None
+
+    @classmethod
+    def data_parallel(cls) -> bool:
+        """Whether this class itself declares `DATA_PARALLEL = True`. Not inherited: a subclass
+        changes the update, so it claims data parallelism again once it keeps it."""
+        return bool(cls.__dict__.get("DATA_PARALLEL", False))
 
     @classmethod
     def own_run_settings(cls, dataset: str) -> dict:
@@ -164,11 +183,13 @@ class Algorithm(nn.Module):
     def backward(self, loss) -> None:
         """`loss.backward()`, with the loss scaled under fp16 mixed precision. A method that
         back-propagates through this and steps through `optimizer_step` trains under every
-        `--precision`; one that calls them directly trains under fp32 and bf16."""
+        `--precision`; one that calls them directly trains under fp32 and bf16. Under data
+        parallelism the gradients are then the mean over the processes (`DATA_PARALLEL`)."""
         if self.loss_scaler is None:
             loss.backward()
         else:
             self.loss_scaler.backward(loss)
+        distributed.average_gradients(self.parameters())
 
     def unscale_gradients(self, optimizer):
         """Make the `.grad` of `optimizer`'s parameters the true gradients now (under fp16 they

@@ -34,9 +34,11 @@ class CausIRL(FeatureMatching):
 
 @register_algorithm("CausIRL_CORAL")
 class CausIRL_CORAL(CausIRL):
+    DATA_PARALLEL = True  # the cut is drawn alike on every process, on the whole (gathered) batch
     distance = staticmethod(coral_distance)
 
 
 @register_algorithm("CausIRL_MMD")
 class CausIRL_MMD(CausIRL):
+    DATA_PARALLEL = True  # as CausIRL_CORAL
     distance = staticmethod(gaussian_mmd)

@@ -15,18 +15,22 @@ with that backbone from scratch instead, so the checks run every method on a ViT
 """
 
 import copy
+import datetime
 import gc
 import math
 import random
+import tempfile
 import types
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
-from domainbed import hparams_registry
+from domainbed import distributed, hparams_registry
 from domainbed.algorithms.registry import get_algorithm_class
 from domainbed.averaging.averaged_model import AveragedModel
 from domainbed.errors import UsageError, first_line
@@ -47,6 +51,14 @@ UPDATES_TO_FIND_THE_SCALE = 24
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # what two evaluations hand `on_checkpoint`: the training domains' held-out accuracy and loss
 VALIDATION = ({"train_out": 0.5, "tr_outloss": 1.0}, {"train_out": 0.4, "tr_outloss": 1.2})
+# the data-parallel check: Gloo processes on the CPU, each updating on its share of BATCH rows
+DATA_PARALLEL_PROCESSES, DATA_PARALLEL_STEPS = 2, 2
+# three training domains: with two, GradSurgery's outlier rule compares two equal norms, which
+# rounding decides (on one process as on two)
+DATA_PARALLEL_DOMAINS = 3
+# fp32 rounding: the shares' gradients are summed in another order than the whole batch's, and
+# Adam's first steps divide by the gradients' magnitude
+DATA_PARALLEL_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Subject:
     algorithm_class: type
     hparams: dict
     input_kind: str = ""  # a key of INPUT_SHAPES; empty: the class's CONTRACT_INPUT
+    num_domains: int = NUM_DOMAINS
 
     @property
     def input_shape(self) -> tuple:
@@ -65,22 +78,23 @@ class Subject:
     def build(self, seed: int = 0):
         """A fresh instance in train mode, its weights drawn from `seed`."""
         torch.manual_seed(seed)
-        algorithm = self.algorithm_class(self.input_shape, NUM_CLASSES, NUM_DOMAINS, copy.deepcopy(self.hparams))
+        algorithm = self.algorithm_class(self.input_shape, NUM_CLASSES, self.num_domains, copy.deepcopy(self.hparams))
         algorithm.train()
         return algorithm
 
     def minibatches(self, seed: int = 0) -> list:
         generator = torch.Generator().manual_seed(1000 + seed)
         return [(torch.randn(BATCH, *self.input_shape, generator=generator),
-                 torch.randint(NUM_CLASSES, (BATCH,), generator=generator)) for _ in range(NUM_DOMAINS)]
+                 torch.randint(NUM_CLASSES, (BATCH,), generator=generator)) for _ in range(self.num_domains)]
 
     def update(self, algorithm, step: int, n_steps: int = 10) -> dict:
-        """`algorithm.update` as the trainer calls it at `step`, with every RNG seeded by `step`."""
+        """`algorithm.update` as the trainer calls it at `step`, with every RNG seeded by `step`
+        (on this process's share of the minibatches under data parallelism)."""
         algorithm.on_step_begin(step, n_steps)
         random.seed(step)
         np.random.seed(step)
         torch.manual_seed(step)
-        return algorithm.update(self.minibatches(step))
+        return algorithm.update(distributed.shard(self.minibatches(step)))
 
 
 def subject(name: str, backbone: str | None = None) -> Subject:
@@ -395,6 +409,62 @@ def check_averaged_copy(subject_: Subject) -> list:
     return defects
 
 
+def _state_after_steps(subject_: Subject) -> dict:
+    """The floating-point tensors of the state dict (parameters, buffers such as GroupDRO's q)
+    after DATA_PARALLEL_STEPS updates, on this process's share of every minibatch."""
+    subject_ = replace(subject_, num_domains=DATA_PARALLEL_DOMAINS)
+    algorithm = subject_.build()
+    for step in range(DATA_PARALLEL_STEPS):
+        subject_.update(algorithm, step)
+    return {key: value.detach().clone() for key, value in algorithm.state_dict().items()
+            if torch.is_tensor(value) and value.is_floating_point()}
+
+
+def _data_parallel_process(rank: int, processes: int, init_file: str, names: list, out_path: str) -> None:
+    """One Gloo process of `check_data_parallel`: rank 0 saves every method's state, or the first
+    line of what it raised."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=processes,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        states = {}
+        for name in names:
+            try:
+                states[name] = _state_after_steps(subject(name))
+            except Exception as error:  # the method's defect, in one line
+                states[name] = f"{name} raised {first_line(error, with_type=True)} on {processes} processes"
+        if rank == 0:
+            torch.save(states, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def check_data_parallel(names, processes: int = DATA_PARALLEL_PROCESSES) -> dict:
+    """{name: defects}: `processes` Gloo processes on the CPU, each updating on its share of every
+    domain's minibatch (domainbed/distributed.py), end DATA_PARALLEL_STEPS updates in the state
+    that one process reaches on the whole minibatches, to fp32 rounding. All names run in one
+    spawn of the processes (registered names or `package.module:Class` paths)."""
+    names = list(names)
+    with tempfile.TemporaryDirectory() as folder:
+        out_path = Path(folder) / "states.pt"
+        torch.multiprocessing.spawn(_data_parallel_process, nprocs=processes,
+                                    args=(processes, str(Path(folder) / "init"), names, str(out_path)))
+        shared = torch.load(out_path, weights_only=True)
+    defects = {}
+    for name in names:
+        if isinstance(shared[name], str):
+            defects[name] = [shared[name]]
+            continue
+        alone = _state_after_steps(subject(name))
+        differ = [key for key in alone if not torch.allclose(shared[name][key], alone[key], **DATA_PARALLEL_TOLERANCE)]
+        defects[name] = [] if not differ else [
+            f"{name} on {processes} processes differs after {DATA_PARALLEL_STEPS} updates from one process on the "
+            f"whole batch in {', '.join(differ[:5])} (largest difference "
+            f"{max(float((shared[name][k] - alone[k]).abs().max()) for k in differ):.3g}); valid: DATA_PARALLEL "
+            "False, or whole-batch quantities through distributed.global_mean / all_gather"]
+    return defects
+
+
 def contract_checks(subject_: Subject) -> dict:
     """{what is checked: a function of no arguments returning its defects}, in the order to run."""
     checks = {
@@ -417,7 +487,10 @@ def run_contract(name: str) -> tuple:
         return ["hparam declarations"], defects  # nothing can be built from broken declarations
     subject_ = subject(name)
     checked = ["hparam declarations"]
-    for what, check in contract_checks(subject_).items():
+    checks = contract_checks(subject_)
+    if subject_.algorithm_class.data_parallel():
+        checks["data parallel"] = lambda: check_data_parallel([name])[name]
+    for what, check in checks.items():
         checked.append(what)
         try:
             defects += check()

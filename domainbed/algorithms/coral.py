@@ -30,6 +30,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from domainbed import distributed
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 from domainbed.hparams.rules import nonnegative_float
@@ -85,7 +86,8 @@ class FeatureMatching(ERM):
         features = [self.featurizer(x) for x, _ in minibatches]
         objective = sum(F.cross_entropy(self.classifier(z), y) for z, (_, y) in zip(features, minibatches))
         objective = objective / len(minibatches)
-        penalty = self.penalty(features)
+        # on every domain's whole batch under data parallelism (the statistics are the batch's)
+        penalty = self.penalty([distributed.all_gather(z) for z in features])
 
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(objective + self.hparams["mmd_gamma"] * penalty)
@@ -95,4 +97,5 @@ class FeatureMatching(ERM):
 
 @register_algorithm("CORAL")
 class CORAL(FeatureMatching):
+    DATA_PARALLEL = True  # the penalty is computed on every domain's whole batch of features (all_gather)
     distance = staticmethod(coral_distance)

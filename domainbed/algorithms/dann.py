@@ -122,6 +122,8 @@ class AbstractDANN(Algorithm):
 class DANN(AbstractDANN):
     """Unconditional: D sees z; every sample weighs the same."""
 
+    DATA_PARALLEL = True  # means over samples: D's cross-entropy, the penalty on per-sample input gradients
+
 
 @register_algorithm("CDANN")
 class CDANN(AbstractDANN):

@@ -32,6 +32,7 @@ it is the base optimizer of the hparams (Adam by default, as DomainBed's).
 import torch
 import torch.nn.functional as F
 
+from domainbed import distributed
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 
@@ -55,6 +56,8 @@ def kde_quantile(risks, alpha: float):
 
 @register_algorithm("EQRM")
 class EQRM(ERM):
+    DATA_PARALLEL = True  # the per-domain risks whose quantile is minimised are the whole batch's (global_mean)
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("eqrm_quantile", 0.75, lambda r: float(r.uniform(0.5, 0.99)), help="the quantile of the per-domain risks that is minimised")
@@ -65,6 +68,7 @@ class EQRM(ERM):
 
     def update(self, minibatches):
         risks = torch.stack([F.cross_entropy(self.network(x), y) for x, y in minibatches])
+        risks = distributed.global_mean(risks)  # the whole batch's under data parallelism
         burnin = self.hparams["eqrm_burnin_iters"]
         loss = risks.mean() if self.step < burnin else kde_quantile(risks, self.hparams["eqrm_quantile"])
         if self.step == burnin:

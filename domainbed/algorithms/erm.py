@@ -14,6 +14,8 @@ class ERM(Algorithm):
     """ERM (Vapnik, 1998) as DomainBed and SWAD run it: one featurizer and one linear head,
     one base-optimizer step on the mean cross-entropy over the concatenated minibatches."""
 
+    DATA_PARALLEL = True  # a mean over samples: the averaged gradients are the whole batch's
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.featurizer = networks.Featurizer(input_shape, hparams)

@@ -77,6 +77,8 @@ REDUCTIONS_TO_END = 3
 
 @register_algorithm("ERMPlusPlus")
 class ERMPlusPlus(ERM):
+    DATA_PARALLEL = True  # a mean over samples; the SMA copy's BatchNorm, when it trains, is synchronised on GPUs
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("linear_steps", 500, valid=int_at_least(0),

@@ -260,6 +260,8 @@ class GradSurgery(ERM):
     `all_layers` (True: BatchNorm parameters are surgered too), backbone resnet18.
     """
 
+    DATA_PARALLEL = True  # each domain's gradient is averaged over the processes before the surgery
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("backbone", "resnet18")

@@ -15,12 +15,15 @@ cast to q's dtype, so a float64 model trains in float64.
 import torch
 import torch.nn.functional as F
 
+from domainbed import distributed
 from domainbed.algorithms.erm import ERM
 from domainbed.algorithms.registry import register_algorithm
 
 
 @register_algorithm("GroupDRO")
 class GroupDRO(ERM):
+    DATA_PARALLEL = True  # the per-domain risks that reweight q are the whole batch's (global_mean)
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("groupdro_eta", 1e-2, lambda r: float(10 ** r.uniform(-3, -1)),
@@ -33,6 +36,7 @@ class GroupDRO(ERM):
     def update(self, minibatches):
         # one forward per domain, as DomainBed (BatchNorm statistics per domain)
         risks = torch.stack([F.cross_entropy(self.predict(x), y) for x, y in minibatches])
+        risks = distributed.global_mean(risks)  # the whole batch's under data parallelism: q sees them
         # q has the parameters' dtype (float64 after .double()); under autocast the risks may not
         risks = risks.to(self.q.dtype)
         with torch.no_grad():

@@ -19,6 +19,8 @@ from domainbed.algorithms.registry import register_algorithm
 
 @register_algorithm("Mixup")
 class Mixup(ERM):
+    DATA_PARALLEL = True  # pairs and lambda are drawn alike on every process; a mean over samples
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("mixup_alpha", 0.2, lambda r: float(10 ** r.uniform(-1, 1)), help="Beta(alpha, alpha) parameter of the mixing weight")

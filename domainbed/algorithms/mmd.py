@@ -18,4 +18,5 @@ from domainbed.algorithms.registry import register_algorithm
 
 @register_algorithm("MMD")
 class MMD(FeatureMatching):
+    DATA_PARALLEL = True  # the kernels are computed on every domain's whole batch of features (all_gather)
     distance = staticmethod(gaussian_mmd)

@@ -20,13 +20,15 @@ Departures from DomainBed's code (algorithms.MTL):
 import torch
 import torch.nn.functional as F
 
-from domainbed import networks
+from domainbed import distributed, networks
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.registry import register_algorithm
 
 
 @register_algorithm("MTL")
 class MTL(Algorithm):
+    DATA_PARALLEL = True  # the domain embeddings are the whole batch's means (global_mean)
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("mtl_ema", 0.99, lambda r: float(r.choice([0.5, 0.9, 0.99, 1.0])), help="moving-average factor of the domain embeddings")
@@ -47,6 +49,7 @@ class MTL(Algorithm):
         mu = z.mean(0)
         if env is not None:
             if self.training:
+                mu = distributed.global_mean(mu)  # the whole batch's under data parallelism
                 mu = self.ema * mu + (1 - self.ema) * self.embeddings[env]
                 self.embeddings[env] = mu.detach().to(self.embeddings.dtype)
             else:

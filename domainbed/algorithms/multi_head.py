@@ -48,6 +48,8 @@ class MultiHeadClassifier(nn.Module):
 
 @register_algorithm("MultiHead")
 class MultiHead(Algorithm):
+    DATA_PARALLEL = True  # a mean over samples, each through its domain's head
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.featurizer = networks.Featurizer(input_shape, hparams)

@@ -36,6 +36,8 @@ class SAGM_DG(SAM):
     - g and e are kept in float32 (see `domainbed.optim.sam`).
     """
 
+    DATA_PARALLEL = True  # as SAM; both gradients are averaged over the processes before SAGM combines them
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         alpha = SAGM_RELEASED[dataset][3] if dataset in SAGM_RELEASED else 1e-3

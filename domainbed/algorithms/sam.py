@@ -38,6 +38,8 @@ class SAM(ERM):
     Subclasses change only `new_perturbation_optimizer`.
     """
 
+    DATA_PARALLEL = True  # g and g_p are averaged over the processes before the norm that scales e
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("rho", 0.05, lambda r: float(r.choice([0.01, 0.02, 0.05, 0.1])), valid=nonnegative_float(),
@@ -85,6 +87,8 @@ class GSAM(SAM):
     constant here), `alpha` (0.01), `adaptive` (False). Differences from juntang-zhuang/GSAM:
     see `domainbed.optim.sam`.
     """
+
+    DATA_PARALLEL = True  # as SAM; the decomposition of g runs on the averaged gradients
 
     @classmethod
     def declare_hparams(cls, hparam, dataset):

@@ -16,6 +16,8 @@ from domainbed.algorithms.registry import register_algorithm
 
 @register_algorithm("SD")
 class SD(ERM):
+    DATA_PARALLEL = True  # both terms are means over samples
+
     @classmethod
     def declare_hparams(cls, hparam, dataset):
         hparam("sd_reg", 0.1, lambda r: float(10 ** r.uniform(-5, -1)), help="weight of the squared-logits penalty (spectral decoupling)")

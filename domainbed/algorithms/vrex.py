@@ -14,6 +14,7 @@ ours stay on the model's device.
 import torch
 import torch.nn.functional as F
 
+from domainbed import distributed
 from domainbed.algorithms.irm import PenaltyAnneal
 from domainbed.algorithms.registry import register_algorithm
 
@@ -21,6 +22,8 @@ from domainbed.algorithms.registry import register_algorithm
 @register_algorithm("VREx")
 class VREx(PenaltyAnneal):
     """Hparams: `vrex_lambda` (1e1), `vrex_penalty_anneal_iters` (500), DomainBed's."""
+
+    DATA_PARALLEL = True  # the per-domain risks are the whole batch's (global_mean) before their variance
 
     @classmethod
     def declare_hparams(cls, hparam, dataset):
@@ -34,6 +37,7 @@ class VREx(PenaltyAnneal):
         all_logits = self.predict(torch.cat([x for x, _ in minibatches]))
         risks = torch.stack([F.cross_entropy(logits, y) for logits, (_, y) in
                              zip(all_logits.split([len(y) for _, y in minibatches]), minibatches)])
+        risks = distributed.global_mean(risks)  # R^e of the whole batch under data parallelism
         mean = risks.mean()
         penalty = ((risks - mean) ** 2).mean()
         return mean + lambda_t * penalty, {"nll": mean, "penalty": penalty}

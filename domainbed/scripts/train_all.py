@@ -18,6 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from domainbed import distributed
 from domainbed.algorithms import ALGORITHMS
 from domainbed.datasets import DATASETS
 from domainbed.errors import UsageError
@@ -179,19 +180,29 @@ def resume_command(argv, run_dir) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        return _main(argv)
+    finally:
+        distributed.shutdown()
+
+
+def _main(argv) -> int:
+    try:
         run(argv)
     except RunFailed as failed:
         print(f"error: {failed}; {failed.run_dir} keeps the run so far: fix the cause and continue it with "
               f"--resume {failed.run_dir}", file=sys.stderr)
         return 2
     except UsageError as error:
-        print(f"error: {error_line(error)}", file=sys.stderr)
+        if distributed.is_main():  # every process of a data-parallel run finds the same error
+            print(f"error: {error_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, an unwritable folder: what was written before stays
         print(f"error: cannot write {error.filename or 'the run directory'}: {error.strerror or error}; "
               "free space or choose a writable --output_dir, then continue with --resume", file=sys.stderr)
         return 1
     except RunInterrupted as interrupted:
+        if not distributed.is_main():  # rank 0 says it, once
+            return 130
         by = f" by {interrupted.signal_name}" if interrupted.signal_name else ""
         line = (f"interrupted{by}: {interrupted.run_dir} holds the records and checkpoints so far; continue it with\n"
                 f"  {resume_command(argv, interrupted.run_dir)}")

@@ -28,8 +28,8 @@ import PIL
 import torch
 import torchvision
 
-from domainbed import misc
-from domainbed.algorithms import get_algorithm_class
+from domainbed import distributed, misc
+from domainbed.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.official_split import SPLITS, list_path
 from domainbed.download.on_demand import fetch_if_missing
@@ -149,6 +149,7 @@ def check_model(args, dataset, hparams) -> None:
         initialize(algorithm, hparams, dataset, fold)
     for extension in build_extensions(hparams):
         extension.check_model(algorithm, args.algorithm)
+    distributed.check_batchnorm(algorithm, args.device, args.algorithm)
 
 
 def single_test_envs(args, dataset) -> list:
@@ -176,11 +177,13 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
     line. Returns the table as table.json holds it, plus `out_dir`, the run directory. Ctrl-C or
     SIGTERM once the run directory exists raises `RunInterrupted`."""
     dataset_class = get_dataset_class(args.dataset)
-    get_algorithm_class(args.algorithm)
+    distributed.check_method(get_algorithm_class(args.algorithm), args.algorithm,
+                             [name for name, cls in ALGORITHMS.items() if cls.data_parallel()])
     hparams = run_hparams(args.algorithm, args.dataset, args.hparams_seed, args.trial_seed, args.configs, overrides)
     if args.debug:
         args.steps, args.checkpoint_freq, args.name = 10, 5, args.name + "_debug"
     check_run_settings(args, hparams)
+    distributed.check_batch_size(hparams["batch_size"])
     args.split_dir = official_split_dir(args)  # resolved once, and saved so the tools rebuild the same splits
 
     check_run_name(args.name)
@@ -193,19 +196,25 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
         check_model(args, dataset, hparams)
     # saved in args.json, where collect_results reads it; args.dataset stays the registered name that rebuilds the data
     args.dataset_title = dataset_class.title(args.dataset, args.data_dir)
-    out_dir = resolve_run_dir(args.output_dir, args.dataset_title, args.name, args.resume)
+    device = distributed.init(args.device)  # this process's device; args.device stays as given
+    out_dir = _shared_run_dir(args)
     resuming = args.resume is not None and layout.is_run_dir(out_dir)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # the one process that writes and prints
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # the directory exists before any process reads it
     # the lock before the log, so that a second process writes nothing into this run's log
-    with sigterm_as_interrupt(), RunLock(out_dir):
-        log = RunLog(layout.log_path(out_dir))
+    with sigterm_as_interrupt(), RunLock(out_dir) if main else contextlib.nullcontext():
+        log = RunLog(layout.log_path(out_dir)) if main else RunLog(echo=False)
         training = _Training()
         try:
-            return _run(args, hparams, dataset, out_dir, log, command, resuming, training)
+            return _run(args, hparams, dataset, out_dir, log, command, resuming, training, device)
         except KeyboardInterrupt as interrupt:
             raise RunInterrupted(out_dir, "SIGTERM" if isinstance(interrupt, Terminated) else None) from None
         except Exception as error:
+            if not main:
+                raise
             line = error_line(error)
             log.to_file(f"error: {line}")  # the command line prints it, once
             log.close()
@@ -221,6 +230,23 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
             raise
         finally:
             log.close()
+
+
+def _shared_run_dir(args) -> Path:
+    """The run directory, resolved by rank 0 (its timestamp, the newest run to resume) and the
+    same on every process; a one-line error there is every process's."""
+    if not distributed.is_main():
+        resolved = distributed.broadcast(None)
+    else:
+        try:
+            resolved = distributed.broadcast(resolve_run_dir(args.output_dir, args.dataset_title, args.name,
+                                                             args.resume))
+        except UsageError as error:
+            distributed.broadcast(UsageError(str(error)))
+            raise
+    if isinstance(resolved, UsageError):
+        raise resolved
+    return resolved
 
 
 def _mark_failed(out_dir: Path, line: str, test_envs: list) -> None:
@@ -246,14 +272,15 @@ def _log_settings(log, command: str, args, hparams: dict) -> None:
 def _keep_settings(out_dir: Path, args, hparams: dict, resuming: bool, log) -> None:
     """A new run saves its settings; a resumed one must have the saved ones."""
     if not resuming:
-        run_files.write_settings(out_dir, vars(args), hparams)
+        if distributed.is_main():
+            run_files.write_settings(out_dir, vars(args), hparams)
         return
     differences = compare_settings(out_dir, vars(args), hparams, checkpoint.RESUMABLE_HPARAMS,
                                    run_setting_defaults(args.algorithm, args.dataset))
     if differences:
         raise UsageError(f"cannot resume {out_dir}: its settings differ ({'; '.join(differences)}); "
                          f"use the run's own command line, or leave out --resume for a new run")
-    stale = checkpoint.remove_temporaries(out_dir)
+    stale = checkpoint.remove_temporaries(out_dir) if distributed.is_main() else []
     log(f"Resuming {out_dir}" + (f" (removed {len(stale)} unfinished temporary files)" if stale else ""))
     failure = run_files.read_failure(out_dir)
     if failure is not None:
@@ -277,7 +304,7 @@ def _schedule(args, dataset) -> tuple:
     return test_envs, n_steps, checkpoint_freq
 
 
-def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Training) -> dict:
+def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Training, device: str) -> dict:
     _log_settings(log, command, args, hparams)
     _keep_settings(out_dir, args, hparams, resuming, log)
     if args.show:
@@ -301,15 +328,17 @@ def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Tra
             settings = FoldSettings(
                 algorithm=args.algorithm, test_envs=fold, n_steps=n_steps, checkpoint_freq=checkpoint_freq,
                 seed=args.seed, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
-                evalmode=args.evalmode, device=args.device, model_save=args.model_save, out_dir=out_dir,
+                evalmode=args.evalmode, device=device, model_save=args.model_save,
+                out_dir=out_dir if distributed.is_main() else None,
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
                 split=args.split, split_dir=args.split_dir,
                 later_steps=n_steps * (len(every_fold) - index - 1),  # later folds never start before this one ends
             )
             training.test_envs = fold
-            if resuming:
+            if resuming and distributed.is_main():
                 run_files.clear_failure(out_dir)  # the fold continues; failing again writes it anew
-            rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, layout.records_path(out_dir))
+            records_path = layout.records_path(out_dir) if distributed.is_main() else None
+            rows, row_rules, _, _ = train_fold(dataset, settings, hparams, log, records_path)
             training.test_envs = None
         if len(fold) == 1:  # the table reports the single folds; pair folds only feed collect_results' selection
             fold_rows.append(rows)
@@ -327,5 +356,6 @@ def _write_table(args, out_dir, log, dataset, test_envs, fold_rows, rules) -> di
     summary = {"dataset": args.dataset, "algorithm": args.algorithm, "environments": env_names,
                "test_envs": test_envs, "rows": table, "rules": {row: rules.get(row, "") for row in table},
                "notes": {key: text for key, text in rules.items() if key not in table}}
-    run_files.write_table(out_dir, text, summary)
+    if distributed.is_main():
+        run_files.write_table(out_dir, text, summary)
     return {"out_dir": out_dir, **summary}

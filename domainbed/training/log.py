@@ -7,10 +7,12 @@ from tqdm import tqdm
 
 
 class RunLog:
-    """Callable: `log(message)` prints (above any progress bar) and appends to `path`."""
+    """Callable: `log(message)` prints (above any progress bar) and appends to `path`; with
+    `echo` False it only writes the file (a data-parallel process other than rank 0 has neither)."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, echo: bool = True):
         self.path = Path(path) if path else None
+        self.echo = echo
         self._handle = None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -18,7 +20,8 @@ class RunLog:
 
     def __call__(self, message="") -> None:
         text = str(message)
-        tqdm.write(text, file=sys.stdout)
+        if self.echo:
+            tqdm.write(text, file=sys.stdout)
         if self._handle:
             self._handle.write(text + "\n")
             self._handle.flush()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from domainbed import misc
+from domainbed import distributed, misc
 from domainbed.runs import checkpoint, layout, model_io
 from domainbed.runs.run_files import append_record
 from domainbed.results import selection
@@ -99,6 +99,7 @@ def build_algorithm(settings: FoldSettings, dataset, n_domains: int, hparams: di
     algorithm = algorithm.to(device)
     if device.type == "cuda":
         algorithm = algorithm.to(memory_format=torch.channels_last)
+    distributed.synchronize_batchnorm(algorithm, device)
     precision.attach(algorithm)
     if hparams["compile"]:
         compile_featurizer(algorithm)
@@ -134,7 +135,9 @@ def evaluate_checkpoint(fold: Fold, extensions, step: int, interval: dict, steps
     record.update({key: float(np.mean(values)) for key, values in interval.items()})
     interval.clear()
     eval_start = time.perf_counter()
-    accuracies, losses, summaries = fold.evaluator.evaluate(fold.algorithm)
+    # every process evaluates (the same numbers); rank 0's go everywhere, so that no rounding
+    # difference between devices can make the processes' schedules or early stops part ways
+    accuracies, losses, summaries = distributed.broadcast(fold.evaluator.evaluate(fold.algorithm))
     record["eval_time"] = time.perf_counter() - eval_start
     record.update(summaries)
     record.update(accuracies)
@@ -173,13 +176,14 @@ def select(fold: Fold, extensions) -> dict:
 def train_step(fold: Fold, extensions, precision, step: int) -> dict:
     """One step: the next minibatches, the extensions' hooks around the update under the run's
     precision; returns the update's stats (still on the device). Nothing here waits for the
-    device (tests/test_host_sync.py)."""
+    device (tests/test_host_sync.py). Under data parallelism the update sees this process's
+    share of the minibatches and its stats are averaged over the processes (domainbed/distributed.py)."""
     minibatches = next(fold.train_minibatches)
     for extension in extensions:
         extension.before_step(fold, step)
     fold.algorithm.on_step_begin(step, fold.settings.n_steps)
     with precision.training_step(fold.algorithm):
-        fold.stats = fold.algorithm.update(list(minibatches))
+        fold.stats = distributed.mean_stats(fold.algorithm.update(distributed.shard(minibatches)))
     for extension in extensions:
         extension.after_step(fold, step)
     return fold.stats
@@ -194,7 +198,7 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
     tb_freq = fold.settings.tb_freq
     end_step = start_step if fold.stop else fold.settings.n_steps  # an extension stopped it before the crash
     bar = tqdm(total=fold.settings.n_steps, initial=start_step, desc=f"fold {fold.name}", dynamic_ncols=True,
-               disable=None, leave=False)
+               disable=None if distributed.is_main() else True, leave=False)
     progress = Progress(fold.log, fold.name, start_step, fold.settings.n_steps, fold.settings.later_steps,
                         fold.hparams["progress_interval"])
     for step in range(start_step, end_step):
@@ -253,7 +257,8 @@ def train_fold(dataset, settings: FoldSettings, hparams: dict, log, records_path
     meta = model_io.model_meta(settings.algorithm, dataset, len(train_splits), hparams, settings.test_envs,
                                initial_weights=fingerprint(algorithm))
     checkpoints = checkpoint.FoldCheckpoints(settings, hparams, meta, stateful={"precision": precision})
-    saved = checkpoints.load_latest(log) if settings.resume else None
+    # under data parallelism only rank 0 reads the run directory; the others get its checkpoint
+    saved = distributed.broadcast(checkpoints.load_latest(log) if settings.resume else None)
     start_step = saved["step"] + 1 if saved else 0
     log(f"[{layout.fold_tag(settings.test_envs)}] training on {len(train_splits)} domains, {steps_per_epoch:.1f} steps per epoch, "
         f"{sum(p.numel() for p in algorithm.parameters()):,} parameters, {device}, "
