@@ -160,3 +160,12 @@ def test_every_domainbed_algorithm_trains_through_the_drop_in(tmp_path, algorith
     assert [record["step"] for record in records] == [0, 4]  # Debug28 evaluates every 100 steps, and the last
     assert all("loss" in record and "env0_in_acc" in record for record in records)
     assert (out / "done").exists() and (out / "model.pth").exists()
+
+
+def test_under_torchrun_it_points_to_train_all(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    assert train.main(["--dataset", "Debug28", "--output_dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "trains in one process, and torchrun started 2; for data parallelism run train_all.py" in error
+    assert error.count("\n") == 1 and not out.exists()

@@ -45,7 +45,7 @@ from types import SimpleNamespace
 
 import torch
 
-from domainbed import hparams_registry
+from domainbed import distributed, hparams_registry
 from domainbed.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed.datasets import DATASETS, get_dataset_class
 from domainbed.errors import UsageError
@@ -162,6 +162,10 @@ def check_domain_adaptation(args, dataset, hparams) -> None:
 def check(args) -> tuple:
     """(dataset, hparams, n_steps, checkpoint_freq), once every flag has been checked."""
     get_algorithm_class(args.algorithm)
+    if distributed.launched_world_size() > 1:
+        raise UsageError(f"DomainBed's train.py trains in one process, and torchrun started "
+                         f"{distributed.launched_world_size()}; for data parallelism run train_all.py under torchrun "
+                         "(docs/data_parallel.md)")
     dataset_class = get_dataset_class(args.dataset)
     hparams = domainbed_hparams(args)
     check_run_settings(SimpleNamespace(algorithm=args.algorithm, dataset=args.dataset, device="auto",
