@@ -32,6 +32,7 @@ DECLARING_MODULES = (
     "domainbed.data.gpu_pipeline",
     "domainbed.data.loaders",
     "domainbed.datasets.image_folder",
+    "domainbed.search.extension",
 )
 
 

@@ -12,7 +12,9 @@ A declaration is a function `declare(hparam, dataset)` that calls
 
 - `draw(random_state)` is DomainBed's distribution; each name draws from its own RandomState
   seeded by (random seed, name), so adding an hparam never changes the draws of the others.
-  Without `draw` the random search keeps the default.
+  Without `draw` the random search keeps the default. The draw itself is kept (`HParam.draw`):
+  the Optuna search (domainbed/search/space.py) calls it with a stand-in RandomState that turns
+  each `uniform` or `choice` into the Optuna suggestion of the same distribution.
 - `valid` is a `Rule` (domainbed/hparams/rules.py), or for a mapping {leaf: Rule}; without it
   any value of the default's type is valid.
 - `help` is one line; it is required the first time a name is declared.
@@ -65,6 +67,7 @@ class HParam:
     help: str
     searched: bool  # whether the random search varies it
     owner: str  # who declared it first: "common", "run", or an algorithm's name
+    draw: Callable | None = None  # the declared draw(random_state), None when not searched
 
 
 class DeclarationError(UsageError):
@@ -90,9 +93,9 @@ class Declarations:
         else:
             drawn = draw(np.random.RandomState(misc.seed_hash(self.random_seed, name)))
         if earlier is None:
-            self.hparams[name] = HParam(name, default, drawn, valid, help, draw is not None, self.owner)
+            self.hparams[name] = HParam(name, default, drawn, valid, help, draw is not None, self.owner, draw)
         else:
-            self.hparams[name] = replace(earlier, default=default, drawn=drawn, searched=draw is not None,
+            self.hparams[name] = replace(earlier, default=default, drawn=drawn, searched=draw is not None, draw=draw,
                                          valid=valid if valid is not None else earlier.valid,
                                          help=help or earlier.help)
 

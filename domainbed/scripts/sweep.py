@@ -5,6 +5,8 @@
         [--steps N] [--checkpoint_freq K] [--pair_folds] [--dry_run] [slurm options] [-- more train_all.py arguments]
     python -m domainbed.scripts.sweep status            (the same arguments)
     python -m domainbed.scripts.sweep delete_incomplete (the same arguments)
+    python -m domainbed.scripts.sweep launch --search asha --n_hparams 60 --budget_steps N ... (the same
+        arguments: ASHA over DomainBed's search space, then the chosen hparams; sweep_search.py)
 
 As DomainBed's sweep: a job's directory is OUTPUT_DIR/<md5 of its arguments>, a job is done when
 that directory holds `done` (written when train_all.py exits 0), incomplete when the directory
@@ -80,6 +82,10 @@ class Job:
     @property
     def name(self) -> str:
         a = self.train_args
+        if "search_trial" in a:
+            return f"{a['algorithm']}_search{a['search_trial']}"
+        if "search_best" in a:
+            return f"{a['algorithm']}_search{a['search_best']}_trial{a['trial_seed']}"
         name = f"{a['algorithm']}_hp{a['hparams_seed']}_trial{a['trial_seed']}"
         return name + "_te" + "".join(map(str, a["test_envs"])) if self.runner == "domainbed" else name
 
@@ -390,6 +396,25 @@ def make_parser() -> argparse.ArgumentParser:
                              "DomainBed's sweep, a job per test environment and pair (unless --single_test_envs), "
                              "each running DomainBed's train.py (default: %(default)s)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, launch nothing")
+    search = parser.add_argument_group("budgeted search (--search asha; domainbed/scripts/sweep_search.py)")
+    search.add_argument("--search", default=None, choices=["asha"],
+                        help="instead of DomainBed's random search: ASHA over the same distributions with "
+                             "Optuna, up to --n_hparams trials on trial seed 0, then the best trial's hparams "
+                             "on --n_trials trial seeds (default: the random search)")
+    search.add_argument("--storage", default=None,
+                        help="the study's Optuna storage: an RDB URL (with ://) or a journal file path "
+                             "(default: sqlite:///OUTPUT_DIR/search.db)")
+    search.add_argument("--budget_steps", type=int, default=None,
+                        help="ask for no new trial once the trials have trained this many steps, every fold "
+                             "counted (default: only --n_hparams limits the search)")
+    search.add_argument("--reduction_factor", type=int, default=3,
+                        help="ASHA's eta: a trial passes a rung in the top 1/eta (default: %(default)s)")
+    search.add_argument("--min_resource", type=int, default=None,
+                        help="training steps of the first rung (default: the checkpoint frequency)")
+    search.add_argument("--sampler", default="random", choices=["random", "tpe"],
+                        help="random: DomainBed's distributions drawn at random; tpe: Optuna's TPE over "
+                             "them (default: %(default)s)")
+    search.add_argument("--search_seed", type=int, default=0, help="seeds the sampler (default: %(default)s)")
     parser.add_argument("--skip_confirmation", action="store_true", help="launch or delete without asking")
     slurm = parser.add_argument_group("slurm (submitit)")
     slurm.add_argument("--cluster", default="slurm", choices=["slurm", "local", "debug"],
@@ -428,6 +453,10 @@ def _confirm(question: str, args) -> bool:
 def run(argv) -> dict:
     """Returns {"jobs", "counts", "failed"} (failed: jobs whose launch failed, with `launch`)."""
     args = parse_args(argv)
+    if args.search:
+        from domainbed.scripts import sweep_search
+
+        return sweep_search.run(args)
     jobs = make_jobs(args)
     counts = count_states(jobs)
     print(_summary(counts), flush=True)

@@ -25,6 +25,7 @@ from domainbed.errors import UsageError
 from domainbed.hparams.config import COMMAND_LINE, UnknownHparamError, parse_overrides
 from domainbed.hparams.help import hparams_help
 from domainbed.runs import layout
+from domainbed.training.extensions import ENDED_EXIT_CODE, EndRun
 from domainbed.training.experiment import RunFailed, RunInterrupted, error_line, run_experiment
 
 
@@ -188,6 +189,9 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     try:
         run(argv)
+    except EndRun as ended:
+        print(f"ended: {ended}", file=sys.stderr)
+        return ENDED_EXIT_CODE
     except RunFailed as failed:
         print(f"error: {failed}; {failed.run_dir} keeps the run so far: fix the cause and continue it with "
               f"--resume {failed.run_dir}", file=sys.stderr)

@@ -13,7 +13,8 @@ log.txt with its line. If this launch made the directory and nothing was saved t
 (no fold's checkpoint: the first is written after step 0's update and evaluation), the directory
 is removed, so a failed launch leaves nothing behind. Otherwise it is kept, and an error in a
 fold leaves failed.json (the error line, the fold, its last saved step) for `--resume`, which
-continues the fold and removes the marker, and for the sweep's `status`.
+continues the fold and removes the marker, and for the sweep's `status`. A hook that ends the
+run by decision (`EndRun`: the hparam search pruning its trial) leaves its records and no table.
 """
 
 import contextlib
@@ -40,7 +41,7 @@ from domainbed.hparams_registry import run_setting_defaults
 from domainbed.results import report
 from domainbed.runs import checkpoint, layout, run_files
 from domainbed.runs.run_dir import RunLock, compare_settings, resolve_run_dir
-from domainbed.training.extensions import build_extensions
+from domainbed.training.extensions import EndRun, build_extensions
 from domainbed.training.finite_numbers import NonFiniteNumberError
 from domainbed.training.initialization import initialize
 from domainbed.training.log import RunLog
@@ -212,6 +213,9 @@ def run_experiment(args, overrides=(), command: str = "") -> dict:
             return _run(args, hparams, dataset, out_dir, log, command, resuming, training, device)
         except KeyboardInterrupt as interrupt:
             raise RunInterrupted(out_dir, "SIGTERM" if isinstance(interrupt, Terminated) else None) from None
+        except EndRun as ended:
+            log.to_file(f"ended: {ended}")  # the command line prints it, once
+            raise
         except Exception as error:
             if not main:
                 raise
@@ -333,6 +337,7 @@ def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Tra
                 resume=resuming, keep_best=args.keep_best, tb_freq=args.tb_freq,
                 split=args.split, split_dir=args.split_dir,
                 later_steps=n_steps * (len(every_fold) - index - 1),  # later folds never start before this one ends
+                earlier_steps=n_steps * index,
             )
             training.test_envs = fold
             if resuming and distributed.is_main():

@@ -26,7 +26,16 @@ EXTENSION_FACTORIES = []
 
 # The harness's own modules that register extensions, imported when the first run builds its
 # extensions; installed packages' come in through their entry points (domainbed/plugins.py).
-EXTENSION_MODULES = ("domainbed.training.finite_guard", "domainbed.quant.extension", "domainbed.averaging.extension")
+EXTENSION_MODULES = ("domainbed.training.finite_guard", "domainbed.quant.extension", "domainbed.averaging.extension",
+                     "domainbed.search.extension")
+ENDED_EXIT_CODE = 3  # train_all.py's exit status when a hook ended the run (`EndRun`)
+
+
+class EndRun(Exception):
+    """Raised by a hook to end the whole run where it is, by decision rather than on an error (the
+    hparam search pruning its trial at a checkpoint): the records so far stay, no table is
+    written, log.txt and stderr end with the message, and train_all.py exits with
+    ENDED_EXIT_CODE. `fold.stop` ends only the fold; the run would go on to the next one."""
 
 
 def register_extension(order: int):

@@ -55,6 +55,7 @@ class FoldSettings:
     split_dir: str | None = None
     later_steps: int = 0  # steps of the run's folds still to train after this one, for the run's ETA
     uda_holdout_fraction: float = 0.0  # DomainBed's env{i}_uda split of each test domain (fold_splits.py)
+    earlier_steps: int = 0  # steps of the run's folds trained before this one (the search's resource)
 
 
 @dataclass

@@ -8,6 +8,7 @@ Subcommands (each module's docstring says what it measures and how):
     gradient   step time of SAM, GSAM, SAGM_DG and GradSurgery relative to ERM
     masking    step time of RSC, DMG and MultiHead relative to ERM
     quant      QT-DoG's fake-quantization overhead
+    search     ASHA against DomainBed's random search at the same training steps (accuracy, not speed)
 
 Timing, round-robin medians and model building are shared (domainbed/scripts/timing.py).
 """
@@ -16,11 +17,12 @@ import argparse
 import sys
 
 from domainbed.errors import UsageError
-from domainbed.scripts.benchmark import augment, averaging, gradient, masking, quant, training
+from domainbed.scripts.benchmark import augment, averaging, gradient, masking, quant, search, training
 from domainbed.scripts.benchmark.training import run, table  # noqa: F401  (the default subcommand's API)
 
 SUBCOMMANDS = {"training": training, "augment": augment, "averaging": averaging, "gradient": gradient,
-               "masking": masking, "quant": quant}
+               "masking": masking, "quant": quant,
+               "search": search}
 DEFAULT = "training"
 EXAMPLE = """examples:
   python -m domainbed.scripts.benchmark --dataset PACS --data_dir DATA --algorithm ERM SAGM_DG --precision bf16
