@@ -185,9 +185,10 @@ def test_a_pruned_run_ends_at_its_checkpoint_with_its_records_and_no_table(tmp_p
     (run_dir,) = (tmp_path / "Synthetic").iterdir()
     assert [json.loads(line)["step"] for line in (run_dir / "results.jsonl").read_text().splitlines()] == [0]
     assert not (run_dir / "table.json").exists()
-    assert (run_dir / "log.txt").read_text().strip().endswith("ended: the search pruned trial 1 of study s after "
-                                                              "1 steps (training-domain validation accuracy "
-                                                              f"{json.loads((run_dir / 'results.jsonl').read_text())['train_out']:.4f})")
+    accuracy = json.loads((run_dir / "results.jsonl").read_text())["train_out"]
+    assert (run_dir / "log.txt").read_text().strip().endswith(
+        f"ended: the search pruned trial 1 of study s after 1 steps (training-domain validation accuracy "
+        f"{accuracy:.4f})")
     trial = search_study.load_study(config.storage, "s").trials[number]
     assert trial.intermediate_values.keys() == {1} and trial.user_attrs[search_study.PRUNED_AT] == 1
     assert trial.state == optuna.trial.TrialState.RUNNING  # the sweep's worker tells the study, not the run

@@ -30,6 +30,7 @@ done. Runs are tagged for collect_results: the final runs `--tag` (default `asha
 trials that tag plus `_search`, so its tables show both.
 """
 
+import os
 import threading
 from pathlib import Path
 
@@ -205,7 +206,8 @@ class Worker:
 
 
 def _running(study) -> list:
-    return [trial.number for trial in study.get_trials(deepcopy=False, states=(search_study.optuna.trial.TrialState.RUNNING,))]
+    running = (search_study.optuna.trial.TrialState.RUNNING,)
+    return [trial.number for trial in study.get_trials(deepcopy=False, states=running)]
 
 
 def search(args, config, study) -> bool:
@@ -220,8 +222,6 @@ def search(args, config, study) -> bool:
         gpus = sweep.visible_gpus()
         if not gpus:
             raise UsageError("--launcher multi_gpu needs at least one visible GPU (none found); use --launcher local")
-        import os
-
         workers = [Worker(config, args.output_dir, args.data_dir, trial_tag, orphans[index::len(gpus)],
                           {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}, f"[GPU {gpu}] ")
                    for index, gpu in enumerate(gpus)]

@@ -1,8 +1,8 @@
 """ASHA against DomainBed's random search at the same number of training steps.
 
     python -m domainbed.scripts.benchmark search --data_dir DATA [--dataset RotatedMNIST]
-        [--algorithm ERM] [--n_random 3] [--steps 100] [--checkpoint_freq 20]
-        [--examples_per_domain 500] [--test_envs 0] [--reduction_factor 3] [--output_dir DIR]
+        [--algorithm ERM] [--n_random 4] [--steps 60] [--checkpoint_freq 10] [--batch_size 16]
+        [--examples_per_domain 300] [--test_envs 0] [--reduction_factor 3] [--output_dir DIR]
         [-- more train_all.py arguments]
 
 Both searches run as sweeps do, one train_all.py job per candidate on trial seed 0, through the
@@ -32,10 +32,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data_dir", required=True, help="holds MNIST/raw for RotatedMNIST")
     parser.add_argument("--dataset", default="RotatedMNIST")
     parser.add_argument("--algorithm", default="ERM")
-    parser.add_argument("--n_random", type=int, default=3, help="candidates of the random search")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--checkpoint_freq", type=int, default=20)
-    parser.add_argument("--examples_per_domain", type=int, default=500)
+    parser.add_argument("--n_random", type=int, default=4, help="candidates of the random search")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--checkpoint_freq", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="fixed for both searches (0: searched): DomainBed's draw for small images, 8 to 512 "
+                             "per domain, makes a step's cost vary 60-fold")
+    parser.add_argument("--examples_per_domain", type=int, default=300)
     parser.add_argument("--test_envs", type=int, nargs="+", default=[0], help="the folds each candidate trains")
     parser.add_argument("--reduction_factor", type=int, default=3)
     parser.add_argument("--output_dir", default="benchmark_search", help="both sweeps' directories under it")
@@ -49,7 +52,7 @@ def _sweep_argv(args, output_dir) -> list:
             str(args.steps), "--checkpoint_freq", str(args.checkpoint_freq), "--data_dir", args.data_dir,
             "--output_dir", str(output_dir), "--skip_confirmation", "--reduction_factor", str(args.reduction_factor),
             "--", "--test_envs", *map(str, args.test_envs), "--examples_per_domain", str(args.examples_per_domain),
-            "--swad", "False", *extra]
+            "--swad", "False", *(["--batch_size", str(args.batch_size)] if args.batch_size else []), *extra]
 
 
 def _spent(records: dict) -> int:
@@ -104,7 +107,8 @@ def main(args) -> str:
                    _hparams(top.user_attrs[search_study.HPARAMS], names) if top else "-"])
     lines = [f"{args.dataset} {args.algorithm}, test envs {args.test_envs}, {args.steps} steps per fold, "
              f"checkpoint every {args.checkpoint_freq}, {args.examples_per_domain} examples per domain, "
-             f"trial seed 0", str(table), "ASHA's trials (steps trained, state, value at the last report):"]
+             f"batch size {args.batch_size or 'searched'}, trial seed 0", str(table),
+             "ASHA's trials (steps trained, state, value at the last report):"]
     lines += [f"  trial {t.number}: {search_study.steps_spent(t)} steps, {t.state.name.lower()}, "
               f"{100 * (t.value if t.value is not None else float('nan')):.2f}%" for t in trials]
     lines += ["random search's candidates (steps, best train-domain val):"]
