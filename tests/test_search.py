@@ -14,7 +14,7 @@ import train_all
 from domainbed import misc
 from domainbed.errors import UsageError
 from domainbed.hparams.declare import DeclarationError, HParam
-from domainbed.scripts import collect_results, sweep
+from domainbed.scripts import collect_results, sweep, sweep_search
 from domainbed.search import space
 from domainbed.search import study as search_study
 from domainbed.training.extensions import ENDED_EXIT_CODE
@@ -147,7 +147,8 @@ def test_search_prunes_persists_resumes_and_runs_the_chosen_hparams(tmp_path, in
 
 
 def test_a_relaunch_with_other_settings_and_bad_arguments_are_one_line_errors(tmp_path, in_process):
-    sweep.run(_argv("launch", tmp_path, n_hparams=1, n_trials=1))
+    launched = sweep.parse_args(_argv("launch", tmp_path, n_hparams=1, n_trials=1))
+    search_study.create_study(sweep_search.make_config(launched, "Synthetic", "ERM"))
     with pytest.raises(UsageError, match="launched with other settings: reduction_factor 2 \\(now 3\\)"):
         sweep.run(_argv("launch", tmp_path, "--reduction_factor", "3", n_hparams=1, n_trials=1))
     with pytest.raises(UsageError, match="--n_hparams_from 1 does not apply to --search"):
@@ -158,6 +159,10 @@ def test_a_relaunch_with_other_settings_and_bad_arguments_are_one_line_errors(tm
         sweep.run(_argv("launch", tmp_path, "--budget_steps", "0"))
     with pytest.raises(SystemExit):
         sweep.parse_args(_argv("launch", tmp_path, "--search", "hyperband"))
+    # a usage error fails every trial alike: the search stops at the first instead of asking for more
+    with pytest.raises(UsageError, match="trial 0 stopped on a usage error"):
+        sweep.run(_argv("launch", tmp_path / "bad", n_hparams=5) + ["--lr_typo", "1"])
+    assert [trial.state for trial in _study(tmp_path / "bad").trials] == [optuna.trial.TrialState.FAIL]
 
 
 @pytest.mark.slow

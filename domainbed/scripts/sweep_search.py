@@ -47,6 +47,7 @@ from domainbed.training.extensions import ENDED_EXIT_CODE
 SEARCHES = ("asha",)
 SEARCH_DIR = "search"
 STORAGE_FILE = "search.db"
+USAGE_ERROR_EXIT_CODE = 2  # train_all.py's, for a bad argument: the same for every trial
 
 
 def storage_spec(args) -> str:
@@ -176,6 +177,9 @@ class Worker:
         returncode = job.run(self.data_dir, self.env)
         state = self.tell(study, number, job, returncode)
         self.current = None
+        if returncode == USAGE_ERROR_EXIT_CODE:
+            raise UsageError(f"trial {number} stopped on a usage error (see {job.directory / 'out.txt'}), as every "
+                             "trial would: fix the arguments and launch again")
         return state
 
     def tell(self, study, number: int, job: sweep.Job, returncode: int) -> str:
