@@ -199,3 +199,18 @@ def test_a_pruned_run_ends_at_its_checkpoint_with_its_records_and_no_table(tmp_p
     assert trial.state == optuna.trial.TrialState.RUNNING  # the sweep's worker tells the study, not the run
     with pytest.raises(UsageError, match="no study 'nope'"):
         search_study.load_study(config.storage, "nope")
+
+
+@pytest.mark.slow
+def test_the_search_benchmark_compares_both_searches_at_equal_steps(tmp_path, in_process, capsys):
+    from domainbed.scripts import benchmark
+
+    assert benchmark.main(["search", "--data_dir", str(tmp_path), "--dataset", "Synthetic", "--n_random", "2",
+                           "--steps", "3", "--checkpoint_freq", "1", "--batch_size", "8", "--examples_per_domain",
+                           "0", "--output_dir", str(tmp_path / "bench"), "--", "--deterministic"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
+            if line.startswith("| random") or line.startswith("| ASHA")}
+    random_steps, asha_steps = int(rows["random (DomainBed)"][3]), int(rows["ASHA (eta 3)"][3])
+    assert random_steps == 2 * 4 and asha_steps >= random_steps  # ASHA stops asking at the random search's spend
+    assert int(rows["ASHA (eta 3)"][0]) >= 2 and "ASHA's trials" in out
