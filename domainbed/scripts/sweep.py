@@ -405,8 +405,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="the study's Optuna storage: an RDB URL (with ://) or a journal file path "
                              "(default: sqlite:///OUTPUT_DIR/search.db)")
     search.add_argument("--budget_steps", type=int, default=None,
-                        help="ask for no new trial once the trials have trained this many steps, every fold "
-                             "counted (default: only --n_hparams limits the search)")
+                        help="the trials train at most this many steps, every fold counted: a trial is asked "
+                             "only while it and the running ones could finish within it (default: only "
+                             "--n_hparams limits the search)")
     search.add_argument("--reduction_factor", type=int, default=3,
                         help="ASHA's eta: a trial passes a rung in the top 1/eta (default: %(default)s)")
     search.add_argument("--min_resource", type=int, default=None,

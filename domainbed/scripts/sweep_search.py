@@ -9,8 +9,8 @@ OUTPUT_DIR/search/, named by the hash of its arguments as every sweep job), and 
 the outcome: the run's value (the mean over its folds of the best training-domain validation
 accuracy), PRUNED when the run stopped because the pruner said so at a checkpoint
 (domainbed/search/extension.py), or FAIL. Workers stop asking once the study holds `--n_hparams`
-trials or its trials have trained `--budget_steps` steps (the last trial a worker started may
-take the total past it). Trial k trains with the seed of the random sweep's hparams seed k + 1,
+trials or a new trial could take the steps its trials train past `--budget_steps` (were it and
+the running ones never pruned; study.exhausted). Trial k trains with the seed of the random sweep's hparams seed k + 1,
 so the two searches' candidates differ in their hparams only.
 
 Launchers: `local` runs one worker here; `multi_gpu` one worker per visible GPU (threads, each

@@ -150,15 +150,28 @@ def total_steps(study) -> int:
     return sum(steps_spent(trial) for trial in study.get_trials(deepcopy=False))
 
 
+def full_run_steps(trials) -> int:
+    """The steps of a whole trial run (every fold to the end), from the finished trials; 0 while
+    none has finished."""
+    complete = [steps_spent(trial) for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    return max(complete, default=0)
+
+
 def exhausted(study, config: SearchConfig) -> str | None:
-    """Why the search asks for no more trials, or None while it may."""
+    """Why the search asks for no more trials, or None while it may. The budget is a cap: a new
+    trial is asked only while the steps trained, plus what the running trials and the new one
+    could still train were they never pruned, stay within it (until a trial has finished, the
+    length of a whole run is unknown and only the steps trained count)."""
     trials = study.get_trials(deepcopy=False)
     if len(trials) >= config.n_hparams:
         return f"{len(trials)} trials (--n_hparams {config.n_hparams})"
     if config.budget_steps is not None:
         spent = sum(steps_spent(trial) for trial in trials)
-        if spent >= config.budget_steps:
-            return f"{spent} steps trained (--budget_steps {config.budget_steps})"
+        whole = full_run_steps(trials)
+        running = [trial for trial in trials if trial.state == optuna.trial.TrialState.RUNNING]
+        committed = spent + sum(max(0, whole - steps_spent(trial)) for trial in running) + whole
+        if committed > config.budget_steps or spent >= config.budget_steps:
+            return f"{spent} steps trained, a whole run {whole} (--budget_steps {config.budget_steps})"
     return None
 
 

@@ -8,8 +8,9 @@
 Both searches run as sweeps do, one train_all.py job per candidate on trial seed 0, through the
 local launcher: the random search trains hparams seeds 1 .. n_random (DomainBed's draws) for all
 their steps; ASHA (`sweep --search asha`, its search phase only) asks for candidates from the same
-distributions, each with the seed of the random search's candidate of the same rank, until its
-trials have trained as many steps as the random search did (the last trial may take it past).
+distributions, each with the seed of the random search's candidate of the same rank, with the
+random search's steps as its budget (`--budget_steps`, a cap: it asks for a trial only while that
+trial could finish within it).
 Reported per search: candidates tried, how many finished or were pruned, the training steps
 spent (every fold's, up to its last checkpoint) and the best training-domain validation accuracy
 reached (a candidate's: the mean over its folds of the best `train_out` over the checkpoints,
