@@ -4,7 +4,6 @@ chosen hparams, which collect_results reads beside the search's trials. The swee
 train_all.py in this process (`in_process`), as a sweep job's subprocess would run it."""
 
 import json
-import math
 
 import numpy as np
 import optuna
