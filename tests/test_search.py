@@ -156,6 +156,8 @@ def test_a_relaunch_with_other_settings_and_bad_arguments_are_one_line_errors(tm
         sweep.run(_argv("delete_incomplete", tmp_path))
     with pytest.raises(UsageError, match="--budget_steps 0 must be positive"):
         sweep.run(_argv("launch", tmp_path, "--budget_steps", "0"))
+    with pytest.raises(UsageError, match="--runner domainbed cannot; valid: --runner train_all"):
+        sweep.run(_argv("launch", tmp_path, "--runner", "domainbed"))
     with pytest.raises(SystemExit):
         sweep.parse_args(_argv("launch", tmp_path, "--search", "hyperband"))
     # a usage error fails every trial alike: the search stops at the first instead of asking for more
@@ -223,3 +225,11 @@ def test_submitit_workers_run_the_search_and_the_final_jobs(tmp_path, in_process
     result = sweep.run(argv)
     assert len(_study(tmp_path).trials) == 3 and result["counts"]["done"] == 1
     assert len([path for path in (tmp_path / "submitit").iterdir()]) >= 2  # the two workers' folders
+
+
+def test_a_trial_refuses_data_parallel_processes(monkeypatch):
+    from domainbed.search.extension import SearchReport
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="a search trial trains in one process, not 2"):
+        SearchReport("sqlite://", "s", 0).check_model(None, "ERM")

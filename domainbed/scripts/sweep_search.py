@@ -276,6 +276,9 @@ def summary(study, config) -> str:
 
 def run(args) -> dict:
     """`sweep.run` with --search: {"jobs" (the final jobs), "counts", "failed", "studies"}."""
+    if args.runner != "train_all":
+        raise UsageError(f"--search runs its trials with train_all.py, which reports their checkpoints; --runner "
+                         f"{args.runner} cannot; valid: --runner train_all")
     if args.n_hparams_from != 0:
         raise UsageError(f"--n_hparams_from {args.n_hparams_from} does not apply to --search; the search asks "
                          "for up to --n_hparams trials")
