@@ -21,8 +21,7 @@ from domainbed.scripts.benchmark import augment, averaging, gradient, masking, q
 from domainbed.scripts.benchmark.training import run, table  # noqa: F401  (the default subcommand's API)
 
 SUBCOMMANDS = {"training": training, "augment": augment, "averaging": averaging, "gradient": gradient,
-               "masking": masking, "quant": quant,
-               "search": search}
+               "masking": masking, "quant": quant, "search": search}
 DEFAULT = "training"
 EXAMPLE = """examples:
   python -m domainbed.scripts.benchmark --dataset PACS --data_dir DATA --algorithm ERM SAGM_DG --precision bf16
