@@ -26,7 +26,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid, save_image
 
-from domainbed import hparams_registry
+from domainbed import cli, hparams_registry
 from domainbed.datasets import DATASETS, get_dataset_class
 from domainbed.errors import UsageError
 
@@ -123,12 +123,11 @@ def run(argv) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def work():
         run(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run_main(work, "interrupted: the images written so far stay in --output_dir")
 
 
 if __name__ == "__main__":

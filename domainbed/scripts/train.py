@@ -50,10 +50,10 @@ from domainbed.algorithms import ALGORITHMS, get_algorithm_class
 from domainbed.datasets import DATASETS, get_dataset_class
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_run_settings
-from domainbed.hparams.config import build_hparams, flatten
+from domainbed.hparams.config import build_hparams
 from domainbed.hparams.rules import fraction
 from domainbed.runs import model_io, run_files
-from domainbed.training.experiment import environment_report, error_line
+from domainbed.training.experiment import error_line, log_settings
 from domainbed.training.fold_splits import make_splits
 from domainbed.training.log import RunLog
 from domainbed.training.trainer import FoldSettings, train_fold
@@ -234,14 +234,7 @@ def run(argv) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir / LOG)
     try:
-        for line in environment_report():
-            log(line)
-        log("Args:")
-        for key, value in sorted(vars(args).items()):
-            log(f"\t{key}: {value}")
-        log("HParams:")
-        for key, value in sorted(flatten(hparams).items()):
-            log(f"\t{key}: {value}")
+        log_settings(log, "", args, hparams)
         # DomainBed's cuDNN settings, for every run
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False

@@ -260,7 +260,8 @@ def _mark_failed(out_dir: Path, line: str, test_envs: list) -> None:
         run_files.write_failure(out_dir, line, test_envs, last_saved_step)
 
 
-def _log_settings(log, command: str, args, hparams: dict) -> None:
+def log_settings(log, command: str, args, hparams: dict) -> None:
+    """The head of a run's log: its command (when given), the environment, args and hparams."""
     if command:
         log(f"Command: {command}")
     for line in environment_report():
@@ -309,7 +310,7 @@ def _schedule(args, dataset) -> tuple:
 
 
 def _run(args, hparams, dataset, out_dir, log, command, resuming, training: _Training, device: str) -> dict:
-    _log_settings(log, command, args, hparams)
+    log_settings(log, command, args, hparams)
     _keep_settings(out_dir, args, hparams, resuming, log)
     if args.show:
         return {}
