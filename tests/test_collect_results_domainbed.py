@@ -42,18 +42,22 @@ def job_records(algorithm, hparams_seed, trial_seed, fold, output_dir):
     return records
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("domainbed_sweep")
+def write_sweep(root, not_done=None):
+    """A job directory per (algorithm, hparams seed, trial seed, fold), each with `done` but `not_done`'s."""
     for n, (algorithm, hparams_seed, trial_seed, fold) in enumerate(
             itertools.product(ALGORITHMS, HPARAMS_SEEDS, TRIAL_SEEDS, FOLDS)):
         job = root / f"{n:03d}_{algorithm}_h{hparams_seed}_t{trial_seed}_te{''.join(map(str, fold))}"
         job.mkdir()
         lines = [json.dumps(record) for record in job_records(algorithm, hparams_seed, trial_seed, fold, job)]
         (job / "results.jsonl").write_text("\n".join(lines) + "\n")
-        if (algorithm, hparams_seed, trial_seed, fold) != NOT_DONE:
+        if (algorithm, hparams_seed, trial_seed, fold) != not_done:
             (job / "done").write_text("done")
     return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return write_sweep(tmp_path_factory.mktemp("domainbed_sweep"), NOT_DONE)
 
 
 # DomainBed's rules, recomputed from its records

@@ -3,7 +3,6 @@ Spawrious sets, each built from a small generated tree in its published layout, 
 environments and classes, trained a few steps, and installed by the downloader from a mirror."""
 
 import io
-import tarfile
 import zipfile
 
 import pytest
@@ -15,6 +14,7 @@ from domainbed.download import catalog
 from domainbed.download.install import install
 from domainbed.download.verify import check, unreadable_images
 from domainbed.errors import UsageError
+from test_download import tar_bytes
 
 SVIRO_VEHICLES = ["aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5", "zoe"]
 SPAWRIOUS = ["SpawriousO2O_easy", "SpawriousO2O_medium", "SpawriousO2O_hard",
@@ -133,20 +133,12 @@ def test_spawrious_trains(run_train_all, tmp_path):
     assert result["environments"] == ["Test"] and 0.0 <= result["rows"]["last"]["Test"] <= 1.0
 
 
-def tar_gz(members: dict) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def test_downloader_installs_spawrious_from_a_mirror_and_verify_knows_its_layout(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    (mirror / "spawrious224.tar.gz").write_bytes(tar_gz(spawrious_members()))
+    (mirror / "spawrious224.tar.gz").write_bytes(tar_bytes(spawrious_members()))
     outcome = install(catalog.DATASETS["Spawrious"], tmp_path / "data", mirror=str(mirror), log=lambda _: None)
     assert outcome.status == "installed" and outcome.report.complete
     assert len(get_dataset_class("SpawriousO2O_hard")(tmp_path / "data", [0], HPARAMS)[0]) == 16

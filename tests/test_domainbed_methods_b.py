@@ -9,7 +9,6 @@ the tests check the objectives rather than an optimizer's arithmetic.
 
 import copy
 import dataclasses
-import hashlib
 import math
 
 import numpy as np
@@ -22,6 +21,7 @@ from domainbed.algorithms import contract
 from domainbed.algorithms.adrmx import supervised_contrastive
 from domainbed.errors import UsageError
 from domainbed.hparams.checks import check_hparams
+from test_domainbed_methods_a import capture_gradients, md5_seed
 
 N_CLASSES, N_DOMAINS, BATCH, DIM = 3, 3, 6, 5
 
@@ -45,19 +45,6 @@ def pooled(batches):
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
-def capture_gradients(algorithm):
-    """[{parameter name: grad}] at every optimizer_step, in order."""
-    names = {id(p): n for n, p in algorithm.named_parameters()}
-    captured = []
-    step = algorithm.optimizer_step
-
-    def recording_step(optimizer):
-        captured.append({names[id(p)]: p.grad.detach().clone() for group in optimizer.param_groups
-                         for p in group["params"] if p.grad is not None})
-        step(optimizer)
-
-    algorithm.optimizer_step = recording_step
-    return captured
 
 
 def gradients(module, loss, prefixes):
@@ -367,8 +354,6 @@ def test_settings_off_the_defaults_keep_the_contract(name, settings):
 # --------------------------------------------------------------------------------- hparams
 
 
-def seed_hash(*args):  # DomainBed's misc.seed_hash
-    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2**31)
 
 
 # DomainBed's hparams_registry, typed here from its source: {name: (default, draw)} per dataset
@@ -432,7 +417,7 @@ def test_defaults_and_seeded_draws_are_domainbeds(name, dataset):
     defaults = hparams_registry.default_hparams(name, dataset)
     assert {k: defaults[k] for k in expected} == {k: default for k, (default, _) in expected.items()}
     for hparams_seed, trial_seed in [(1, 0), (3, 2)]:
-        seed = seed_hash(hparams_seed, trial_seed)
+        seed = md5_seed(hparams_seed, trial_seed)
         drawn = hparams_registry.search_hparams(name, dataset, hparams_seed, trial_seed)
         for key, (_, draw) in expected.items():
-            assert drawn[key] == draw(np.random.RandomState(seed_hash(seed, key))), (key, hparams_seed)
+            assert drawn[key] == draw(np.random.RandomState(md5_seed(seed, key))), (key, hparams_seed)

@@ -2,7 +2,6 @@
 directories (against DomainBed's rules recomputed in test_collect_results_domainbed) and on this
 project's runs."""
 
-import itertools
 import json
 import re
 
@@ -10,21 +9,13 @@ import pytest
 
 from domainbed.scripts import list_top_hparams
 from tests.test_collect_results import make_run
-from tests.test_collect_results_domainbed import (ALGORITHMS, FOLDS, HPARAMS_SEEDS, METHODS, RULES, TIE,
-                                                  TRIAL_SEEDS, job_records, load_records)
+from tests.test_collect_results_domainbed import (HPARAMS_SEEDS, METHODS, RULES, TIE, TRIAL_SEEDS, load_records,
+                                                  write_sweep)
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("domainbed_sweep")
-    for n, (algorithm, hparams_seed, trial_seed, fold) in enumerate(
-            itertools.product(ALGORITHMS, HPARAMS_SEEDS, TRIAL_SEEDS, FOLDS)):
-        job = root / f"{n:03d}"
-        job.mkdir()
-        lines = [json.dumps(record) for record in job_records(algorithm, hparams_seed, trial_seed, fold, job)]
-        (job / "results.jsonl").write_text("\n".join(lines) + "\n")
-        (job / "done").write_text("")
-    return root
+    return write_sweep(tmp_path_factory.mktemp("domainbed_sweep"))
 
 
 def listed(text):

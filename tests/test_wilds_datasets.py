@@ -4,7 +4,6 @@ downloader from a mirror and checked by --verify."""
 
 import dataclasses
 import io
-import tarfile
 
 import pytest
 from PIL import Image
@@ -15,6 +14,8 @@ from domainbed.download.install import install
 from domainbed.download.verify import check
 from domainbed.errors import UsageError
 from domainbed.scripts import download
+from test_domainbed_datasets import write_tree
+from test_download import tar_bytes
 
 HPARAMS = {"image_size": 32, "data_augmentation": True}
 TINY = ("--steps", "2", "--checkpoint_freq", "1", "--batch_size", "4", "--image_size", "32",
@@ -64,22 +65,8 @@ def fmow_members(root="fmow_v1.1", per_region=4) -> dict:
     return members
 
 
-def write_tree(base, members: dict):
-    for name, data in members.items():
-        path = base / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return base
 
 
-def tar_gz(members: dict) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def test_camelyon_has_domainbeds_hospitals_and_classes(tmp_path):
@@ -133,7 +120,7 @@ def test_downloader_installs_a_wilds_release_and_verify_knows_its_layout(tmp_pat
     # WILDS' archives hold the folder's contents, which the wilds package extracts into the folder
     contents = {key.split("/", 1)[1]: data for key, data in members(root=layout.directory).items()}
     (source,) = catalog.SOURCES[name]
-    (mirror / source.filename).write_bytes(tar_gz(contents))
+    (mirror / source.filename).write_bytes(tar_bytes(contents))
     published = catalog.DATASETS[name]
     failed = install(published, tmp_path / "data", mirror=str(mirror), log=lambda _: None)
     assert failed.status == "failed" and str(source.size) in failed.message  # the published size is checked
