@@ -4,7 +4,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -57,3 +59,20 @@ def kill_subprocesses_at(monkeypatch):
             monkeypatch.setenv("PYTHONPATH", os.pathsep.join([faults, *([path] if path else [])]))
 
     return arm
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    """Three domains x two classes of smooth random JPEGs of varied sizes, some larger than the
+    training cache (37 px at 32) and not square."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for domain in ["dA", "dB", "dC"]:
+        for label in ["cat", "dog"]:
+            folder = root / domain / label
+            folder.mkdir(parents=True)
+            for i in range(6):
+                h, w = rng.integers(20, 70, size=2)
+                small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((int(w), int(h)), Image.BICUBIC).save(folder / f"{i}.jpg")
+    return root

@@ -53,23 +53,6 @@ def hparams(**changes):
     return {**base, **changes}
 
 
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    """Three domains x two classes of smooth random JPEGs of varied sizes, some larger than the
-    training cache (37 px at 32) and not square."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for domain in ["dA", "dB", "dC"]:
-        for label in ["cat", "dog"]:
-            folder = root / domain / label
-            folder.mkdir(parents=True)
-            for i in range(6):
-                h, w = rng.integers(20, 70, size=2)
-                small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-                Image.fromarray(small).resize((int(w), int(h)), Image.BICUBIC).save(folder / f"{i}.jpg")
-    return root
-
-
 # --- parameter distributions ---------------------------------------------------------------
 
 

@@ -21,11 +21,9 @@ import itertools
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from domainbed.algorithms import contract, get_algorithm_class
@@ -229,20 +227,10 @@ def test_a_training_step_calls_nothing_that_would_wait_for_the_device(method, pr
 
 
 @pytest.fixture(scope="module")
-def image_dataset(tmp_path_factory):
-    """Three domains x two classes of small JPEGs of varied sizes, as the gpu pipeline reads them."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for domain in ("dA", "dB", "dC"):
-        for label in ("cat", "dog"):
-            folder = root / domain / label
-            folder.mkdir(parents=True)
-            for i in range(4):
-                h, w = rng.integers(20, 50, size=2)
-                pixels = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-                Image.fromarray(pixels).resize((int(w), int(h)), Image.BICUBIC).save(folder / f"{i}.jpg")
+def image_dataset(image_root):
+    """test_gpu_pipeline's JPEG folders, as the gpu pipeline reads them."""
     hparams = dict(image_size=32, data_augmentation=True, cache_dir="", num_workers=0, pipeline="gpu")
-    return get_dataset_class("ImageFolder")(str(root), [], hparams), hparams
+    return get_dataset_class("ImageFolder")(str(image_root), [], hparams), hparams
 
 
 def _pipeline(dataset, hparams, device):

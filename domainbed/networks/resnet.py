@@ -62,10 +62,16 @@ class ResNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_bn:
-            for module in self.network.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.eval()
+            freeze_batchnorm(self.network)
         return self
+
+
+def freeze_batchnorm(network: nn.Module) -> None:
+    """Keep `network`'s BatchNorm layers in eval mode (their pretrained statistics), as SWAD's
+    `freeze_bn`: called after `train()`, which sets every submodule's mode."""
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
 
 
 def _builder(name: str, constructor, weights):

@@ -27,6 +27,8 @@ Any other timm class is a plain featurizer: `forward` only, so methods that need
 import torch
 import torch.nn as nn
 
+from domainbed.networks.resnet import freeze_batchnorm
+
 # timm class -> (the module that ends the stem, the stage modules), for the networks above;
 # a callable gets the model (the number of stages varies)
 CONV_STAGES = {
@@ -93,9 +95,7 @@ class TimmConvNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_bn:
-            for module in self.network.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.eval()
+            freeze_batchnorm(self.network)
         return self
 
 
