@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from domainbed.algorithms import contract, get_algorithm_class
+from domainbed.algorithms import ALGORITHMS, contract, get_algorithm_class
 from domainbed.data.gpu_augment import DeviceConstant, normalize
 from domainbed.data.gpu_pipeline import GpuPipeline
 from domainbed.datasets import get_dataset_class, split_dataset
@@ -287,3 +287,13 @@ def test_on_cuda_a_training_step_with_the_gpu_pipeline_never_synchronises(method
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert math.isfinite(stats["loss"]) and evaluated
+
+
+@pytest.mark.parametrize("name", sorted(name for name, cls in ALGORITHMS.items() if cls.__module__.startswith("domainbed.")))
+def test_every_method_returns_its_loss_as_a_device_tensor(name):
+    """The trainer reads an update's stats on the host only every tb_freq steps: a method that
+    returns its loss as a python number has read it itself (`.item()`, `.tolist()`), a wait in
+    every step. (Numbers the host already holds, such as a learning rate, may stay numbers.)"""
+    subject = contract.subject(name)
+    stats = subject.build().update(subject.minibatches())
+    assert torch.is_tensor(stats["loss"]), type(stats["loss"])

@@ -44,6 +44,8 @@ Other departures from DomainBed's code (algorithms.ADRMX, misc.SupConLossLambda)
   them and discards those gradients, so the step is the same.
 - With no class of two samples the remix loss is a zero tensor (DomainBed's `.item()` on the int
   0 fails there).
+- The remix pairs need each class's count on the host (`remix_pairs`, one read per generator
+  step, as DomainBed's loop over classes): on a GPU the one wait of ADRMX's step.
 - Module names: `featurizer` / `classifier` are DomainBed's `featurizer_label` /
   `classifier_label_1`, `classifier_dinv` its `classifier_label_2`. Both optimizers are in
   `optimizers()`; the update always returns `loss` (L_D on a discriminator step, L otherwise).
@@ -162,7 +164,7 @@ class ADRMX(Algorithm):
             self.disc_optimizer.zero_grad(set_to_none=True)
             self.backward(L_D)
             self.optimizer_step(self.disc_optimizer)
-            return {"loss": L_D.item(), "disc_loss": L_D.item()}
+            return {"loss": L_D.detach(), "disc_loss": L_D.detach()}
 
         hp = self.hparams
         z_label = self.featurizer(x)
@@ -183,7 +185,7 @@ class ADRMX(Algorithm):
         self.optimizer_step(self.gen_optimizer)
         names = ["loss", "ce_label", "ce_dinv", "ce_domain", "remix", "scl_label", "scl_dinv", "disc_loss"]
         values = [L, ce_label, ce_dinv, ce_domain, L_remix, scl_label, scl_dinv, L_D]
-        return dict(zip(names, torch.stack([v.detach().float() for v in values]).tolist()))
+        return {name: value.detach() for name, value in zip(names, values)}
 
     def predict(self, x, env=None):
         return self.network(x)

@@ -114,8 +114,8 @@ class AbstractCAD(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        loss, clf_loss, L_bn = torch.stack([loss.detach(), clf_loss.detach(), L_bn.detach()]).tolist()
-        return {"loss": loss, "clf_loss": clf_loss, "bn_loss": L_bn, "total_loss": loss}
+        loss = loss.detach()
+        return {"loss": loss, "clf_loss": clf_loss.detach(), "bn_loss": L_bn.detach(), "total_loss": loss}
 
 
 @register_algorithm("CAD")

@@ -140,7 +140,7 @@ class ERMPlusPlus(ERM):
         self.optimizer_step(self.optimizer)
         self.update_average(all_x)
         group = HEAD_GROUP if self.warm_start else FEATURIZER_GROUP
-        return {"loss": loss.item(), "lr": float(self.optimizer.param_groups[group]["lr"])}
+        return {"loss": loss.detach(), "lr": float(self.optimizer.param_groups[group]["lr"])}
 
     @torch.no_grad()
     def update_average(self, x) -> None:

@@ -218,4 +218,4 @@ class MIRO(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         self.optimizer_step(self.optimizer)
-        return {"loss": loss.item(), "reg_loss": reg.item()}
+        return {"loss": loss.detach(), "reg_loss": reg.detach()}

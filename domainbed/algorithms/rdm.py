@@ -104,5 +104,5 @@ class RDM(ERM):
         self.backward(loss)
         self.optimizer_step(self.optimizer)
         count_update(self)
-        values = torch.stack([loss.detach(), erm_loss.detach(), matching_penalty.detach(), variance_penalty.detach()])
-        return dict(zip(["loss", "erm_loss", "matching_penalty", "variance_penalty"], values.float().tolist()))
+        return {"loss": loss.detach(), "erm_loss": erm_loss.detach(), "matching_penalty": matching_penalty.detach(),
+                "variance_penalty": variance_penalty.detach()}

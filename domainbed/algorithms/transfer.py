@@ -126,7 +126,7 @@ class Transfer(Algorithm):
             self.backward(-gap)
             self.optimizer_step(self.adv_optimizer)
             project(self.adv_classifier, self.classifier, self.hparams["delta"])
-        return {"loss": loss.item(), "gap": gap.item()}
+        return {"loss": loss.detach(), "gap": gap.detach()}
 
     def predict(self, x, env=None):
         return self.network(x)

@@ -157,5 +157,5 @@ class TRM(ERM):
         self.optimizer_step(self.optimizer)
         self.head_optimizer.zero_grad(set_to_none=True)  # the backward reached the heads; only fit_heads steps them
         count_update(self)
-        loss, nll = torch.stack([loss.detach(), nll.detach()]).tolist()
+        loss, nll = loss.detach(), nll.detach()
         return {"loss": loss, "nll": nll, "trm_loss": loss - nll}

@@ -126,5 +126,5 @@ class URM(ERM):
         self.disc_optimizer.zero_grad(set_to_none=True)
         self.backward(disc_loss)
         self.optimizer_step(self.disc_optimizer)
-        values = torch.stack([loss.detach(), ce.detach(), adversarial.detach(), disc_loss.detach()]).float()
-        return dict(zip(["loss", "ce", "adversarial", "disc_loss"], values.tolist()))
+        return {"loss": loss.detach(), "ce": ce.detach(), "adversarial": adversarial.detach(),
+                "disc_loss": disc_loss.detach()}
