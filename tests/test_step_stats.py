@@ -26,6 +26,22 @@ def test_a_read_gives_each_steps_numbers_as_item_does_in_step_order():
     assert len(pending) == 0 and pending.read() == []
 
 
+def test_a_read_maps_every_stack_once_before_the_host_copies_it():
+    """The data-parallel mean is applied where the host reads (one all-reduce per read): here a
+    stand-in that doubles, called once per device and dtype however many steps are pending."""
+    stacks = []
+
+    def double(stacked):
+        stacks.append(stacked.shape)
+        return stacked * 2
+
+    pending = PendingStats()
+    pending.add(0, {"loss": torch.tensor(1.0), "lr": 0.5})
+    pending.add(1, {"loss": torch.tensor(3.0), "penalty": torch.tensor(0.25, dtype=torch.float64)})
+    assert pending.read(double) == [(0, {"loss": 2.0, "lr": 0.5}), (1, {"loss": 6.0, "penalty": 0.5})]
+    assert sorted(stacks) == [torch.Size([1]), torch.Size([2])]
+
+
 def test_pending_stats_keep_no_autograd_graph():
     weight = torch.ones(3, requires_grad=True)
     pending = PendingStats()
@@ -48,8 +64,8 @@ def test_the_trainer_reads_the_stats_only_every_tb_freq_steps_and_at_checkpoints
     seen = []
     read = PendingStats.read
 
-    def recording_read(self):
-        result = read(self)
+    def recording_read(self, *combine):
+        result = read(self, *combine)
         seen.append([step for step, _ in result])
         return result
 

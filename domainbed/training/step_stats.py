@@ -34,10 +34,11 @@ class PendingStats:
         self._steps.append((step, {key: value.detach() if torch.is_tensor(value) else value
                                    for key, value in stats.items()}))
 
-    def read(self) -> list:
+    def read(self, combine=None) -> list:
         """[(step, {key: python number})] of every pending step, in step order, then none pending.
         The tensors of one device and dtype are stacked and copied to the host together, so a
-        read waits for the device once however many steps it covers."""
+        read waits for the device once however many steps it covers; `combine(stacked)`, when
+        given, maps each stack first (the mean over data-parallel processes)."""
         groups = {}
         for _, stats in self._steps:
             for value in stats.values():
@@ -45,7 +46,8 @@ class PendingStats:
                     groups.setdefault((value.device, value.dtype), []).append(value)
         numbers = {}
         for tensors in groups.values():
-            for tensor, number in zip(tensors, torch.stack([t.reshape(()) for t in tensors]).tolist()):
+            stacked = torch.stack([t.reshape(()) for t in tensors])
+            for tensor, number in zip(tensors, (combine(stacked) if combine else stacked).tolist()):
                 numbers[id(tensor)] = number
         read = [(step, {key: numbers[id(value)] if torch.is_tensor(value) else value for key, value in stats.items()})
                 for step, stats in self._steps]

@@ -178,13 +178,14 @@ def train_step(fold: Fold, extensions, precision, step: int) -> dict:
     """One step: the next minibatches, the extensions' hooks around the update under the run's
     precision; returns the update's stats (still on the device). Nothing here waits for the
     device (tests/test_host_sync.py). Under data parallelism the update sees this process's
-    share of the minibatches and its stats are averaged over the processes (domainbed/distributed.py)."""
+    share of the minibatches (domainbed/distributed.py); its stats are averaged over the
+    processes when the host reads them (`train_steps`)."""
     minibatches = next(fold.train_minibatches)
     for extension in extensions:
         extension.before_step(fold, step)
     fold.algorithm.on_step_begin(step, fold.settings.n_steps)
     with precision.training_step(fold.algorithm):
-        fold.stats = distributed.mean_stats(fold.algorithm.update(distributed.shard(minibatches)))
+        fold.stats = fold.algorithm.update(distributed.shard(minibatches))
     for extension in extensions:
         extension.after_step(fold, step)
     return fold.stats
@@ -208,7 +209,7 @@ def train_steps(fold: Fold, extensions, precision, checkpoints, scalars, start_s
         at_checkpoint = step % fold.settings.checkpoint_freq == 0 or step == fold.settings.n_steps - 1
         # the one host synchronisation of a step that logs: the wait for the queued steps falls
         # into this step's time, so the interval's mean step time stays the device's
-        read = pending.read() if at_checkpoint or (tb_freq and step % tb_freq == 0) else []
+        read = pending.read(distributed.mean_over_processes) if at_checkpoint or (tb_freq and step % tb_freq == 0) else []
         step_times.append(time.perf_counter() - start)
         if read:
             for (read_step, stats), step_time in zip(read, step_times):
