@@ -17,10 +17,10 @@ from domainbed.errors import UsageError
 from domainbed.scripts import ensemble, flatness
 
 
-def _train(out, seed, test_envs):
+def _train(out, seed, test_envs, name):
     import train_all
 
-    result = train_all.run(["tiny", "--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2",
+    result = train_all.run([name, "--dataset", "Synthetic", "--algorithm", "ERM", "--steps", "2",
                             "--checkpoint_freq", "2", "--batch_size", "8", "--test_envs", *test_envs,
                             "--num_workers", "0", "--seed", str(seed), "--output_dir", str(out), "--swad", "False"])
     return result["out_dir"], result
@@ -29,7 +29,8 @@ def _train(out, seed, test_envs):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ensemble_runs")
-    return [_train(base / "a", 0, ["0", "1"]), _train(base / "b", 1, ["0"])]
+    # named apart: a run's name is its timestamp and name, and both may start within one second
+    return [_train(base / "a", 0, ["0", "1"], "tiny_a"), _train(base / "b", 1, ["0"], "tiny_b")]
 
 
 def quiet(*_):
