@@ -129,8 +129,8 @@ def test_the_protocol_differences_name_backbone_pretraining_split_and_trials(swe
 def test_paired_statistics_and_bootstrap_against_values_computed_here(sweep):
     results = cr.collect(sweep)
     for dataset in DATASETS:
-        a = paired.trial_averages(results, TDV, dataset, "ERM")
-        b = paired.trial_averages(results, TDV, dataset, "CORAL")
+        a = results.trial_averages(TDV, dataset, "ERM")
+        b = results.trial_averages(TDV, dataset, "CORAL")
         stats = paired.paired_difference(a, b)
         d = (ours("CORAL", dataset)[2] - ours("ERM", dataset)[2]) / 100
         assert stats.n == 3

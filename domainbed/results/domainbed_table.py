@@ -88,7 +88,7 @@ def method_tables(results, method: str, title: str, latex: bool) -> list:
     for algorithm in algorithms:
         cells, means = [], []
         for dataset in datasets:
-            mean, _, text = format_mean(results.trial_averages(method, dataset, algorithm), latex)
+            mean, _, text = format_mean(list(results.trial_averages(method, dataset, algorithm).values()), latex)
             cells.append(text)
             means.append(mean)
         rows.append([algorithm, *cells, _average(means)])

@@ -84,16 +84,9 @@ def ranks(values: dict) -> dict:
     return result
 
 
-def trial_averages(results, method, dataset, group) -> dict:
-    """{trial seed: the trial's mean over the dataset's domains}, trials with every domain only."""
-    per_fold = [results.trial_results(method, dataset, group, fold) for fold in results.folds[dataset]]
-    trials = set.intersection(*(set(values) for values in per_fold)) if per_fold else set()
-    return {trial: float(np.mean([values[trial] for values in per_fold])) for trial in sorted(trials)}
-
-
 def overall_averages(results, method, group) -> dict:
     """{trial seed: the mean over the datasets of the trial's dataset averages}, trials with every dataset."""
-    per_dataset = [trial_averages(results, method, dataset, group) for dataset in results.datasets()]
+    per_dataset = [results.trial_averages(method, dataset, group) for dataset in results.datasets()]
     trials = set.intersection(*(set(values) for values in per_dataset)) if per_dataset else set()
     return {trial: float(np.mean([values[trial] for values in per_dataset])) for trial in sorted(trials)}
 
@@ -123,8 +116,8 @@ def paired_rows(results, method, baseline, effect, style) -> list:
             if column == "Avg":
                 a, b = overall_averages(results, method, baseline), overall_averages(results, method, group)
             else:
-                a = trial_averages(results, method, column, baseline)
-                b = trial_averages(results, method, column, group)
+                a = results.trial_averages(method, column, baseline)
+                b = results.trial_averages(method, column, group)
             stats = paired_difference(a, b)
             if stats is None:
                 rows.append([f"{group} - {baseline}", column, "0", "no common trial seeds", "-", "-", "-"])

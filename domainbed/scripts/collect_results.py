@@ -255,17 +255,18 @@ class Results:
         cells = [self.cell(method, dataset, group, fold) for fold in self.folds[dataset]]
         return None if None in cells else float(np.mean([c[0] for c in cells]))
 
-    def trial_averages(self, method, dataset, group) -> list:
-        """Each trial's mean over the dataset's domains: only trials with every domain, or under
-        DomainBed's rules every trial, over the domains it has a result for."""
+    def trial_averages(self, method, dataset, group) -> dict:
+        """{trial seed: the trial's mean over the dataset's domains}: only trials with every
+        domain, or under DomainBed's rules every trial, over the domains it has a result for."""
         per_fold = [self.trial_results(method, dataset, group, fold) for fold in self.folds[dataset]]
         trials = [set(results) for results in per_fold]
         trials = (set.union if self.domainbed_rules else set.intersection)(*trials) if trials else set()
-        return [float(np.mean([results[trial] for results in per_fold if trial in results])) for trial in sorted(trials)]
+        return {trial: float(np.mean([results[trial] for results in per_fold if trial in results]))
+                for trial in sorted(trials)}
 
     def summary_cell(self, method, dataset, group):
         """(mean, standard error) over the trials of `trial_averages`."""
-        averages = self.trial_averages(method, dataset, group)
+        averages = list(self.trial_averages(method, dataset, group).values())
         return mean_se(averages) if averages else None
 
     def seeds(self, method, dataset, group, fold=None) -> int:
