@@ -15,6 +15,24 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+@pytest.fixture(autouse=True)
+def registries_as_they_were():
+    """A test that names an outside method, dataset or backbone (`package.module:Class`, an entry
+    point) registers it; the next test finds the registries as they were, in any order."""
+    from domainbed import plugins
+    from domainbed.algorithms.registry import _ALGORITHMS
+    from domainbed.datasets.registry import _DATASETS
+    from domainbed.networks.registry import _BACKBONES
+
+    registries = (_ALGORITHMS, _DATASETS, _BACKBONES)
+    saved, entry_points_loaded = [dict(registry.entries) for registry in registries], plugins._loaded
+    yield
+    for registry, entries in zip(registries, saved):
+        registry.entries.clear()
+        registry.entries.update(entries)
+    plugins._loaded = entry_points_loaded
+
+
 @pytest.fixture
 def shared_data():
     """../shared/data, or a clean skip when this checkout has no real data beside it."""
